@@ -1,0 +1,1 @@
+"""Pure, Ray-free loss and selection functions (see ../shared/spec/)."""
