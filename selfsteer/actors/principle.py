@@ -1,0 +1,69 @@
+"""PrincipleGenerator: a (good, bad) principle pair per prompt, from a library or from an LLM.
+
+`library` draws dimensions with an RNG seeded by (run seed, prompt id, round), so a resumed run
+draws the same principles. `llm` asks a model with the spec's principle prompt: by default the
+current policy through the rollout engines, or a separate local model loaded in this actor.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, replace
+from typing import Optional
+
+from selfsteer.engines.base import ChatRequest, Sampling
+from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
+from selfsteer.principles.prompt import generate_principles
+from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+
+
+class PrincipleGenerator:
+    def __init__(self, cfg, seed: int, model_cfg=None, *, torch_threads: int = 1):
+        limit_threads(torch_threads)
+        self.cfg, self.seed = cfg, seed
+        self.library = load_library(cfg.library_file) if cfg.library_file else BUILTIN_LIBRARY
+        self.local_backend = None
+        if cfg.mode == "llm" and cfg.llm.source == "model":
+            from selfsteer.engines.hf_engine import HFBackend
+
+            self.local_backend = HFBackend(cfg.llm.model_path, device=resolve_device("auto"),
+                                           dtype=resolve_dtype(model_cfg.dtype if model_cfg else "float32"),
+                                           trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code))
+
+    def ready(self) -> str:
+        return self.cfg.mode
+
+    def generate(self, prompts: list, round_index: int, engines: Optional[list] = None) -> tuple[list[dict], dict]:
+        """Returns one principle pair (as a dict) per prompt, and counts for the round metrics."""
+        if self.cfg.mode == "library":
+            pairs = [sample_library_pair(self.library, random.Random(f"{self.seed}:{p.uid}:{round_index}"),
+                                         num_dimensions=self.cfg.num_dimensions,
+                                         concision_prob=self.cfg.concision_prob) for p in prompts]
+            return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
+        llm = self.cfg.llm
+        sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
+                            stop=("###",), seed=self.seed * 7919 + round_index)
+        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling),
+                                           max_retries=llm.max_retries)
+        return [asdict(p) for p in pairs], stats
+
+    def _completer(self, engines: Optional[list], sampling: Sampling):
+        calls = {"n": 0}
+
+        def complete(texts: list[str]) -> list[str]:
+            # A fresh seed per call, or a retry would repeat the same failed sample.
+            calls["n"] += 1
+            s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
+            requests = [ChatRequest(prompt=t) for t in texts]
+            if self.local_backend is not None:
+                from selfsteer.data.chat import encode_chat
+
+                ids = [encode_chat(self.local_backend.tokenizer, r.prompt) for r in requests]
+                return [g.text for g in self.local_backend.generate(ids, [s] * len(ids))]
+            if not engines:
+                raise RuntimeError("principles.llm.source=policy needs the rollout engines, but none were given")
+            from selfsteer.actors.rollout import generate_on_engines
+
+            return [g.text for g in generate_on_engines(engines, requests, s)]
+
+        return complete

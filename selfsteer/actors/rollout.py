@@ -1,0 +1,152 @@
+"""RolloutEngine: one Ray actor per generation engine, plus the driver-side pool that shards work.
+
+The engine owns a backend (HF or vLLM) and the engine side of the weight sync. The pool owns
+the engines' lifecycles, so the driver can grow or shrink it between rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import ray
+import torch
+
+from selfsteer.actors import weight_sync as ws
+from selfsteer.data.chat import encode_chat
+from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_class
+from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutEngine:
+    """Samples chat responses from the current policy; receives new weights every round."""
+
+    def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
+        limit_threads(torch_threads)
+        self.index = index
+        self.device = resolve_device(rollout_cfg.device)
+        backend_cls = backend_class(rollout_cfg.backend)
+        self.backend = backend_cls(
+            model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
+            trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size)
+        self.tokenizer = self.backend.tokenizer
+        self.sync_group: Optional[ws.SyncGroup] = None
+
+    def ready(self) -> dict:
+        return {"index": self.index, "device": self.device, "backend": type(self.backend).__name__}
+
+    def generate(self, requests: list[ChatRequest], sampling: Sampling) -> list[Generation]:
+        prompt_ids = [encode_chat(self.tokenizer, r.prompt, r.system) for r in requests]
+        per_request = [r.sampling or sampling for r in requests]
+        return self.backend.generate(prompt_ids, per_request)
+
+    # --- weight sync, engine side ---------------------------------------------------------
+    def init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+        self.sync_group = ws.SyncGroup(host, port, rank, world_size, backend, timeout_s)
+        return rank
+
+    def receive_weights(self, buckets: list[ws.Bucket], verify: bool) -> list[str]:
+        """Receive every bucket by broadcast from sync rank 0 and load it in place."""
+        if self.sync_group is None:
+            raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
+        device = self.device if self.sync_group.backend == "nccl" else "cpu"
+        fingerprints = []
+        for bucket in buckets:
+            flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+            self.sync_group.broadcast(flat, src=0)
+            self.backend.load_weights(ws.unpack_bucket(bucket, flat))
+            if verify:
+                fingerprints.append(ws.fingerprint(flat))
+        return fingerprints
+
+    def load_buckets(self, buckets: list[ws.Bucket], flats: list, verify: bool) -> list[str]:
+        """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
+        fingerprints = []
+        for bucket, flat in zip(buckets, flats):
+            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
+            self.backend.load_weights(ws.unpack_bucket(bucket, flat))
+            if verify:
+                fingerprints.append(ws.fingerprint(flat))
+        return fingerprints
+
+    def weights_fingerprint(self, buckets: list[ws.Bucket]) -> list[str]:
+        """Fingerprints of this engine's own current weights, packed as the trainer packs them."""
+        params = {n: p.detach() for n, p in self.backend.named_parameters()}
+        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+
+    def named_weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu").clone() for n, p in self.backend.named_parameters()}
+
+
+def generate_on_engines(engines: list, requests: list[ChatRequest], sampling: Sampling,
+                        timeout_s: Optional[float] = None) -> list[Generation]:
+    """Shard requests contiguously over engines; results come back in request order."""
+    if not engines:
+        raise RuntimeError("no rollout engines are running")
+    per = -(-len(requests) // len(engines))
+    shards = [requests[i:i + per] for i in range(0, len(requests), per)]
+    refs = [engine.generate.remote(shard, _shard_seed(sampling, i)) for i, (engine, shard) in enumerate(zip(engines, shards))]
+    results: list[Generation] = []
+    for chunk in ray.get(refs, timeout=timeout_s):
+        results.extend(chunk)
+    return results
+
+
+def _shard_seed(sampling: Sampling, shard: int) -> Sampling:
+    if sampling.seed is None:
+        return sampling
+    from dataclasses import replace
+
+    return replace(sampling, seed=sampling.seed * 1009 + shard)
+
+
+class RolloutPool:
+    """Driver-side owner of the engine actors: start, resize, generate, shut down."""
+
+    def __init__(self, model_path: str, cfg, *, torch_threads: int = 1, env: Optional[dict] = None):
+        self.model_path, self.cfg, self.torch_threads = model_path, cfg, torch_threads
+        self.env = env or {}
+        self.engines: list = []
+        self._pgs: list = []
+
+    def _start_one(self, index: int):
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        rc = self.cfg.rollout
+        # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
+        bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
+        pg = placement_group([bundle], strategy="STRICT_PACK")
+        ray.get(pg.ready(), timeout=self.cfg.sync.timeout_s)
+        actor = ray.remote(RolloutEngine).options(
+            num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+            runtime_env={"env_vars": actor_env(self.torch_threads, self.env)},
+            max_concurrency=2,  # generate and sync calls never run together, but ready() may
+        ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index)
+        return actor, pg
+
+    def resize(self, num_engines: int) -> list:
+        """Grow or shrink to `num_engines`; returns the newly started engines (they need weights)."""
+        new = []
+        while len(self.engines) < num_engines:
+            actor, pg = self._start_one(len(self.engines))
+            self.engines.append(actor)
+            self._pgs.append(pg)
+            new.append(actor)
+        while len(self.engines) > num_engines:
+            ray.kill(self.engines.pop())
+            ray.util.remove_placement_group(self._pgs.pop())
+        if new:
+            ray.get([a.ready.remote() for a in new], timeout=self.cfg.sync.timeout_s)
+            logger.info("rollout pool: %d engine(s) running", len(self.engines))
+        return new
+
+    def generate(self, requests: list[ChatRequest], sampling: Sampling) -> list[Generation]:
+        return generate_on_engines(self.engines, requests, sampling, timeout_s=self.cfg.sync.timeout_s)
+
+    def shutdown(self) -> None:
+        self.resize(0)

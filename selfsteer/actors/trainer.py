@@ -1,0 +1,205 @@
+"""TrainerGroup: `num_ranks` Ray actors forming one torch.distributed group around a training backend.
+
+Each rank trains on its shard of the round's preference items; rank 0 also owns the trainer
+side of the weight sync and writes HF checkpoints. DeepSpeed is imported only in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Optional
+
+import ray
+import torch
+
+from selfsteer.actors import weight_sync as ws
+from selfsteer.algorithms.logprobs import score_sequences
+from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss"}
+
+
+def _loss_fn(name: str):
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
+    module, fn = LOSSES[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+class TrainerRank:
+    """One rank. `setup` joins the process group and builds the backend (DeepSpeed or torch)."""
+
+    def __init__(self, rank: int, world_size: int, cfg, *, torch_threads: int = 1):
+        limit_threads(torch_threads)
+        self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        self.device = resolve_device(cfg.trainer.device)
+        self.sync_group: Optional[ws.SyncGroup] = None
+
+    def address(self) -> tuple[str, int]:
+        host = ws.node_ip()
+        return host, ws.free_port(host if host != "127.0.0.1" else "127.0.0.1")
+
+    def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int) -> dict:
+        import datetime
+
+        import torch.distributed as dist
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tc, mc = self.cfg.trainer, self.cfg.model
+        backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
+        timeout = datetime.timedelta(seconds=self.cfg.sync.timeout_s)
+        if tc.backend == "deepspeed":
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=timeout)
+        torch.manual_seed(self.cfg.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        dtype = resolve_dtype(mc.dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code)
+        if tc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        from selfsteer.training import make_train_backend
+
+        self.backend = make_train_backend(tc.backend, model, tc, total_steps=total_steps, device=self.device, dtype=dtype)
+        self.module = self.backend.module
+        self.loss_fn = _loss_fn(self.cfg.algo)
+        return {"rank": self.rank, "device": self.device, "dist_backend": backend}
+
+    # --- training -------------------------------------------------------------------------
+    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> dict:
+        """One round on this rank's shard.
+
+        Args:
+            items: per example, key -> {"context": ids, "response": ids, "ref_logp": float}.
+            keys: the (response, context) combinations the loss reads (e.g. sso REQUIRED_KEYS).
+        Returns:
+            example-weighted mean metrics, optimizer-step stats and counts for this rank.
+        """
+        tc = self.cfg.trainer
+        self.module.train()
+        sums: dict[str, float] = {}
+        seen, steps, step_stats = 0, 0, []
+        micro = [items[i:i + tc.micro_batch_size] for i in range(0, len(items), tc.micro_batch_size)]
+        for _ in range(tc.epochs_per_round):
+            for g in range(0, len(micro), tc.grad_accum):
+                group = micro[g:g + tc.grad_accum]
+                group_examples = sum(len(mb) for mb in group)
+                for j, mb in enumerate(group):
+                    loss, metrics = self._loss(mb, keys, loss_kwargs)
+                    # Scale so the group's gradient is the mean over its examples (not over micro-batches).
+                    self.backend.backward(loss * (len(mb) / group_examples), boundary=j == len(group) - 1)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(mb)
+                    seen += len(mb)
+                step_stats.append(self.backend.step())
+                steps += 1
+        out = {k: v / max(seen, 1) for k, v in sums.items()}
+        if step_stats:
+            out["grad_norm"] = sum(s["grad_norm"] for s in step_stats) / len(step_stats)
+            out["lr"] = step_stats[-1]["lr"]
+        return {"metrics": out, "examples": seen, "optimizer_steps": steps, "rank": self.rank}
+
+    def _loss(self, batch: list[dict], keys: list[str], loss_kwargs: dict):
+        contexts = [ex[k]["context"] for k in keys for ex in batch]
+        responses = [ex[k]["response"] for k in keys for ex in batch]
+        # All (response, context) rows of the micro-batch in one forward pass.
+        logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
+                                        device=self.device, micro_batch_size=len(contexts))
+        n = len(batch)
+        policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+        lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+        reference = {k: torch.tensor([ex[k]["ref_logp"] for ex in batch], dtype=torch.float32, device=logps.device)
+                     for k in keys}
+        return self.loss_fn(policy, reference, lengths, **loss_kwargs)
+
+    # --- weights out ----------------------------------------------------------------------
+    def weight_layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """(name, full shape, dtype) of every parameter; tied weights appear once, so stay tied."""
+        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.module.named_parameters()]
+
+    def init_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> int:
+        if self.rank == 0:
+            self.sync_group = ws.SyncGroup(host, port, 0, world_size, backend, timeout_s)
+        return self.rank
+
+    def push_weights(self, buckets: list[ws.Bucket], method: str, verify: bool) -> dict:
+        """Gather (ZeRO-3) and send every bucket. All ranks must call this together."""
+        params = dict(self.module.named_parameters())
+        fingerprints, refs = [], []
+        for bucket in buckets:
+            bucket_params = [params[s.name] for s in bucket.slots]
+            with self.backend.full_parameters(bucket_params):
+                if self.rank != 0:
+                    continue
+                device = self.device if method == "collective" and self.sync_group.backend == "nccl" else "cpu"
+                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device)
+                if method == "collective":
+                    self.sync_group.broadcast(flat, src=0)
+                else:
+                    refs.append(ray.put(flat))
+                if verify:
+                    fingerprints.append(ws.fingerprint(flat))
+        return {"fingerprints": fingerprints, "refs": refs}
+
+    def save_hf(self, path: str) -> Optional[str]:
+        """Write an HF checkpoint (safetensors) from the full weights. All ranks must call this."""
+        params = list(self.module.parameters())
+        with self.backend.full_parameters(params):
+            if self.rank != 0:
+                return None
+            state = {k: v.detach().to("cpu").clone() for k, v in self.module.state_dict().items()}
+            self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        return path
+
+
+class TrainerGroup:
+    """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
+
+    def __init__(self, cfg, model_path: str, total_steps: int, *, env: Optional[dict] = None):
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        tc = cfg.trainer
+        self.cfg = cfg
+        bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
+        self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
+        ray.get(self.pg.ready(), timeout=cfg.sync.timeout_s)
+        extra = dict(env or {})
+        if tc.device == "cpu" or (tc.device == "auto" and not tc.num_gpus):
+            extra["DS_ACCELERATOR"] = "cpu"
+        self.ranks = [
+            ray.remote(TrainerRank).options(
+                num_cpus=tc.num_cpus, num_gpus=tc.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, extra)},
+            ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
+            for i in range(tc.num_ranks)
+        ]
+        host, port = ray.get(self.ranks[0].address.remote())
+        self.infos = ray.get([r.setup.remote(host, port, model_path, total_steps) for r in self.ranks])
+        self.rank0 = self.ranks[0]
+
+    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> list[dict]:
+        """Shard items evenly (every rank must take the same number of steps)."""
+        world = len(self.ranks)
+        shards = [items[r::world] for r in range(world)]
+        return ray.get([rank.train.remote(shard, keys, loss_kwargs) for rank, shard in zip(self.ranks, shards)])
+
+    def save_hf(self, path: str) -> None:
+        ray.get([r.save_hf.remote(path) for r in self.ranks])
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+        ray.util.remove_placement_group(self.pg)

@@ -1,0 +1,188 @@
+"""Weight sync from trainer rank 0 into rollout engines, in fixed-size flat buckets.
+
+The sync group is a standalone process group (its own TCPStore), separate from the trainer's
+default group, so trainer ranks and engines can join without `ray.util.collective` and without
+disturbing DeepSpeed. Rank 0 of the sync group is trainer rank 0; engine i is rank i + 1.
+The number of collective calls grows with the number of buckets, not of parameters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import socket
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    shape: tuple[int, ...]
+    offset: int  # elements into the bucket
+    numel: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    dtype: str  # e.g. "float32": one dtype per bucket so it packs into one flat tensor
+    numel: int
+    slots: tuple[TensorSlot, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def plan_buckets(named_shapes: Iterable[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[Bucket]:
+    """Group tensors, in order, into buckets of at most `bucket_bytes` (a larger tensor gets its own)."""
+    buckets: list[Bucket] = []
+    current: list[TensorSlot] = []
+    current_dtype, used = None, 0
+
+    def flush():
+        nonlocal current, used
+        if current:
+            buckets.append(Bucket(str(current_dtype).replace("torch.", ""), used, tuple(current)))
+        current, used = [], 0
+
+    for name, shape, dtype in named_shapes:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        if current and (dtype != current_dtype or used * _elem(current_dtype) + size > bucket_bytes):
+            flush()
+        current_dtype = dtype
+        current.append(TensorSlot(name, tuple(int(d) for d in shape), used, numel))
+        used += numel
+    flush()
+    return buckets
+
+
+def _elem(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device) -> torch.Tensor:
+    flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+    for slot in bucket.slots:
+        flat[slot.offset:slot.offset + slot.numel].copy_(tensors[slot.name].reshape(-1))
+    return flat
+
+
+def unpack_bucket(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    for slot in bucket.slots:
+        yield slot.name, flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+
+
+def fingerprint(flat: torch.Tensor) -> str:
+    """Exact content hash of a bucket (bytes on CPU), to verify a sync bit for bit."""
+    data = flat.detach().to("cpu").contiguous().view(torch.uint8).numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def node_ip() -> str:
+    """Address other nodes reach this process on (loopback when Ray runs on one machine)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # not inside Ray: a local test
+        pass
+    return "127.0.0.1"
+
+
+class SyncGroup:
+    """A standalone broadcast group: gloo on CPU, NCCL on GPU (same code path)."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+        timeout = datetime.timedelta(seconds=timeout_s)
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+        if backend == "nccl":
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size, options)
+        elif backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
+        else:
+            raise ValueError(f"unknown sync backend {backend!r}; valid: gloo, nccl")
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        self.pg.broadcast([tensor], opts).wait()
+
+    def close(self) -> None:
+        # Drop references; the process group shuts down with its last reference.
+        self.pg = None
+        self.store = None
+
+
+class SyncMismatchError(RuntimeError):
+    """An engine's weights differ from the trainer's after a sync."""
+
+
+class WeightSyncer:
+    """Driver-side coordinator: plans buckets once, (re)connects engines, runs and verifies syncs."""
+
+    def __init__(self, trainer, cfg):
+        import ray
+
+        self.trainer, self.cfg = trainer, cfg
+        layout = ray.get(trainer.rank0.weight_layout.remote())
+        self.buckets = plan_buckets(layout, int(cfg.sync.bucket_mb * 2**20))
+        self.total_bytes = sum(b.numel * _elem(b.torch_dtype) for b in self.buckets)
+        on_gpu = trainer.infos[0]["device"] == "cuda" and cfg.rollout.num_gpus > 0
+        self.backend = "nccl" if on_gpu else "gloo"
+        self._connected: tuple = ()
+
+    def connect(self, engines: list) -> None:
+        """Form the broadcast group trainer rank 0 + engines (again whenever the pool changes)."""
+        import ray
+
+        if self.cfg.sync.method != "collective" or tuple(engines) == self._connected:
+            return
+        host, port = ray.get(self.trainer.rank0.address.remote())
+        world, timeout = len(engines) + 1, self.cfg.sync.timeout_s
+        calls = [r.init_sync_group.remote(host, port, world, self.backend, timeout) for r in self.trainer.ranks]
+        calls += [e.init_sync_group.remote(host, port, i + 1, world, self.backend, timeout) for i, e in enumerate(engines)]
+        ray.get(calls, timeout=timeout)
+        self._connected = tuple(engines)
+
+    def sync(self, engines: list) -> dict[str, float]:
+        """Send the trainer's current weights into every engine; raise if any engine differs."""
+        import time
+
+        import ray
+
+        sc = self.cfg.sync
+        start = time.perf_counter()
+        self.connect(engines)
+        pushes = [r.push_weights.remote(self.buckets, sc.method, sc.verify) for r in self.trainer.ranks]
+        if sc.method == "collective":
+            received = [e.receive_weights.remote(self.buckets, sc.verify) for e in engines]
+            results = ray.get(pushes + received, timeout=sc.timeout_s)
+            sent, got = results[0], results[len(pushes):]
+        else:
+            sent = ray.get(pushes, timeout=sc.timeout_s)[0]
+            got = ray.get([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify) for e in engines],
+                          timeout=sc.timeout_s)
+        if sc.verify:
+            for i, fps in enumerate(got):
+                if fps != sent["fingerprints"]:
+                    raise SyncMismatchError(f"rollout engine {i}: weights differ from trainer rank 0 after sync")
+        seconds = time.perf_counter() - start
+        return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),
+                "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}

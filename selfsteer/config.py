@@ -1,0 +1,285 @@
+"""Typed run configuration: frozen dataclasses, loaded from YAML with dotted CLI overrides.
+
+OmegaConf merges the YAML file and `key=value` overrides onto the dataclass schema, so an
+unknown key or a wrong type fails here, before any Ray actor starts, naming key and file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the source."""
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{section}.{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    """The tiny Llama model built locally when `model.policy` is "toy" (see selfsteer.toy)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights play which role. Paths are local HF directories; "toy" builds the toy model."""
+
+    policy: str = "toy"
+    # None: the reference is a frozen copy of the policy the run started from (spec §1).
+    reference: Optional[str] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    toy: ToyModelConfig = field(default_factory=ToyModelConfig)
+    cache_dir: Optional[str] = None  # where the toy model is cached; default ~/.cache/selfsteer
+
+    def __post_init__(self):
+        _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Prompt source: a local json/jsonl/parquet file read through `datasets`, or "toy"."""
+
+    prompts: str = "toy"
+    prompt_field: str = "prompt"
+    id_field: str = "uuid"  # optional per record; the row index is used where absent
+    prompts_per_round: int = 8
+    shuffle: bool = True
+    # Prompts whose chat-templated context exceeds this many tokens are skipped and counted.
+    max_prompt_tokens: int = 256
+
+    def __post_init__(self):
+        _check_positive("data", "prompts_per_round", self.prompts_per_round)
+        _check_positive("data", "max_prompt_tokens", self.max_prompt_tokens)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Spec §7: T 0.7, top_p 0.8 for y+, y-, y^o; max_new_tokens is capped by context size."""
+
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 2048
+    raw_greedy: bool = False  # v2 samples y^o greedily
+
+    def __post_init__(self):
+        _check_positive("sampling", "temperature", self.temperature, allow_zero=True)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p={self.top_p!r} must be in (0, 1]")
+        _check_positive("sampling", "max_new_tokens", self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class LLMPrincipleConfig:
+    """`llm` principle mode: who writes the principles and how hard we try to parse them."""
+
+    source: str = "policy"  # policy (through the rollout engines) | model (a separate local model)
+    model_path: Optional[str] = None
+    max_retries: int = 2
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        _check_choice("principles.llm", "source", self.source, ("policy", "model"))
+        if self.source == "model" and not self.model_path:
+            raise ConfigError("principles.llm.source=model needs principles.llm.model_path")
+        _check_positive("principles.llm", "max_retries", self.max_retries, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class PrincipleConfig:
+    mode: str = "library"  # library | llm
+    library_file: Optional[str] = None  # YAML/JSON of dimensions; None = built-in v1 library
+    num_dimensions: int = 2
+    concision_prob: float = 0.2
+    llm: LLMPrincipleConfig = field(default_factory=LLMPrincipleConfig)
+
+    def __post_init__(self):
+        _check_choice("principles", "mode", self.mode, ("library", "llm"))
+        _check_positive("principles", "num_dimensions", self.num_dimensions)
+        if not 0 <= self.concision_prob <= 1:
+            raise ConfigError(f"principles.concision_prob={self.concision_prob!r} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: str = "hf"  # hf | vllm | auto
+    num_engines: int = 2
+    num_cpus: float = 1.0  # per engine
+    num_gpus: float = 0.0  # per engine
+    tensor_parallel_size: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch_size: int = 64  # requests per generate() call inside one engine
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        _check_choice("rollout", "backend", self.backend, ("hf", "vllm", "auto"))
+        _check_positive("rollout", "num_engines", self.num_engines)
+        _check_choice("rollout", "device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    device: str = "auto"
+    micro_batch_size: int = 16  # sequences per forward pass
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """SSO loss settings (spec §5); defaults are the paper's online run (§3)."""
+
+    variant: str = "v1"
+    base: str = "ipo"
+    beta: float = 0.2
+    g_beta: float = 0.1
+    w_alpha: float = 0.66
+    use_w: bool = True
+    use_g: bool = True
+    sft_gamma: float = 0.1
+
+    def __post_init__(self):
+        _check_choice("loss", "variant", self.variant, ("v1", "v2"))
+        _check_choice("loss", "base", self.base, ("ipo", "dpo"))
+        _check_positive("loss", "beta", self.beta)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    backend: str = "deepspeed"  # deepspeed | torch (plain torch DDP)
+    num_ranks: int = 2
+    zero_stage: int = 3
+    num_cpus: float = 1.0  # per rank
+    num_gpus: float = 0.0  # per rank
+    device: str = "auto"
+    dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+    lr: float = 5e-7
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    lr_scheduler: str = "cosine"  # cosine | constant (over the whole run's steps)
+    warmup_ratio: float = 0.1
+    micro_batch_size: int = 1  # triples per rank per forward/backward
+    grad_accum: int = 16
+    epochs_per_round: int = 1
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        _check_choice("trainer", "backend", self.backend, ("deepspeed", "torch"))
+        _check_positive("trainer", "num_ranks", self.num_ranks)
+        _check_choice("trainer", "zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _check_choice("trainer", "device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("trainer", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        _check_choice("trainer", "lr_scheduler", self.lr_scheduler, ("cosine", "constant"))
+        _check_positive("trainer", "lr", self.lr)
+        _check_positive("trainer", "micro_batch_size", self.micro_batch_size)
+        _check_positive("trainer", "grad_accum", self.grad_accum)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    method: str = "collective"  # collective (gloo/nccl broadcast) | object_store
+    bucket_mb: float = 256.0
+    timeout_s: float = 600.0
+    verify: bool = True  # compare weight checksums of trainer and engines after each sync
+
+    def __post_init__(self):
+        _check_choice("sync", "method", self.method, ("collective", "object_store"))
+        _check_positive("sync", "bucket_mb", self.bucket_mb)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: Optional[str] = None  # None: start Ray in-process; "auto": attach to a cluster
+    num_cpus: Optional[int] = None  # only for an in-process Ray
+    dashboard_host: str = "127.0.0.1"
+    torch_threads: int = 1  # intra-op threads per actor on CPU; 2 cores are shared by all roles
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    algo: str = "sso"
+    rounds: int = 3
+    seed: int = 0
+    output_dir: str = "runs/sso"
+    save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    principles: PrincipleConfig = field(default_factory=PrincipleConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self):
+        _check_choice("", "algo", self.algo, ("sso",))
+        _check_positive("", "rounds", self.rounds)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """Load `path` (YAML) onto the RunConfig schema, then apply dotted `key=value` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value; the message names key and source.
+    """
+    schema = OmegaConf.structured(RunConfig)
+    source = "defaults"
+    try:
+        if path is not None:
+            source = str(path)
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            schema = OmegaConf.merge(schema, OmegaConf.load(path))
+        if overrides:
+            source = f"{source} with command-line overrides {list(overrides)}"
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. rounds=5)")
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(schema)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"invalid config in {source}: key {key!r}: {first_line}") from None
+    except ConfigError as exc:
+        if source not in str(exc) and not str(exc).startswith("config file"):
+            raise ConfigError(f"invalid config in {source}: {exc}") from None
+        raise
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """Plain dict (for run directories, TensorBoard hparams and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))

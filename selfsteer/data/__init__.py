@@ -1,0 +1,1 @@
+"""Prompt loading (through `datasets`), the data cursor, chat formatting and round records."""

@@ -1,0 +1,91 @@
+"""Prompts from local json/jsonl/parquet files via `datasets`, validated row by row, and a cursor."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class PromptDataError(ValueError):
+    """A prompts file is unusable; the message names the file, the row and the field."""
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    uid: str
+    index: int  # row in the source file
+    prompt: str
+
+
+def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "uuid") -> list[PromptRecord]:
+    """Read and validate every row; ids default to the row index (spec §8) when the file has none."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise PromptDataError(f"{path}: prompts file not found")
+    builder = FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise PromptDataError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(FORMATS)}")
+    if path.stat().st_size == 0:
+        raise PromptDataError(f"{path}: file is empty")
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps parse errors in several exception types
+        raise PromptDataError(f"{path}: could not be read as {builder}: {exc}") from exc
+    if len(ds) == 0:
+        raise PromptDataError(f"{path}: contains no rows")
+    if prompt_field not in ds.column_names:
+        raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
+    has_ids = id_field in ds.column_names
+    records, seen = [], {}
+    for row, example in enumerate(ds):
+        prompt = example[prompt_field]
+        if not isinstance(prompt, str):
+            raise PromptDataError(f"{path}: row {row}: field {prompt_field!r} must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise PromptDataError(f"{path}: row {row}: field {prompt_field!r} is empty")
+        uid = example[id_field] if has_ids else row
+        if uid is None or (isinstance(uid, str) and not uid.strip()):
+            raise PromptDataError(f"{path}: row {row}: field {id_field!r} is empty")
+        uid = str(uid)
+        if uid in seen:
+            raise PromptDataError(f"{path}: row {row}: field {id_field!r} duplicates row {seen[uid]} ({uid!r})")
+        seen[uid] = row
+        records.append(PromptRecord(uid=uid, index=row, prompt=prompt))
+    return records
+
+
+class PromptCursor:
+    """Walks the prompts in per-epoch shuffled order; its state is two integers, saved per round."""
+
+    def __init__(self, records: list[PromptRecord], seed: int, shuffle: bool = True):
+        self.records, self.seed, self.shuffle = records, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.records)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[PromptRecord]:
+        batch = []
+        while len(batch) < size:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._epoch_order(self.epoch)
+            batch.append(self.records[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order(self.epoch)

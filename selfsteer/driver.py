@@ -1,0 +1,160 @@
+"""The online SSO loop: principles -> rollouts -> persist -> reference -> train -> sync -> save.
+
+The driver only calls actors (single controller); every phase is one named call, and all a
+round produced is on disk before the trainer sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from selfsteer.config import RunConfig, save_config, to_dict
+from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
+from selfsteer.engines.base import ChatRequest, Sampling
+from selfsteer.metrics import MetricsWriter, PhaseTimer, weighted_mean
+from selfsteer.roles import Roles, prepare_inputs, start_roles
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig) -> Path:
+    """Run `cfg.rounds` online rounds; returns the run directory."""
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    inputs = prepare_inputs(cfg, run_dir)
+    roles = start_roles(cfg, inputs)
+    writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
+    try:
+        roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
+        for round_index in tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round"):
+            metrics = run_round(cfg, roles, inputs, round_index, run_dir)
+            writer.write(round_index, metrics)
+            logger.info("round %d | %s", round_index, _summary(metrics))
+    finally:
+        writer.close()
+        roles.shutdown()
+    return run_dir
+
+
+def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
+    timer, keys = PhaseTimer(), [k for k in SSO_ROWS if k in _required_keys(cfg)]
+    round_dir = run_dir / "rounds" / f"round_{r:04d}"
+    round_dir.mkdir(parents=True, exist_ok=True)
+
+    with timer("principles"):
+        prompts = inputs.cursor.next_batch(cfg.data.prompts_per_round)
+        pairs, principle_stats = roles.principles(prompts, r)
+        prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs)
+    with timer("generation"):
+        generations = roles.pool.generate(_requests(cfg, prompts, pairs), _sampling(cfg, r))
+        triples, drops = _triples(prompts, pairs, generations)
+    with timer("persist"):
+        _persist(round_dir, prompts, pairs, triples, drops, r)
+    if not triples:
+        logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
+        return {**timer.seconds, "data/triples": 0.0, **_count_metrics(principle_stats, drops, skipped_long)}
+    with timer("reference"):
+        ref_logps, _ = roles.reference_scores(*scoring_rows(triples, keys))
+        items = training_items(triples, keys, ref_logps)
+        usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
+    with timer("train"):
+        results = roles.trainer.train(items[:usable], keys, dataclasses.asdict(cfg.loss)) if usable else []
+    with timer("sync"):
+        sync_stats = roles.syncer.sync(roles.pool.engines)
+    with timer("checkpoint"):
+        if r % cfg.save_every == 0 or r == cfg.rounds:
+            roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
+        inputs.save_state(run_dir, r)
+
+    metrics = {f"train/{k}": v for k, v in weighted_mean(results).items()} if results else {}
+    metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
+    metrics.update(_count_metrics(principle_stats, drops, skipped_long), **{"data/triples": float(len(triples)),
+                   "data/unused_for_shards": float(len(items) - usable),
+                   "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1]))})
+    (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _required_keys(cfg: RunConfig) -> frozenset:
+    from selfsteer.algorithms.sso import REQUIRED_KEYS
+
+    return REQUIRED_KEYS[cfg.loss.variant]
+
+
+def _sampling(cfg: RunConfig, r: int) -> Sampling:
+    s = cfg.rollout.sampling
+    return Sampling(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=cfg.seed * 100003 + r)
+
+
+def _requests(cfg: RunConfig, prompts, pairs) -> list[ChatRequest]:
+    """Three per prompt, in order: good principle (x+), bad principle (x-), none (x)."""
+    raw_sampling = None
+    if cfg.rollout.sampling.raw_greedy:
+        raw_sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.sampling.max_new_tokens)
+    out = []
+    for p, pair in zip(prompts, pairs):
+        out += [ChatRequest(p.prompt, pair["good_system"]), ChatRequest(p.prompt, pair["bad_system"]),
+                ChatRequest(p.prompt, None, raw_sampling)]
+    return out
+
+
+def _triples(prompts, pairs, generations) -> tuple[list[Triple], dict[str, int]]:
+    triples, drops = [], {}
+    for i, (p, pair) in enumerate(zip(prompts, pairs)):
+        chosen, rejected, raw = generations[3 * i: 3 * i + 3]
+        reason = drop_reason(chosen.text, rejected.text, raw.text)
+        if reason:
+            drops[reason] = drops.get(reason, 0) + 1
+            continue
+        triples.append(Triple(p.uid, p.index, p.prompt, pair["good_system"], pair["bad_system"],
+                              chosen, rejected, raw, principles=pair))
+    return triples, drops
+
+
+def _persist(round_dir: Path, prompts, pairs, triples: list[Triple], drops: dict, r: int) -> None:
+    """Write the round's principles and triples (JSONL) atomically, before any training on them."""
+    def write(name: str, rows: list[dict]):
+        tmp = round_dir / f".{name}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, round_dir / name)
+
+    write("principles.jsonl", [{"prompt": p.prompt, "uuid": p.uid, "principles": [
+        {"good_principle": pair["good_system"], "bad_principle": pair["bad_system"]}], "source": pair.get("source")}
+        for p, pair in zip(prompts, pairs)])
+    write("triples.jsonl", [t.record(r) for t in triples])
+    if drops:
+        (round_dir / "dropped.json").write_text(json.dumps(drops))
+
+
+def _rollout_metrics(triples: list[Triple]) -> dict[str, float]:
+    n = len(triples)
+    out = {}
+    for name in ("chosen", "rejected", "raw"):
+        gens = [getattr(t, name) for t in triples]
+        out[f"rollout/{name}_tokens"] = sum(len(g.token_ids) for g in gens) / n
+        out[f"rollout/{name}_truncated"] = sum(g.finish_reason == "length" for g in gens) / n
+    return out
+
+
+def _count_metrics(principle_stats: dict, drops: dict, skipped_long: int) -> dict[str, float]:
+    out = {f"principles/{k}": float(v) for k, v in principle_stats.items()}
+    out.update({f"data/dropped_{k}": float(v) for k, v in drops.items()})
+    out["data/skipped_long_prompts"] = float(skipped_long)
+    return out
+
+
+def _summary(m: dict[str, float]) -> str:
+    keys = ["train/loss", "train/loss/base", "train/loss/g", "train/w/mean", "train/rewards/margins",
+            "train/rewards/accuracies", "data/triples", "time/generation", "time/train", "time/sync"]
+    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m)

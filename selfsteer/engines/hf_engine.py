@@ -1,0 +1,113 @@
+"""Hugging Face `generate` backend: the portable fallback where vLLM is not installed."""
+
+from __future__ import annotations
+
+from itertools import groupby
+from typing import Iterable
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from selfsteer.engines.base import Generation, Sampling
+
+
+class _StopOnText(StoppingCriteria):
+    """Stop a row once its decoded continuation contains a stop string.
+
+    HF's own `stop_strings` needs a BPE-style vocabulary; decoding the tail works for any tokenizer.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_len: int, window: int = 16):
+        self.tokenizer, self.stops, self.prompt_len, self.window = tokenizer, stops, prompt_len, window
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):])
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
+class HFBackend:
+    """Batched HF generation on one device; weights updated in place, never reloaded."""
+
+    def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 trust_remote_code: bool = False, max_batch_size: int = 64, **_unused):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=trust_remote_code
+        ).to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.max_len = getattr(self.model.config, "max_position_embeddings", 1 << 30)
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
+        """Generate for each prompt; requests sharing sampling settings are batched together."""
+        results: list[Generation | None] = [None] * len(prompt_ids)
+        order = sorted(range(len(prompt_ids)), key=lambda i: repr(sampling[i]))
+        for _, group in groupby(order, key=lambda i: repr(sampling[i])):
+            idx = list(group)
+            for start in range(0, len(idx), self.max_batch_size):
+                chunk = idx[start:start + self.max_batch_size]
+                outs = self._generate_batch([prompt_ids[i] for i in chunk], sampling[chunk[0]])
+                for i, out in zip(chunk, outs):
+                    results[i] = out
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling) -> list[Generation]:
+        longest = max(len(p) for p in prompts)
+        max_new = min(sampling.max_new_tokens, max(self.max_len - longest, 1))
+        # Left padding keeps every prompt's last token adjacent to its first generated token.
+        input_ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, longest - len(ids):] = torch.tensor(ids)
+            attention[row, longest - len(ids):] = 1
+        greedy = sampling.temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new, eos_token_id=self.eos_ids,
+                      pad_token_id=self.pad_id)
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if sampling.stop:
+            kwargs.update(stopping_criteria=StoppingCriteriaList([_StopOnText(self.tokenizer, sampling.stop, longest)]))
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                                  **kwargs)
+        new_tokens = out[:, longest:].tolist()
+        return [self._finish(prompt, tokens, sampling.stop) for prompt, tokens in zip(prompts, new_tokens)]
+
+    def _finish(self, prompt: list[int], tokens: list[int], stop: tuple[str, ...]) -> Generation:
+        finish = "length"
+        for pos, tok in enumerate(tokens):
+            if tok in self.eos_ids:
+                tokens, finish = tokens[:pos + 1], "stop"
+                break
+        text_ids = [t for t in tokens if t not in self.eos_ids]
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        for s in stop:
+            if s and s in text:
+                text, finish = text[:text.index(s)], "stop"
+        return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"engine model has no parameter {name!r}")
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.model.named_parameters()

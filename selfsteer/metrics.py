@@ -1,0 +1,67 @@
+"""Round metrics: appended to metrics.jsonl (flushed every round), TensorBoard, optionally W&B."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+
+class PhaseTimer:
+    """Seconds per named phase of a round, reported as `time/<phase>`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"time/{phase}"] = self.seconds.get(f"time/{phase}", 0.0) + time.perf_counter() - start
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_project: Optional[str] = None, config: dict | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.wandb = None
+        if wandb_project:
+            import wandb  # optional dependency: pip install wandb
+
+            self.wandb = wandb.init(project=wandb_project, config=config or {}, dir=str(run_dir))
+
+    def write(self, round_index: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"round": round_index, **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}) + "\n")
+        if self.tb is not None:
+            for k, v in clean.items():
+                self.tb.add_scalar(k, v, round_index)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(clean, step=round_index)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def weighted_mean(results: list[dict], key: str = "metrics", weight: str = "examples") -> dict[str, float]:
+    """Example-weighted mean of per-rank metric dicts."""
+    total = sum(r[weight] for r in results)
+    out: dict[str, float] = {}
+    for r in results:
+        for k, v in r[key].items():
+            out[k] = out.get(k, 0.0) + v * r[weight] / max(total, 1)
+    return out

@@ -1,0 +1,144 @@
+"""Starting the run's inputs and Ray roles, kept out of the driver so the loop reads as one page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from selfsteer.config import RunConfig
+from selfsteer.data.chat import encode_chat
+from selfsteer.data.prompts import PromptCursor, load_prompts
+from selfsteer.runtime import actor_env
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model(cfg: RunConfig) -> str:
+    if cfg.model.policy != "toy":
+        if not (Path(cfg.model.policy) / "config.json").is_file():
+            raise FileNotFoundError(f"model.policy={cfg.model.policy!r} is not a local HF model directory (no config.json)")
+        return cfg.model.policy
+    from selfsteer.toy import build_toy_model
+
+    t = cfg.model.toy
+    return str(build_toy_model(cfg.model.cache_dir, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                               num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                               intermediate_size=t.intermediate_size,
+                               max_position_embeddings=t.max_position_embeddings,
+                               tie_word_embeddings=t.tie_word_embeddings, seed=t.seed))
+
+
+@dataclass
+class Inputs:
+    """What the driver reads: model paths, the prompt cursor, and a tokenizer for length checks."""
+
+    policy_path: str
+    reference_path: str
+    cursor: PromptCursor
+    tokenizer: Any
+    max_prompt_tokens: int
+
+    def drop_long(self, prompts, pairs):
+        """Skip (and count) prompts whose longest principle context exceeds max_prompt_tokens."""
+        kept_p, kept_pairs = [], []
+        for p, pair in zip(prompts, pairs):
+            longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in (pair["good_system"], pair["bad_system"]))
+            if longest <= self.max_prompt_tokens:
+                kept_p.append(p)
+                kept_pairs.append(pair)
+        return kept_p, kept_pairs, len(prompts) - len(kept_p)
+
+    def save_state(self, run_dir: Path, round_index: int) -> None:
+        state = {"round": round_index, "cursor": self.cursor.state_dict()}
+        tmp = run_dir / ".state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, run_dir / "state.json")
+
+
+def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
+    from transformers import AutoTokenizer
+
+    policy = resolve_model(cfg)
+    reference = cfg.model.reference or policy
+    prompts_path = cfg.data.prompts
+    if prompts_path == "toy":
+        from selfsteer.toy.prompts import write_toy_prompts
+
+        prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed)
+    records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field)
+    tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
+    return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
+                  cfg.data.max_prompt_tokens)
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Attach to a cluster (`ray.address`), or start Ray in-process bound to loopback."""
+    if ray.is_initialized():
+        return
+    # Explicit, so an embedded run never writes an auth token into the user's home.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
+
+
+def steps_per_round(cfg: RunConfig) -> int:
+    tc = cfg.trainer
+    per_rank = max(cfg.data.prompts_per_round // tc.num_ranks, 1)
+    return math.ceil(math.ceil(per_rank / tc.micro_batch_size) / tc.grad_accum) * tc.epochs_per_round
+
+
+@dataclass
+class Roles:
+    cfg: RunConfig
+    pool: Any
+    principle_actor: Any
+    reference: Any
+    trainer: Any
+    syncer: Any
+
+    def principles(self, prompts, round_index: int):
+        engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
+        return ray.get(self.principle_actor.generate.remote(prompts, round_index, engines), timeout=self.cfg.sync.timeout_s)
+
+    def reference_scores(self, contexts, responses):
+        return ray.get(self.reference.score.remote(contexts, responses), timeout=self.cfg.sync.timeout_s)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+        self.trainer.shutdown()
+        for actor in (self.principle_actor, self.reference):
+            ray.kill(actor)
+
+
+def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
+    from selfsteer.actors.principle import PrincipleGenerator
+    from selfsteer.actors.reference import ReferenceModel
+    from selfsteer.actors.rollout import RolloutPool
+    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.weight_sync import WeightSyncer
+
+    init_ray(cfg)
+    env = actor_env(cfg.ray.torch_threads)
+    threads = cfg.ray.torch_threads
+    trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
+    pool.resize(cfg.rollout.num_engines)
+    rc = cfg.reference
+    reference = ray.remote(ReferenceModel).options(
+        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": env},
+    ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
+    principle_actor = ray.remote(PrincipleGenerator).options(
+        num_cpus=0, runtime_env={"env_vars": env}).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+    ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.sync.timeout_s)
+    syncer = WeightSyncer(trainer, cfg)
+    return Roles(cfg, pool, principle_actor, reference, trainer, syncer)

@@ -1,0 +1,38 @@
+"""Process-level settings every actor applies first: device, dtype, CPU threads."""
+
+from __future__ import annotations
+
+import os
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA where this process can see a GPU, else CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was configured but this process sees no CUDA device")
+    return device
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def limit_threads(num_threads: int) -> None:
+    """Two CPU cores are shared by every role; oversubscription costs more than it gives."""
+    import torch
+
+    if num_threads > 0:
+        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
+        torch.set_num_threads(num_threads)
+
+
+def actor_env(torch_threads: int, extra: dict | None = None) -> dict:
+    """runtime_env env_vars shared by all roles (threads, quiet tokenizers)."""
+    env = {"OMP_NUM_THREADS": str(max(torch_threads, 1)), "TOKENIZERS_PARALLELISM": "false"}
+    env.update(extra or {})
+    return env

@@ -1,0 +1,56 @@
+"""DeepSpeed ZeRO (stage 0-3) engine; the same code on CPU (gloo) and GPU (NCCL)."""
+
+from __future__ import annotations
+
+import torch
+
+from selfsteer.training.base import make_optimizer_and_scheduler, nullcontext_params
+
+
+class DeepSpeedBackend:
+    def __init__(self, model: torch.nn.Module, cfg, *, total_steps: int, device: str, dtype: torch.dtype):
+        import deepspeed
+
+        self._deepspeed = deepspeed
+        optimizer, scheduler = make_optimizer_and_scheduler(model, cfg, total_steps)
+        world = torch.distributed.get_world_size()
+        ds_config = {
+            # Accumulation boundaries are set explicitly per round (see backward); these only
+            # satisfy DeepSpeed's batch-size bookkeeping.
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "fp16": {"enabled": dtype == torch.float16},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.module = self.engine.module
+        self.zero_stage = cfg.zero_stage
+
+    def forward(self, **batch):
+        return self.engine(**batch)
+
+    def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
+        # Must be set before backward: ZeRO reduces gradients during the boundary backward.
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> dict[str, float]:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return {"grad_norm": float(norm) if norm is not None else float("nan"),
+                "lr": float(self.scheduler.get_last_lr()[0])}
+
+    def full_parameters(self, params):
+        if self.zero_stage == 3:
+            return self._deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return nullcontext_params(params)
+
+    def state_for_checkpoint(self) -> dict:
+        return {"global_steps": int(self.engine.global_steps)}

@@ -1,0 +1,42 @@
+"""Shared fixtures: one in-process Ray for actor tests, and a toy-model cache per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before Ray is imported anywhere: tests must not write an auth token into the user's home.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("toy-cache")
+
+
+@pytest.fixture(scope="session")
+def toy_model_path(toy_cache):
+    from selfsteer.toy import build_toy_model
+
+    return build_toy_model(toy_cache)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)

@@ -1,0 +1,54 @@
+"""`ray job submit` against a real local cluster started (and stopped) by this test alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selfsteer.actors.weight_sync import free_port
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    port, dash = free_port(), free_port()
+    # --block keeps the head in this process group, so killing it stops only this cluster.
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--temp-dir", str(tmp_path / "ray")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = tmp_path / "job-run"
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 120
+        while subprocess.run([str(bin_dir / "ray"), "job", "list", "--address", address], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None, head.stdout.read()
+            assert time.time() < deadline, "ray head did not come up"
+            time.sleep(2)
+        runtime_env = {"excludes": [".git", ".venv*", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]}
+        job = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps(runtime_env), "--",
+             "python", "ray_jobs/online_sso.py", "--config", "configs/tiny_cpu.yaml", "rounds=1",
+             f"output_dir={out}", f"model.cache_dir={toy_cache}"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "SUCCEEDED" in job.stdout + job.stderr
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (out / "checkpoints" / "round_0001" / "model.safetensors").is_file()
