@@ -1,0 +1,1 @@
+"""Tests for selfsteer.principles against spec shared/spec/sso.md §7."""
