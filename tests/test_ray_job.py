@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +26,13 @@ def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     port, dash = free_port(), free_port()
+    # Ray's socket paths must stay short: a pytest tmp_path is too deep.
+    ray_tmp = tempfile.mkdtemp(prefix="ssray", dir="/tmp")
     # --block keeps the head in this process group, so killing it stops only this cluster.
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--temp-dir", str(tmp_path / "ray")],
+         "--temp-dir", ray_tmp],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = tmp_path / "job-run"
     try:
@@ -41,14 +46,18 @@ def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
         runtime_env = {"excludes": [".git", ".venv*", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]}
         job = subprocess.run(
             [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps(runtime_env), "--",
+             "--runtime-env-json", json.dumps(runtime_env), "--submission-id", "selfsteer-test", "--",
              "python", "ray_jobs/online_sso.py", "--config", "configs/tiny_cpu.yaml", "rounds=1",
              f"output_dir={out}", f"model.cache_dir={toy_cache}"],
             env=env, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert "SUCCEEDED" in job.stdout + job.stderr
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        assert JobSubmissionClient(address).get_job_status("selfsteer-test") == JobStatus.SUCCEEDED
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert (out / "checkpoints" / "round_0001" / "model.safetensors").is_file()
