@@ -134,6 +134,9 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     device: str = "auto"  # auto | cpu | cuda
     max_batch_size: int = 64  # requests per generate() call inside one engine
+    # False: engines keep the start weights, so every round's pairs come from the start model
+    # (offline SSO; with loss.use_w/use_g off and base dpo this is RLCD-style DPO).
+    update_weights: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):

@@ -67,7 +67,7 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
     with timer("train"):
         results = roles.trainer.train(items[:usable], keys, dataclasses.asdict(cfg.loss)) if usable else []
     with timer("sync"):
-        sync_stats = roles.syncer.sync(roles.pool.engines)
+        sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}
     with timer("checkpoint"):
         if r % cfg.save_every == 0 or r == cfg.rounds:
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
@@ -130,8 +130,8 @@ def _persist(round_dir: Path, prompts, pairs, triples: list[Triple], drops: dict
         os.replace(tmp, round_dir / name)
 
     write("principles.jsonl", [{"prompt": p.prompt, "uuid": p.uid, "principles": [
-        {"good_principle": pair["good_system"], "bad_principle": pair["bad_system"]}], "source": pair.get("source")}
-        for p, pair in zip(prompts, pairs)])
+        {"good_principle": "\n\n".join(pair["good_principles"]), "bad_principle": "\n\n".join(pair["bad_principles"])}],
+        "dimensions": list(pair["dimensions"]), "source": pair["source"]} for p, pair in zip(prompts, pairs)])
     write("triples.jsonl", [t.record(r) for t in triples])
     if drops:
         (round_dir / "dropped.json").write_text(json.dumps(drops))
