@@ -14,7 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", help="YAML config (e.g. configs/tiny_cpu.yaml)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=5 rollout.num_engines=2")
     run.add_argument("--log-level", default="INFO")
+    scale = sub.add_parser("scale", help="resize a running job's rollout pool before its next round")
+    scale.add_argument("run_dir")
+    scale.add_argument("--engines", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        from selfsteer.driver import request_scale
+
+        print(f"selfsteer: wrote {request_scale(args.run_dir, args.engines)}")
+        return 0
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from selfsteer.config import ConfigError, load_config

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
@@ -23,8 +24,12 @@ from selfsteer.roles import Roles, prepare_inputs, start_roles
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig) -> Path:
-    """Run `cfg.rounds` online rounds; returns the run directory."""
+def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] = None) -> Path:
+    """Run `cfg.rounds` online rounds; returns the run directory.
+
+    `on_round_start(round, roles)` may act between rounds (e.g. `roles.resize_engines(n)`); a
+    `control.json` written into the run directory (`selfsteer scale`) is applied the same way.
+    """
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -34,6 +39,9 @@ def run(cfg: RunConfig) -> Path:
     try:
         roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
         for round_index in tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round"):
+            apply_control(run_dir, roles)
+            if on_round_start is not None:
+                on_round_start(round_index, roles)
             metrics = run_round(cfg, roles, inputs, round_index, run_dir)
             writer.write(round_index, metrics)
             logger.info("round %d | %s", round_index, _summary(metrics))
@@ -75,11 +83,39 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
 
     metrics = {f"train/{k}": v for k, v in weighted_mean(results).items()} if results else {}
     metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
+    metrics["rollout/engines"] = float(len(roles.pool.engines))
     metrics.update(_count_metrics(principle_stats, drops, skipped_long), **{"data/triples": float(len(triples)),
                    "data/unused_for_shards": float(len(items) - usable),
                    "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1]))})
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def apply_control(run_dir: Path, roles: Roles) -> None:
+    """Apply and consume `control.json` ({"num_engines": N}) written while the run is going."""
+    path = run_dir / "control.json"
+    if not path.is_file():
+        return
+    try:
+        control = json.loads(path.read_text())
+        num_engines = int(control["num_engines"])
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.error("ignoring %s: expected {\"num_engines\": N}: %s", path, exc)
+        path.rename(path.with_suffix(".rejected"))
+        return
+    roles.resize_engines(num_engines)
+    path.rename(path.with_suffix(".applied"))
+
+
+def request_scale(run_dir: str | Path, num_engines: int) -> Path:
+    """Ask a running job to resize its rollout pool before its next round."""
+    if num_engines < 1:
+        raise ValueError(f"num_engines must be >= 1, got {num_engines}")
+    path = Path(run_dir) / "control.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"num_engines": num_engines}))
+    os.replace(tmp, path)
+    return path
 
 
 def _required_keys(cfg: RunConfig) -> frozenset:

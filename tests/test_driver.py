@@ -68,3 +68,43 @@ def test_bad_config_fails_before_any_actor(tmp_path):
     assert "trainer.num_rank" in proc.stderr and str(cfg) in proc.stderr
     proc = _run_cli(str(cfg).replace("bad", "missing"), timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_engine_pool_grows_and_shrinks_during_a_run(ray_local, tmp_path, toy_cache):
+    from selfsteer.config import load_config
+    from selfsteer.driver import request_scale, run
+
+    out = tmp_path / "scale"
+    cfg = load_config("configs/tiny_cpu.yaml", ["rounds=4", "rollout.num_engines=1", f"output_dir={out}",
+                                                f"model.cache_dir={toy_cache}", "tensorboard=false"])
+
+    def scale(round_index, roles):
+        if round_index == 2:
+            roles.resize_engines(2)  # Python API: applies now, the new engine is synced before sampling
+        elif round_index == 3:
+            request_scale(out, 1)  # file API (`selfsteer scale`): applied at the next round's start
+
+    run(cfg, on_round_start=scale)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rollout/engines"] for m in metrics] == [1, 2, 2, 1]
+    assert (out / "control.applied").is_file()
+    for r in (1, 2, 3, 4):
+        round_dir = out / "rounds" / f"round_{r:04d}"
+        n_principles = len((round_dir / "principles.jsonl").read_text().splitlines())
+        n_triples = len((round_dir / "triples.jsonl").read_text().splitlines())
+        dropped = json.loads((round_dir / "dropped.json").read_text()) if (round_dir / "dropped.json").exists() else {}
+        assert n_principles == 8 and n_triples + sum(dropped.values()) == 8
+
+
+def test_llm_principles_through_the_policy_engines(tmp_path, toy_cache):
+    out = tmp_path / "llm"
+    proc = _run_cli("configs/tiny_cpu.yaml", "rounds=1", "principles.mode=llm", f"output_dir={out}",
+                    f"model.cache_dir={toy_cache}", "tensorboard=false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    # Two completion calls per prompt at least (bad, then good), retries and fallbacks counted.
+    assert m["principles/requests"] >= 16
+    assert m["principles/fallbacks"] <= 8 and "principles/parse_failures" in m
+    rows = [json.loads(x) for x in (out / "rounds" / "round_0001" / "principles.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in rows} <= {"llm", "fallback"}
+    assert len(rows) == 8
