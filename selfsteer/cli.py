@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfsteer", description="Online self-alignment (SSO) on Ray actors.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run online rounds", description="selfsteer run CONFIG [key=value ...]")
-    run.add_argument("config", help="YAML config (e.g. configs/tiny_cpu.yaml)")
+    run.add_argument("config", nargs="?", help="YAML config (e.g. configs/tiny_cpu.yaml); omit with --resume")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=5 rollout.num_engines=2")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last finished round")
     run.add_argument("--log-level", default="INFO")
     scale = sub.add_parser("scale", help="resize a running job's rollout pool before its next round")
     scale.add_argument("run_dir")
@@ -27,15 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from selfsteer.config import ConfigError, load_config
 
+    config_path, overrides = args.config, list(args.overrides)
+    if args.resume:
+        # The run's own resolved config; positional words are all overrides (e.g. rounds=6).
+        overrides = ([config_path] if config_path else []) + overrides + [f"output_dir={args.resume}"]
+        config_path = str(Path(args.resume) / "config.yaml")
+    elif config_path is None:
+        parser.error("run needs a CONFIG or --resume RUN_DIR")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config_path, overrides)
     except ConfigError as exc:
         print(f"selfsteer: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
         from selfsteer.driver import run as run_online
 
-        run_dir = run_online(cfg)
+        run_dir = run_online(cfg, resume=bool(args.resume))
         print(f"selfsteer: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0
 

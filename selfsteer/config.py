@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -19,14 +20,18 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
 
 
+def _key(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ConfigError(f"{section}.{name}={value!r} is not one of {list(choices)}")
+        raise ConfigError(f"{_key(section, name)}={value!r} is not one of {list(choices)}")
 
 
 def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{section}.{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+        raise ConfigError(f"{_key(section, name)}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,13 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
             source = str(path)
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            schema = OmegaConf.merge(schema, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{path}: the top level must be a mapping of sections, got a {type(loaded).__name__}")
+            schema = OmegaConf.merge(schema, loaded)
         if overrides:
             source = f"{source} with command-line overrides {list(overrides)}"
             bad = [o for o in overrides if "=" not in o]
@@ -270,7 +281,7 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(schema)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"invalid config in {source}: key {key!r}: {first_line}") from None
     except ConfigError as exc:

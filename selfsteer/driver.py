@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
+from selfsteer import checkpoint
 from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
 from selfsteer.engines.base import ChatRequest, Sampling
@@ -24,8 +25,8 @@ from selfsteer.roles import Roles, prepare_inputs, start_roles
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] = None) -> Path:
-    """Run `cfg.rounds` online rounds; returns the run directory.
+def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] = None, resume: bool = False) -> Path:
+    """Run `cfg.rounds` online rounds (continuing after the last saved round if `resume`).
 
     `on_round_start(round, roles)` may act between rounds (e.g. `roles.resize_engines(n)`); a
     `control.json` written into the run directory (`selfsteer scale`) is applied the same way.
@@ -33,12 +34,23 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    state = checkpoint.load_state(run_dir) if resume else None
+    if resume and state is None:
+        raise FileNotFoundError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
     inputs = prepare_inputs(cfg, run_dir)
     roles = start_roles(cfg, inputs)
-    writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
+    writer = None
     try:
+        if state is not None:
+            inputs.cursor.load_state_dict(state["cursor"])
+            roles.trainer.load_state(str(run_dir / checkpoint.TRAINER_DIR), state["trainer_tag"])
+            checkpoint.truncate_metrics(run_dir, state["round"])
+            logger.info("resuming %s after round %d", run_dir, state["round"])
+        writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
         roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
-        for round_index in tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round"):
+        first = state["round"] + 1 if state else 1
+        for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
+                                total=cfg.rounds):
             apply_control(run_dir, roles)
             if on_round_start is not None:
                 on_round_start(round_index, roles)
@@ -46,7 +58,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             writer.write(round_index, metrics)
             logger.info("round %d | %s", round_index, _summary(metrics))
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         roles.shutdown()
     return run_dir
 
@@ -79,7 +92,7 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
     with timer("checkpoint"):
         if r % cfg.save_every == 0 or r == cfg.rounds:
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-        inputs.save_state(run_dir, r)
+        checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict())
 
     metrics = {f"train/{k}": v for k, v in weighted_mean(results).items()} if results else {}
     metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)

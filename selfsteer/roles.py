@@ -55,12 +55,6 @@ class Inputs:
                 kept_pairs.append(pair)
         return kept_p, kept_pairs, len(prompts) - len(kept_p)
 
-    def save_state(self, run_dir: Path, round_index: int) -> None:
-        state = {"round": round_index, "cursor": self.cursor.state_dict()}
-        tmp = run_dir / ".state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, run_dir / "state.json")
-
 
 def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     from transformers import AutoTokenizer

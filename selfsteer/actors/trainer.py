@@ -151,6 +151,12 @@ class TrainerRank:
                     fingerprints.append(ws.fingerprint(flat))
         return {"fingerprints": fingerprints, "refs": refs}
 
+    def save_state(self, directory: str, tag: str) -> None:
+        self.backend.save_state(directory, tag)
+
+    def load_state(self, directory: str, tag: str) -> None:
+        self.backend.load_state(directory, tag)
+
     def save_hf(self, path: str) -> Optional[str]:
         """Write an HF checkpoint (safetensors) from the full weights. All ranks must call this."""
         params = list(self.module.parameters())
@@ -198,6 +204,12 @@ class TrainerGroup:
 
     def save_hf(self, path: str) -> None:
         ray.get([r.save_hf.remote(path) for r in self.ranks])
+
+    def save_state(self, directory: str, tag: str) -> None:
+        ray.get([r.save_state.remote(directory, tag) for r in self.ranks])
+
+    def load_state(self, directory: str, tag: str) -> None:
+        ray.get([r.load_state.remote(directory, tag) for r in self.ranks])
 
     def shutdown(self) -> None:
         for r in self.ranks:

@@ -40,7 +40,8 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
         raise PromptDataError(f"{path}: contains no rows")
     if prompt_field not in ds.column_names:
         raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
-    has_ids = id_field in ds.column_names
+    # Spec §8: if the first record has no id, every record gets its row index.
+    has_ids = id_field in ds.column_names and ds[0][id_field] not in (None, "")
     records, seen = [], {}
     for row, example in enumerate(ds):
         prompt = example[prompt_field]
@@ -63,6 +64,8 @@ class PromptCursor:
     """Walks the prompts in per-epoch shuffled order; its state is two integers, saved per round."""
 
     def __init__(self, records: list[PromptRecord], seed: int, shuffle: bool = True):
+        if not records:
+            raise PromptDataError("no prompts to iterate over")
         self.records, self.seed, self.shuffle = records, seed, shuffle
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)

@@ -96,9 +96,14 @@ class HFBackend:
                 break
         text_ids = [t for t in tokens if t not in self.eos_ids]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
-        for s in stop:
-            if s and s in text:
-                text, finish = text[:text.index(s)], "stop"
+        hits = [s for s in stop if s and s in text]
+        if hits:
+            # Keep the tokens up to the one that completed the stop string (HF pads the rest).
+            for k in range(1, len(text_ids) + 1):
+                if any(s in self.tokenizer.decode(text_ids[:k], skip_special_tokens=True) for s in hits):
+                    tokens = text_ids[:k]
+                    break
+            text, finish = text[:min(text.index(s) for s in hits)], "stop"
         return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -30,7 +30,10 @@ class TrainBackend(Protocol):
     def full_parameters(self, params: list[torch.nn.Parameter]) -> ContextManager[None]:
         """Inside the context every param in `params` holds its full value (ZeRO-3 gathers)."""
 
-    def state_for_checkpoint(self) -> dict: ...
+    def save_state(self, directory: str, tag: str) -> None:
+        """Everything needed to continue training (weights, optimizer, scheduler). All ranks call."""
+
+    def load_state(self, directory: str, tag: str) -> None: ...
 
 
 def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int):

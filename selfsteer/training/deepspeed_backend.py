@@ -52,5 +52,11 @@ class DeepSpeedBackend:
             return self._deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return nullcontext_params(params)
 
-    def state_for_checkpoint(self) -> dict:
-        return {"global_steps": int(self.engine.global_steps)}
+    def save_state(self, directory: str, tag: str) -> None:
+        """Optimizer, scheduler and (partitioned) weights in DeepSpeed's own checkpoint format."""
+        self.engine.save_checkpoint(directory, tag=tag)
+
+    def load_state(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")

@@ -44,5 +44,31 @@ class TorchBackend:
     def full_parameters(self, params):
         return nullcontext_params(params)
 
-    def state_for_checkpoint(self) -> dict:
-        return {"global_steps": self.steps}
+    def save_state(self, directory: str, tag: str) -> None:
+        """Rank 0 writes weights (safetensors) and optimizer/scheduler state; replicas are identical."""
+        import os
+
+        from safetensors.torch import save_file
+
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        target = os.path.join(directory, tag)
+        os.makedirs(target, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.module.state_dict().items()
+                   if k != "lm_head.weight" or not self.module.config.tie_word_embeddings},
+                  os.path.join(target, "model.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "steps": self.steps}, os.path.join(target, "optimizer.pt"))
+
+    def load_state(self, directory: str, tag: str) -> None:
+        import os
+
+        from safetensors.torch import load_file
+
+        target = os.path.join(directory, tag)
+        self.module.load_state_dict(load_file(os.path.join(target, "model.safetensors")), strict=False)
+        # Our own optimizer state (tensors and numbers), not user data: weights_only keeps it safe.
+        state = torch.load(os.path.join(target, "optimizer.pt"), weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = state["steps"]

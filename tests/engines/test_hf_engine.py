@@ -1,0 +1,253 @@
+"""HFBackend on the toy model: request order, padding-invariant greedy, finish reasons, seeds, stops, weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsteer.data.chat import encode_chat
+from selfsteer.engines.base import Sampling
+
+GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
+PROMPTS = [("what is 3 plus 4 ?", None),
+           ("tell a short story about a cat and a dog in the morning .", "be helpful and polite ."),
+           ("hi", None),
+           ("write a short list of fruit and tea .", "be rude and vague .")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The toy model gains nothing from intra-op threads, and on a shared 2-core box they oversubscribe.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_path(tmp_path_factory):
+    from selfsteer.toy import build_toy_model
+
+    return build_toy_model(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def sharp_path(tmp_path_factory):
+    """The toy model (untied) with weights redrawn at a larger scale.
+
+    At its 0.02 init the toy model is nearly "repeat the last token", so every chat prompt (they
+    all end in "assistant") yields the same greedy text and padding bugs would go unseen. With
+    larger weights the continuation depends on the whole context.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfsteer.toy import build_toy_model
+
+    base = build_toy_model(tmp_path_factory.mktemp("toy-untied"), tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.5 if ("embed" in name or "lm_head" in name) else 0.25, generator=gen)
+    out = tmp_path_factory.mktemp("toy-sharp")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(sharp_path):
+    from selfsteer.engines.hf_engine import HFBackend
+
+    return HFBackend(str(sharp_path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(engine):
+    ids = [encode_chat(engine.tokenizer, p, s) for p, s in PROMPTS]
+    assert len({len(i) for i in ids}) == len(ids)  # all lengths differ, so the batch is left-padded
+    return ids
+
+
+def test_greedy_outputs_differ_per_prompt(engine, prompt_ids):
+    # Guards the fixture: the padding tests below mean something only if outputs depend on the prompt.
+    outs = engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))
+    assert len({tuple(o.token_ids) for o in outs}) == len(prompt_ids)
+
+
+def test_left_padding_does_not_change_greedy_results(engine, prompt_ids):
+    batch = engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))
+    for ids, out in zip(prompt_ids, batch):
+        alone = engine.generate([ids], [GREEDY])[0]
+        assert out.token_ids == alone.token_ids
+        assert out.text == alone.text and out.finish_reason == alone.finish_reason
+        assert out.prompt_ids == ids
+
+
+def test_results_in_request_order_across_sampling_groups_and_chunks(sharp_path, prompt_ids):
+    from selfsteer.engines.hf_engine import HFBackend
+
+    # Interleaved settings are batched per setting, and chunked by max_batch_size; order must survive.
+    engine = HFBackend(str(sharp_path), max_batch_size=2)
+    short = Sampling(temperature=0.0, max_new_tokens=5)
+    requests = [(prompt_ids[0], GREEDY), (prompt_ids[1], short), (prompt_ids[2], GREEDY), (prompt_ids[3], short),
+                (prompt_ids[3], GREEDY), (prompt_ids[2], short), (prompt_ids[1], GREEDY)]
+    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
+    assert len(outs) == len(requests)
+    for (ids, sampling), out in zip(requests, outs):
+        alone = engine.generate([ids], [sampling])[0]
+        assert out.prompt_ids == ids
+        assert out.token_ids == alone.token_ids
+    # The same prompt under both settings: the 5-token run is the prefix of the 12-token run.
+    assert outs[3].token_ids == outs[4].token_ids[:5]
+
+
+def test_greedy_equals_model_generate(engine, sharp_path, prompt_ids):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(sharp_path).eval()
+    outs = engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))
+    for ids, out in zip(prompt_ids, outs):
+        ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=GREEDY.max_new_tokens, pad_token_id=0)
+        expected = ref[0, len(ids):].tolist()
+        assert out.token_ids == expected
+        assert out.text == engine.tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_finish_reason_length(engine, prompt_ids):
+    for n in (1, 7):
+        out = engine.generate(prompt_ids[:2], [Sampling(temperature=0.0, max_new_tokens=n)] * 2)
+        for o in out:
+            assert o.finish_reason == "length"
+            assert len(o.token_ids) == n
+            assert engine.tokenizer.eos_token_id not in o.token_ids
+
+
+def test_max_new_tokens_is_capped_by_the_context_size(engine):
+    # max_position_embeddings is 512: a 508-token prompt leaves room for 4 new tokens.
+    ids = [engine.tokenizer.convert_tokens_to_ids("tea")] * 508
+    out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=50)])[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+
+
+def test_eos_ends_with_stop_and_is_kept_in_tokens_not_text(toy_path):
+    from selfsteer.engines.hf_engine import HFBackend
+
+    # The plain toy model (tied, 0.02 init) repeats its last token: a context ending in <|im_end|>
+    # makes it emit <|im_end|> at once.
+    engine = HFBackend(str(toy_path))
+    eos = engine.tokenizer.eos_token_id
+    ids = encode_chat(engine.tokenizer, "hi")
+    outs = engine.generate([ids + [eos], ids], [Sampling(temperature=0.0, max_new_tokens=6)] * 2)
+    assert outs[0].token_ids == [eos] and outs[0].finish_reason == "stop" and outs[0].text == ""
+    assert outs[1].finish_reason == "length" and len(outs[1].token_ids) == 6  # batched with the early stop
+
+
+def test_sampling_with_seed_is_reproducible(engine, prompt_ids):
+    def run(seed):
+        sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=seed)
+        return [o.token_ids for o in engine.generate(prompt_ids, [sampling] * len(prompt_ids))]
+
+    first = run(3)
+    torch.manual_seed(999)  # global RNG state in between must not matter
+    assert run(3) == first
+    assert run(4) != first
+    greedy = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
+    assert first != greedy
+
+
+def _stop_word(text: str) -> tuple[str, int]:
+    """A word from the middle of `text` whose first occurrence (as a substring) is that word."""
+    words = text.split()
+    for k in range(2, len(words)):
+        word = words[k]
+        start = len(" ".join(words[:k])) + 1
+        if len(word) >= 3 and text.find(word) == start:
+            return word, start
+    raise AssertionError(f"no usable stop word in {text!r}")
+
+
+def test_stop_string_cuts_text(engine, prompt_ids):
+    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
+    word, start = _stop_word(full.text)
+    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
+                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].text == full.text[:start]
+    assert word not in stopped[0].text
+    # The other row of the batch is unaffected unless it contains the stop word itself.
+    other = engine.generate([prompt_ids[2]], [GREEDY])[0]
+    if word not in other.text:
+        assert stopped[1].text == other.text and stopped[1].finish_reason == other.finish_reason
+
+
+def test_stop_string_absent_changes_nothing(engine, prompt_ids):
+    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
+    out = engine.generate([prompt_ids[0]], [Sampling(temperature=0.0, max_new_tokens=12, stop=("zebra",))])[0]
+    assert "zebra" not in full.text
+    assert (out.text, out.token_ids, out.finish_reason) == (full.text, full.token_ids, full.finish_reason)
+
+
+def test_stop_string_token_ids_are_a_prefix_of_the_full_generation(engine, prompt_ids):
+    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
+    word, _ = _stop_word(full.text)
+    # Batched with a row that runs on, so HF keeps stepping after row 0 stopped.
+    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
+                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)[0]
+    assert stopped.token_ids == full.token_ids[:len(stopped.token_ids)]
+    assert len(stopped.token_ids) < len(full.token_ids)
+
+
+def test_load_weights_changes_outputs_and_rejects_unknown_names(sharp_path, prompt_ids):
+    from selfsteer.engines.hf_engine import HFBackend
+
+    engine = HFBackend(str(sharp_path))  # private copy: this test changes weights
+    before = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
+    original = {n: p.detach().clone() for n, p in engine.named_parameters()}
+
+    new_head = torch.randn(original["lm_head.weight"].shape, generator=torch.Generator().manual_seed(1))
+    engine.load_weights([("lm_head.weight", new_head.to(torch.float64))])  # cast to the param's dtype
+    params = dict(engine.named_parameters())
+    assert params["lm_head.weight"].dtype == torch.float32
+    assert torch.equal(params["lm_head.weight"], new_head)
+    assert torch.equal(params["model.norm.weight"], original["model.norm.weight"])  # others untouched
+    after = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
+    assert after != before
+
+    engine.load_weights(original.items())
+    assert [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))] == before
+
+    with pytest.raises(KeyError, match="model.layers.9.mlp.up_proj.weight"):
+        engine.load_weights([("model.layers.9.mlp.up_proj.weight", torch.zeros(1))])
+
+
+def test_named_parameters_match_the_checkpoint(engine, sharp_path):
+    from safetensors.torch import load_file
+
+    stored = load_file(sharp_path / "model.safetensors")
+    params = dict(engine.named_parameters())
+    assert params.keys() == stored.keys()
+    assert all(torch.equal(params[n], stored[n]) for n in stored)
+
+
+def test_backend_registry():
+    from selfsteer.engines.base import backend_class, vllm_available
+    from selfsteer.engines.hf_engine import HFBackend
+
+    assert backend_class("hf") is HFBackend
+    if vllm_available():
+        pytest.skip("vLLM is installed: 'auto' resolves to it")
+    assert backend_class("auto") is HFBackend
+    with pytest.raises(ImportError, match="pip install"):
+        backend_class("vllm")
+
+
+def test_unknown_backend_lists_valid_ones():
+    from selfsteer.engines.base import backend_class
+
+    with pytest.raises(ValueError) as err:
+        backend_class("tgi")
+    assert "'tgi'" in str(err.value)
+    assert "['hf', 'vllm']" in str(err.value) and "'auto'" in str(err.value)

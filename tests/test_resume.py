@@ -1,0 +1,59 @@
+"""Kill -9 the driver mid-round, `--resume`, and get the run an uninterrupted one would have given."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "selfsteer.cli", "run", *args]
+
+
+def _round_uuids(run_dir, r):
+    path = run_dir / "rounds" / f"round_{r:04d}" / "principles.jsonl"
+    return [json.loads(line)["uuid"] for line in path.read_text().splitlines()]
+
+
+def test_kill_driver_mid_round_then_resume(tmp_path, toy_cache):
+    from safetensors.torch import load_file
+
+    common = ["rounds=4", f"model.cache_dir={toy_cache}", "tensorboard=false"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = subprocess.run(_cli("configs/tiny_cpu.yaml", *common, f"output_dir={full}"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    victim = subprocess.Popen(_cli("configs/tiny_cpu.yaml", *common, f"output_dir={killed}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = killed / "rounds" / "round_0003" / "triples.jsonl"  # round 3 persisted, not yet trained
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert victim.poll() is None, "run ended before round 3"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    state = json.loads((killed / "state.json").read_text())
+    assert state["round"] == 2
+
+    proc = subprocess.run(_cli("--resume", str(killed)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    for r in (1, 2, 3, 4):
+        assert _round_uuids(full, r) == _round_uuids(killed, r), f"round {r} saw other prompts"
+    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
+    a = load_file(full / "checkpoints" / "round_0004" / "model.safetensors")
+    b = load_file(killed / "checkpoints" / "round_0004" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
