@@ -101,18 +101,32 @@ class SamplingConfig:
 class LLMPrincipleConfig:
     """`llm` principle mode: who writes the principles and how hard we try to parse them."""
 
-    source: str = "policy"  # policy (through the rollout engines) | model (a separate local model)
+    # policy (through the rollout engines) | model (a separate local model) | http (an OpenAI-compatible server)
+    source: str = "policy"
     model_path: Optional[str] = None
     max_retries: int = 2
     temperature: float = 0.7
     top_p: float = 0.8
     max_new_tokens: int = 256
+    # source=http (selfsteer.principles.endpoint): e.g. vLLM's `vllm serve` or `selfsteer serve`.
+    base_url: Optional[str] = None  # API root, e.g. http://127.0.0.1:8000/v1
+    model_name: Optional[str] = None  # served model name; None = the server's first model
+    api_key_env: Optional[str] = None  # NAME of the env var holding the API key (never the key itself)
+    timeout_s: float = 120.0  # per request
+    http_retries: int = 3  # extra attempts after a connection error, timeout or HTTP 429/5xx
+    max_concurrency: int = 8  # requests in flight
 
     def __post_init__(self):
-        _check_choice("principles.llm", "source", self.source, ("policy", "model"))
+        _check_choice("principles.llm", "source", self.source, ("policy", "model", "http"))
         if self.source == "model" and not self.model_path:
             raise ConfigError("principles.llm.source=model needs principles.llm.model_path")
+        if self.source == "http" and not (self.base_url or "").startswith(("http://", "https://")):
+            raise ConfigError(f"principles.llm.source=http needs principles.llm.base_url=http://HOST:PORT/v1, "
+                              f"got {self.base_url!r}")
         _check_positive("principles.llm", "max_retries", self.max_retries, allow_zero=True)
+        _check_positive("principles.llm", "timeout_s", self.timeout_s)
+        _check_positive("principles.llm", "http_retries", self.http_retries, allow_zero=True)
+        _check_positive("principles.llm", "max_concurrency", self.max_concurrency)
 
 
 @dataclass(frozen=True)
@@ -227,6 +241,12 @@ class RayConfig:
     num_cpus: Optional[int] = None  # only for an in-process Ray
     dashboard_host: str = "127.0.0.1"
     torch_threads: int = 1  # intra-op threads per actor on CPU; 2 cores are shared by all roles
+    # Upper bound on any single remote call (generation, scoring, a training round): a stalled
+    # actor becomes an error naming it instead of a silent hang.
+    call_timeout_s: float = 1800.0
+    # Stateless roles (rollout engines, reference, principle generator) are restarted by Ray this
+    # many times; an engine is re-synced and its requests re-issued. Trainer ranks are not restarted.
+    max_restarts: int = 3
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             checkpoint.truncate_metrics(run_dir, state["round"])
             logger.info("resuming %s after round %d", run_dir, state["round"])
         writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
-        roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
+        if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
+            roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
@@ -74,7 +75,7 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
         pairs, principle_stats = roles.principles(prompts, r)
         prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs)
     with timer("generation"):
-        generations = roles.pool.generate(_requests(cfg, prompts, pairs), _sampling(cfg, r))
+        generations = roles.generate(_requests(cfg, prompts, pairs), _sampling(cfg, r))
         triples, drops = _triples(prompts, pairs, generations)
     with timer("persist"):
         _persist(round_dir, prompts, pairs, triples, drops, r)
@@ -97,6 +98,8 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
     metrics = {f"train/{k}": v for k, v in weighted_mean(results).items()} if results else {}
     metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
     metrics["rollout/engines"] = float(len(roles.pool.engines))
+    metrics["faults/engine_restarts_total"] = float(roles.pool.stats.get("engine_restarts", 0))
+    metrics.update({f"faults/{k}_total": float(v) for k, v in roles.restarts.items()})
     metrics.update(_count_metrics(principle_stats, drops, skipped_long), **{"data/triples": float(len(triples)),
                    "data/unused_for_shards": float(len(items) - usable),
                    "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1]))})

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,24 +99,41 @@ class Roles:
     reference: Any
     trainer: Any
     syncer: Any
+    restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
 
     def principles(self, prompts, round_index: int):
         engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
-        return ray.get(self.principle_actor.generate.remote(prompts, round_index, engines), timeout=self.cfg.sync.timeout_s)
+        return self._call("principle generator", self.principle_actor, lambda: self.principle_actor.generate.remote(prompts, round_index, engines))
 
     def reference_scores(self, contexts, responses):
-        return ray.get(self.reference.score.remote(contexts, responses), timeout=self.cfg.sync.timeout_s)
+        return self._call("reference model", self.reference, lambda: self.reference.score.remote(contexts, responses))
 
-    def resize_engines(self, num_engines: int) -> None:
-        """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""
-        if num_engines == len(self.pool.engines):
-            return
-        if num_engines < 1:
-            raise ValueError(f"num_engines must be >= 1, got {num_engines}")
-        self.pool.resize(num_engines)
-        if self.cfg.rollout.update_weights:  # offline runs keep the start weights every engine loaded
-            self.syncer.sync(self.pool.engines)
-        logger.info("rollout pool resized to %d engine(s)", num_engines)
+    def generate(self, requests, sampling):
+        """Sample on the pool; a dead engine is restarted, brought to the current weights, re-asked."""
+        if not self.cfg.rollout.update_weights:  # offline: a restarted engine reloads the start weights
+            return self.pool.generate(requests, sampling, on_engine_restart=lambda: None)
+        return self.pool.generate(requests, sampling, on_engine_restart=lambda: self.syncer.resync(self.pool.engines),
+                                  expected_version=lambda: self.syncer.version)
+
+    def _call(self, role: str, actor, submit):
+        """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        from selfsteer.actors.liveness import wait_until_alive
+
+        timeout = self.cfg.ray.call_timeout_s
+        for attempt in range(self.cfg.ray.max_restarts + 1):
+            try:
+                return ray.get(submit(), timeout=timeout)
+            except GetTimeoutError as exc:
+                raise TimeoutError(f"{role} did not answer within ray.call_timeout_s={timeout} s") from exc
+            except RayActorError as exc:
+                if attempt == self.cfg.ray.max_restarts:
+                    raise RuntimeError(f"{role} died {attempt + 1} time(s); giving up: {exc}") from exc
+                logger.warning("%s died (%s); re-issuing the call to its restarted actor", role, type(exc).__name__)
+                key = role.replace(" ", "_") + "_restarts"
+                self.restarts[key] = self.restarts.get(key, 0) + 1
+                wait_until_alive(actor, role, timeout)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -141,9 +158,10 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     rc = cfg.reference
     reference = ray.remote(ReferenceModel).options(
         num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": env},
+        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
     principle_actor = ray.remote(PrincipleGenerator).options(
-        num_cpus=0, runtime_env={"env_vars": env}).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
-    ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.sync.timeout_s)
+        num_cpus=0, runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+    ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.ray.call_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
     return Roles(cfg, pool, principle_actor, reference, trainer, syncer)

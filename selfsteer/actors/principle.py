@@ -2,7 +2,8 @@
 
 `library` draws dimensions with an RNG seeded by (run seed, prompt id, round), so a resumed run
 draws the same principles. `llm` asks a model with the spec's principle prompt: by default the
-current policy through the rollout engines, or a separate local model loaded in this actor.
+current policy through the rollout engines, a separate local model loaded in this actor, or an
+OpenAI-compatible server (`selfsteer.principles.endpoint`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class PrincipleGenerator:
             self.local_backend = HFBackend(cfg.llm.model_path, device=resolve_device("auto"),
                                            dtype=resolve_dtype(model_cfg.dtype if model_cfg else "float32"),
                                            trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code))
+        self.endpoint = None
+        if cfg.mode == "llm" and cfg.llm.source == "http":
+            from selfsteer.principles.endpoint import ChatEndpoint
+
+            self.endpoint = ChatEndpoint.from_config(cfg.llm)
 
     def ready(self) -> str:
         return self.cfg.mode
@@ -54,6 +60,8 @@ class PrincipleGenerator:
             # A fresh seed per call, or a retry would repeat the same failed sample.
             calls["n"] += 1
             s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
+            if self.endpoint is not None:
+                return self.endpoint.complete(texts, s)
             requests = [ChatRequest(prompt=t) for t in texts]
             if self.local_backend is not None:
                 from selfsteer.data.chat import encode_chat

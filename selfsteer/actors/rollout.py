@@ -13,6 +13,7 @@ import ray
 import torch
 
 from selfsteer.actors import weight_sync as ws
+from selfsteer.actors.liveness import wait_until_alive
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_class
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
@@ -20,8 +21,16 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 logger = logging.getLogger(__name__)
 
 
+class StaleWeightsError(RuntimeError):
+    """The engine does not hold the weights version the caller expects (e.g. it was restarted)."""
+
+
 class RolloutEngine:
-    """Samples chat responses from the current policy; receives new weights every round."""
+    """Samples chat responses from the current policy; receives new weights every round.
+
+    `weights_version` counts syncs received; a restarted engine is back at 0 (start weights), so
+    a caller that names the version it expects can never silently sample from stale weights.
+    """
 
     def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
         limit_threads(torch_threads)
@@ -34,11 +43,19 @@ class RolloutEngine:
             tensor_parallel_size=rollout_cfg.tensor_parallel_size)
         self.tokenizer = self.backend.tokenizer
         self.sync_group: Optional[ws.SyncGroup] = None
+        self.weights_version = 0
 
     def ready(self) -> dict:
-        return {"index": self.index, "device": self.device, "backend": type(self.backend).__name__}
+        import os
 
-    def generate(self, requests: list[ChatRequest], sampling: Sampling) -> list[Generation]:
+        return {"index": self.index, "device": self.device, "backend": type(self.backend).__name__,
+                "pid": os.getpid(), "weights_version": self.weights_version}
+
+    def generate(self, requests: list[ChatRequest], sampling: Sampling,
+                 expected_version: Optional[int] = None) -> list[Generation]:
+        if expected_version is not None and expected_version != self.weights_version:
+            raise StaleWeightsError(f"rollout engine {self.index} holds weights version {self.weights_version}, "
+                                    f"expected {expected_version}")
         prompt_ids = [encode_chat(self.tokenizer, r.prompt, r.system) for r in requests]
         per_request = [r.sampling or sampling for r in requests]
         return self.backend.generate(prompt_ids, per_request)
@@ -48,7 +65,7 @@ class RolloutEngine:
         self.sync_group = ws.SyncGroup(host, port, rank, world_size, backend, timeout_s)
         return rank
 
-    def receive_weights(self, buckets: list[ws.Bucket], verify: bool) -> list[str]:
+    def receive_weights(self, buckets: list[ws.Bucket], verify: bool, version: int = 0) -> list[str]:
         """Receive every bucket by broadcast from sync rank 0 and load it in place."""
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
@@ -60,9 +77,10 @@ class RolloutEngine:
             self.backend.load_weights(ws.unpack_bucket(bucket, flat))
             if verify:
                 fingerprints.append(ws.fingerprint(flat))
+        self.weights_version = version
         return fingerprints
 
-    def load_buckets(self, buckets: list[ws.Bucket], flats: list, verify: bool) -> list[str]:
+    def load_buckets(self, buckets: list[ws.Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
         fingerprints = []
         for bucket, flat in zip(buckets, flats):
@@ -70,6 +88,7 @@ class RolloutEngine:
             self.backend.load_weights(ws.unpack_bucket(bucket, flat))
             if verify:
                 fingerprints.append(ws.fingerprint(flat))
+        self.weights_version = version
         return fingerprints
 
     def weights_fingerprint(self, buckets: list[ws.Bucket]) -> list[str]:
@@ -81,18 +100,64 @@ class RolloutEngine:
         return {n: p.detach().to("cpu").clone() for n, p in self.backend.named_parameters()}
 
 
+class EngineTimeoutError(TimeoutError):
+    """A rollout engine did not answer within the configured bound."""
+
+
 def generate_on_engines(engines: list, requests: list[ChatRequest], sampling: Sampling,
-                        timeout_s: Optional[float] = None) -> list[Generation]:
-    """Shard requests contiguously over engines; results come back in request order."""
+                        timeout_s: Optional[float] = None, on_engine_restart=None, max_restarts: int = 0,
+                        progress=None, expected_version=None, stats: Optional[dict] = None) -> list[Generation]:
+    """Shard requests contiguously over engines; results come back in request order.
+
+    A shard whose engine died, or came back from a restart with stale weights, is re-issued
+    to the same engine after `on_engine_restart()` has brought it back to the current weights;
+    `expected_version` (a callable) names the weights version every engine must hold.
+    """
+    import time
+
+    from ray.exceptions import RayActorError, RayTaskError
+
     if not engines:
         raise RuntimeError("no rollout engines are running")
     per = -(-len(requests) // len(engines))
     shards = [requests[i:i + per] for i in range(0, len(requests), per)]
-    refs = [engine.generate.remote(shard, _shard_seed(sampling, i)) for i, (engine, shard) in enumerate(zip(engines, shards))]
-    results: list[Generation] = []
-    for chunk in ray.get(refs, timeout=timeout_s):
-        results.extend(chunk)
-    return results
+    results: list = [None] * len(shards)
+    version = (lambda: None) if expected_version is None else expected_version
+
+    def submit(i):
+        return engines[i].generate.remote(shards[i], _shard_seed(sampling, i), version())
+
+    pending = {submit(i): i for i in range(len(shards))}
+    restarts = 0
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while pending:
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+        if not ready:
+            late = sorted(pending.values())
+            raise EngineTimeoutError(f"rollout engine(s) {late} did not answer within {timeout_s:.0f} s "
+                                     "(ray.call_timeout_s); the round's earlier outputs are on disk")
+        ref = ready[0]
+        i = pending.pop(ref)
+        try:
+            results[i] = ray.get(ref)
+        except (RayActorError, RayTaskError) as exc:
+            if isinstance(exc, RayTaskError) and not isinstance(exc.as_instanceof_cause(), StaleWeightsError):
+                raise
+            restarts += 1
+            if restarts > max_restarts or on_engine_restart is None:
+                raise RuntimeError(f"rollout engine {i} died and restarts are exhausted ({max_restarts}): {exc}") from exc
+            logger.warning("rollout engine %d was restarted (%s); re-syncing and re-issuing its %d requests",
+                           i, type(exc).__name__, len(shards[i]))
+            wait_until_alive(engines[i], f"rollout engine {i}", timeout_s)
+            on_engine_restart()
+            pending[submit(i)] = i
+            continue
+        if progress is not None:
+            progress(len(shards[i]))
+    if stats is not None:
+        stats["engine_restarts"] = stats.get("engine_restarts", 0) + restarts
+    return [g for chunk in results for g in chunk]
 
 
 def _shard_seed(sampling: Sampling, shard: int) -> Sampling:
@@ -111,6 +176,7 @@ class RolloutPool:
         self.env = env or {}
         self.engines: list = []
         self._pgs: list = []
+        self.stats: dict[str, int] = {}  # cumulative counters (engine_restarts)
 
     def _start_one(self, index: int):
         from ray.util.placement_group import placement_group
@@ -125,7 +191,7 @@ class RolloutPool:
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
             runtime_env={"env_vars": actor_env(self.torch_threads, self.env)},
-            max_concurrency=2,  # generate and sync calls never run together, but ready() may
+            max_restarts=self.cfg.ray.max_restarts, max_task_retries=0,  # we re-issue after a re-sync ourselves
         ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index)
         return actor, pg
 
@@ -145,8 +211,14 @@ class RolloutPool:
             logger.info("rollout pool: %d engine(s) running", len(self.engines))
         return new
 
-    def generate(self, requests: list[ChatRequest], sampling: Sampling) -> list[Generation]:
-        return generate_on_engines(self.engines, requests, sampling, timeout_s=self.cfg.sync.timeout_s)
+    def generate(self, requests: list[ChatRequest], sampling: Sampling, on_engine_restart=None,
+                 expected_version=None) -> list[Generation]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(requests), desc="generation", unit="req", leave=False) as bar:
+            return generate_on_engines(self.engines, requests, sampling, timeout_s=self.cfg.ray.call_timeout_s,
+                                       on_engine_restart=on_engine_restart, max_restarts=self.cfg.ray.max_restarts,
+                                       progress=bar.update, expected_version=expected_version, stats=self.stats)
 
     def shutdown(self) -> None:
         self.resize(0)

@@ -20,7 +20,7 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 
 logger = logging.getLogger(__name__)
 
-LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss"}
+LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss"}
 
 
 def _loss_fn(name: str):
@@ -28,6 +28,10 @@ def _loss_fn(name: str):
         raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
     module, fn = LOSSES[name].split(":")
     return getattr(importlib.import_module(module), fn)
+
+
+class TrainerRankError(RuntimeError):
+    """A trainer rank died or stalled; the round cannot finish (resume from the last round)."""
 
 
 class TrainerRank:
@@ -192,24 +196,46 @@ class TrainerGroup:
             ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
             for i in range(tc.num_ranks)
         ]
-        host, port = ray.get(self.ranks[0].address.remote())
-        self.infos = ray.get([r.setup.remote(host, port, model_path, total_steps) for r in self.ranks])
+        host, port = ray.get(self.ranks[0].address.remote(), timeout=cfg.ray.call_timeout_s)
+        self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps) for r in self.ranks])
         self.rank0 = self.ranks[0]
 
     def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> list[dict]:
         """Shard items evenly (every rank must take the same number of steps)."""
         world = len(self.ranks)
         shards = [items[r::world] for r in range(world)]
-        return ray.get([rank.train.remote(shard, keys, loss_kwargs) for rank, shard in zip(self.ranks, shards)])
+        return self._all("train", [rank.train.remote(shard, keys, loss_kwargs) for rank, shard in zip(self.ranks, shards)])
 
     def save_hf(self, path: str) -> None:
-        ray.get([r.save_hf.remote(path) for r in self.ranks])
+        self._all("save_hf", [r.save_hf.remote(path) for r in self.ranks])
+
+    def _all(self, what: str, refs: list) -> list:
+        """Wait for every rank; the first dead or stalled rank fails the call, named."""
+        import time
+
+        from ray.exceptions import RayActorError
+
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        pending, deadline = list(refs), time.monotonic() + self.cfg.ray.call_timeout_s
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+            if not ready:
+                late = sorted(rank_of[r] for r in pending)
+                raise TrainerRankError(f"trainer rank(s) {late} did not finish {what} within "
+                                       f"ray.call_timeout_s={self.cfg.ray.call_timeout_s} s")
+            try:
+                ray.get(ready[0])
+            except RayActorError as exc:
+                raise TrainerRankError(f"trainer rank {rank_of[ready[0]]} died during {what}; the run stops here. "
+                                       f"Continue from the last finished round with: selfsteer run --resume "
+                                       f"{self.cfg.output_dir}") from exc
+        return ray.get(refs)
 
     def save_state(self, directory: str, tag: str) -> None:
-        ray.get([r.save_state.remote(directory, tag) for r in self.ranks])
+        self._all("save_state", [r.save_state.remote(directory, tag) for r in self.ranks])
 
     def load_state(self, directory: str, tag: str) -> None:
-        ray.get([r.load_state.remote(directory, tag) for r in self.ranks])
+        self._all("load_state", [r.load_state.remote(directory, tag) for r in self.ranks])
 
     def shutdown(self) -> None:
         for r in self.ranks:

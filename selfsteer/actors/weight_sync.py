@@ -147,6 +147,7 @@ class WeightSyncer:
         on_gpu = trainer.infos[0]["device"] == "cuda" and cfg.rollout.num_gpus > 0
         self.backend = "nccl" if on_gpu else "gloo"
         self._connected: tuple = ()
+        self.version = 0  # bumped by every sync; engines report the version they hold
 
     def connect(self, engines: list) -> None:
         """Form the broadcast group trainer rank 0 + engines (again whenever the pool changes)."""
@@ -161,6 +162,11 @@ class WeightSyncer:
         ray.get(calls, timeout=timeout)
         self._connected = tuple(engines)
 
+    def resync(self, engines: list) -> dict[str, float]:
+        """After an engine restart: rebuild the group (the restarted engine left it) and sync all."""
+        self._connected = ()
+        return self.sync(engines)
+
     def sync(self, engines: list) -> dict[str, float]:
         """Send the trainer's current weights into every engine; raise if any engine differs."""
         import time
@@ -170,19 +176,26 @@ class WeightSyncer:
         sc = self.cfg.sync
         start = time.perf_counter()
         self.connect(engines)
+        version = self.version + 1
         pushes = [r.push_weights.remote(self.buckets, sc.method, sc.verify) for r in self.trainer.ranks]
-        if sc.method == "collective":
-            received = [e.receive_weights.remote(self.buckets, sc.verify) for e in engines]
-            results = ray.get(pushes + received, timeout=sc.timeout_s)
-            sent, got = results[0], results[len(pushes):]
-        else:
-            sent = ray.get(pushes, timeout=sc.timeout_s)[0]
-            got = ray.get([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify) for e in engines],
-                          timeout=sc.timeout_s)
+        try:
+            if sc.method == "collective":
+                received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]
+                results = ray.get(pushes + received, timeout=sc.timeout_s)
+                sent, got = results[0], results[len(pushes):]
+            else:
+                sent = ray.get(pushes, timeout=sc.timeout_s)[0]
+                got = ray.get([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify, version) for e in engines],
+                              timeout=sc.timeout_s)
+        except ray.exceptions.GetTimeoutError as exc:
+            self._connected = ()  # a half-finished broadcast leaves the group unusable
+            raise TimeoutError(f"weight sync did not finish within sync.timeout_s={sc.timeout_s} s: "
+                               "a trainer rank or rollout engine stopped answering") from exc
         if sc.verify:
             for i, fps in enumerate(got):
                 if fps != sent["fingerprints"]:
                     raise SyncMismatchError(f"rollout engine {i}: weights differ from trainer rank 0 after sync")
+        self.version = version
         seconds = time.perf_counter() - start
         return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),
                 "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}

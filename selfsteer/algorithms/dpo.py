@@ -1,7 +1,8 @@
-"""Plain sigmoid DPO loss shared by the Self-Contrast and SIPO losses.
+"""Plain sigmoid DPO: the per-pair loss shared by Self-Contrast and SIPO, and `dpo_loss` for the trainer.
 
 Specs: ``shared/spec/self_contrast.md`` §2 (TRL sigmoid DPO) and
-``shared/spec/sipo.md`` §2 (re-alignment DPO term). Pure torch, no reduction.
+``shared/spec/sipo.md`` §2 (re-alignment DPO term), ``shared/spec/sso.md`` §4 (the recipe's
+phase-5 DPO). Pure torch; only `dpo_loss` reduces (batch mean).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["dpo_sigmoid_loss", "upcast"]
+__all__ = ["dpo_loss", "dpo_sigmoid_loss", "upcast"]
 
 
 def upcast(t: Tensor) -> Tensor:
@@ -61,3 +62,41 @@ def dpo_sigmoid_loss(
     chosen = upcast(pi_chosen) - upcast(ref_chosen.detach())
     rejected = upcast(pi_rejected) - upcast(ref_rejected.detach())
     return F.softplus(-beta * (chosen - rejected))
+
+
+def dpo_loss(policy: dict[str, Tensor], reference: dict[str, Tensor], lengths: dict[str, Tensor], *,
+             beta: float = 0.1) -> tuple[Tensor, dict[str, float]]:
+    """Plain sigmoid DPO on (chosen, rejected) pairs, in the trainer's loss-registry signature.
+
+    The recipe's phase 5 (spec ``shared/spec/sso.md`` §4): DPO with ``beta`` 0.1 of the original
+    policy on the SSO generator's pairs, both scored under the bare prompt.
+
+    Args:
+        policy: ``"chosen"``, ``"rejected"`` -> ``[B]`` summed response log-probs (with grad).
+        reference: the same keys from the frozen reference; detached here.
+        lengths: token counts per key; unused (DPO works on sums), accepted for the signature.
+        beta: inverse temperature, ``> 0``.
+
+    Returns:
+        The batch-mean loss and metrics: ``loss``, ``rewards/{chosen,rejected,accuracies,margins}``,
+        ``logps/{chosen,rejected}`` (mean policy sums).
+
+    Raises:
+        KeyError: ``policy`` or ``reference`` lacks ``"chosen"`` or ``"rejected"``.
+        ValueError: ``beta <= 0``, or the tensors are not 1-D ``[B]`` of one shape.
+    """
+    from selfsteer.algorithms.sso import pair_rewards
+
+    for name, scores in (("policy", policy), ("reference", reference)):
+        for key in ("chosen", "rejected"):
+            if key not in scores:
+                raise KeyError(f"dpo_loss: {name} has no {key!r} scores (keys: {sorted(scores)})")
+    tensors = [policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"]]
+    if any(t.dim() != 1 or t.shape != tensors[0].shape for t in tensors):
+        raise ValueError(f"dpo_loss: every score must be 1-D [B] of one shape, got {[tuple(t.shape) for t in tensors]}")
+    per_pair = dpo_sigmoid_loss(*tensors, beta=beta)  # [B]
+    loss = per_pair.mean()
+    metrics = {"loss": loss.item(), **pair_rewards(*(t.detach() for t in tensors), beta=beta)}
+    metrics.update({"logps/chosen": upcast(policy["chosen"].detach()).mean().item(),
+                    "logps/rejected": upcast(policy["rejected"].detach()).mean().item()})
+    return loss, metrics

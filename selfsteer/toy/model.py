@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 from selfsteer.toy.words import VOCAB_WORDS
+
+_PRE_TOKEN = re.compile(r"\w+|[^\w\s]+")
 
 BUILDER_VERSION = 1
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
@@ -32,13 +35,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFSTEER_CACHE", Path.home() / ".cache" / "selfsteer"))
 
 
-def build_tokenizer():
-    """Word-level fast tokenizer with a ChatML template (lower-cased, punctuation split)."""
+def _check_extra_words(extra_words) -> tuple[str, ...]:
+    words = tuple(extra_words)
+    for word in words:
+        # The pre-tokenizer splits on \w+ / punctuation runs and lower-cases, so anything else never matches.
+        if not isinstance(word, str) or not _PRE_TOKEN.fullmatch(word) or word != word.lower():
+            raise ValueError(f"extra word {word!r} is not one lower-case pre-token (a run of letters/digits or of "
+                             "punctuation); it could never be produced by the tokenizer")
+    return words
+
+
+def build_tokenizer(extra_words=()):
+    """Word-level fast tokenizer with a ChatML template (lower-cased, punctuation split).
+
+    Args:
+        extra_words: words appended after the fixed vocabulary (those already in it are skipped),
+            so a task can name its own things without changing any existing token id.
+
+    Raises:
+        ValueError: an extra word is not a single lower-case pre-token.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in VOCAB_WORDS:
+    for word in (*VOCAB_WORDS, *_check_extra_words(extra_words)):
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
@@ -72,10 +93,13 @@ def build_toy_model(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = True,
     seed: int = 0,
+    extra_words=(),
 ) -> Path:
     """Build (or reuse from cache) the toy model; returns its HF directory.
 
-    Deterministic for a seed: the same settings give bit-identical safetensors.
+    Deterministic for a seed: the same settings give bit-identical safetensors. `extra_words`
+    extend the vocabulary (see `build_tokenizer`) and are part of the cache key only when given,
+    so every existing cache entry keeps its name.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -85,12 +109,15 @@ def build_toy_model(
         intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings, seed=seed,
     )
+    extra_words = _check_extra_words(extra_words)
+    if extra_words:
+        settings["extra_words"] = list(extra_words)
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "toy"
     target = root / f"llama-{_settings_key(settings)}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_words)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
