@@ -244,6 +244,7 @@ class RayConfig:
     # Upper bound on any single remote call (generation, scoring, a training round): a stalled
     # actor becomes an error naming it instead of a silent hang.
     call_timeout_s: float = 1800.0
+    startup_timeout_s: float = 1800.0  # actor start-up: model loading, DeepSpeed init (may compile)
     # Stateless roles (rollout engines, reference, principle generator) are restarted by Ray this
     # many times; an engine is re-synced and its requests re-issued. Trainer ranks are not restarted.
     max_restarts: int = 3

@@ -47,8 +47,10 @@ class PrincipleGenerator:
                                          concision_prob=self.cfg.concision_prob) for p in prompts]
             return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
         llm = self.cfg.llm
+        # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
+        # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
         sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
-                            stop=("###",), seed=self.seed * 7919 + round_index)
+                            stop=("\n###",), seed=self.seed * 7919 + round_index)
         pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling),
                                            max_retries=llm.max_retries)
         return [asdict(p) for p in pairs], stats

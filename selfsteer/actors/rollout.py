@@ -186,7 +186,7 @@ class RolloutPool:
         # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
         bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
         pg = placement_group([bundle], strategy="STRICT_PACK")
-        ray.get(pg.ready(), timeout=self.cfg.sync.timeout_s)
+        ray.get(pg.ready(), timeout=self.cfg.ray.startup_timeout_s)
         actor = ray.remote(RolloutEngine).options(
             num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
@@ -207,7 +207,7 @@ class RolloutPool:
             ray.kill(self.engines.pop())
             ray.util.remove_placement_group(self._pgs.pop())
         if new:
-            ray.get([a.ready.remote() for a in new], timeout=self.cfg.sync.timeout_s)
+            ray.get([a.ready.remote() for a in new], timeout=self.cfg.ray.startup_timeout_s)
             logger.info("rollout pool: %d engine(s) running", len(self.engines))
         return new
 

@@ -184,7 +184,7 @@ class TrainerGroup:
         self.cfg = cfg
         bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
         self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
-        ray.get(self.pg.ready(), timeout=cfg.sync.timeout_s)
+        ray.get(self.pg.ready(), timeout=cfg.ray.startup_timeout_s)
         extra = dict(env or {})
         if tc.device == "cpu" or (tc.device == "auto" and not tc.num_gpus):
             extra["DS_ACCELERATOR"] = "cpu"
@@ -196,8 +196,9 @@ class TrainerGroup:
             ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
             for i in range(tc.num_ranks)
         ]
-        host, port = ray.get(self.ranks[0].address.remote(), timeout=cfg.ray.call_timeout_s)
-        self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps) for r in self.ranks])
+        host, port = ray.get(self.ranks[0].address.remote(), timeout=cfg.ray.startup_timeout_s)
+        self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps) for r in self.ranks],
+                               timeout_s=cfg.ray.startup_timeout_s)
         self.rank0 = self.ranks[0]
 
     def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> list[dict]:
@@ -209,20 +210,20 @@ class TrainerGroup:
     def save_hf(self, path: str) -> None:
         self._all("save_hf", [r.save_hf.remote(path) for r in self.ranks])
 
-    def _all(self, what: str, refs: list) -> list:
+    def _all(self, what: str, refs: list, timeout_s: Optional[float] = None) -> list:
         """Wait for every rank; the first dead or stalled rank fails the call, named."""
         import time
 
         from ray.exceptions import RayActorError
 
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
-        pending, deadline = list(refs), time.monotonic() + self.cfg.ray.call_timeout_s
+        timeout_s = timeout_s or self.cfg.ray.call_timeout_s
+        pending, deadline = list(refs), time.monotonic() + timeout_s
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
             if not ready:
                 late = sorted(rank_of[r] for r in pending)
-                raise TrainerRankError(f"trainer rank(s) {late} did not finish {what} within "
-                                       f"ray.call_timeout_s={self.cfg.ray.call_timeout_s} s")
+                raise TrainerRankError(f"trainer rank(s) {late} did not finish {what} within {timeout_s} s")
             try:
                 ray.get(ready[0])
             except RayActorError as exc:

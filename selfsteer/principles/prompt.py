@@ -84,8 +84,9 @@ def good_followup_prompt(query: str, bad_text: str) -> str:
     return f"{principle_prompt(query)}{bad_text.strip()}\n\n{GOOD_HEADER}\n"
 
 
-_HEADER = re.compile(r"#{3,}[ \t]*(bad|good)[ \t]+guideline\b[ \t]*:?", re.IGNORECASE)
-_LEADING_HEADERS = re.compile(r"^(?:\s*#{3,}[ \t]*(?:bad|good)[ \t]+guideline\b[ \t]*:?)+", re.IGNORECASE)
+# "Guidelines" too: small instruct models (SmolLM2) open their reply by echoing the header in the plural.
+_HEADER = re.compile(r"#{3,}[ \t]*(bad|good)[ \t]+guidelines?\b[ \t]*:?", re.IGNORECASE)
+_LEADING_HEADERS = re.compile(r"^(?:\s*#{3,}[ \t]*(?:bad|good)[ \t]+guidelines?\b[ \t]*:?)+", re.IGNORECASE)
 # A piece of the stop string left at the end ("...\n##"), but not "C#".
 _TRAILING_HASHES = re.compile(r"(?:^|\s)#+$")
 
