@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from selfsteer import checkpoint
 from selfsteer.config import RunConfig, save_config, to_dict
+from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.metrics import MetricsWriter, PhaseTimer, weighted_mean
@@ -77,11 +78,13 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
     with timer("generation"):
         generations = roles.generate(_requests(cfg, prompts, pairs), _sampling(cfg, r))
         triples, drops = _triples(prompts, pairs, generations)
+        texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
+        signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
     with timer("persist"):
         _persist(round_dir, prompts, pairs, triples, drops, r)
     if not triples:
         logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
-        return {**timer.seconds, "data/triples": 0.0, **_count_metrics(principle_stats, drops, skipped_long)}
+        return {**timer.seconds, **signal, "data/triples": 0.0, **_count_metrics(principle_stats, drops, skipped_long)}
     with timer("reference"):
         ref_logps, _ = roles.reference_scores(*scoring_rows(triples, keys))
         items = training_items(triples, keys, ref_logps)
@@ -95,7 +98,9 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
         checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict())
 
-    metrics = {f"train/{k}": v for k, v in weighted_mean(results).items()} if results else {}
+    trained = weighted_mean(results) if results else {}
+    metrics = {f"train/{k}": v for k, v in trained.items()}
+    metrics.update(signal, **steering_gaps({k.split("/", 1)[1]: v for k, v in trained.items() if k.startswith("avg_logp/")}))
     metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
     metrics["rollout/engines"] = float(len(roles.pool.engines))
     metrics["faults/engine_restarts_total"] = float(roles.pool.stats.get("engine_restarts", 0))

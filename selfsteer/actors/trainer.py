@@ -124,7 +124,10 @@ class TrainerRank:
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         reference = {k: torch.tensor([ex[k]["ref_logp"] for ex in batch], dtype=torch.float32, device=logps.device)
                      for k in keys}
-        return self.loss_fn(policy, reference, lengths, **loss_kwargs)
+        loss, metrics = self.loss_fn(policy, reference, lengths, **loss_kwargs)
+        # Per-token policy log-probs per (response, context): the gold-free steering diagnostics.
+        metrics.update({f"avg_logp/{k}": (policy[k].detach() / lengths[k]).mean().item() for k in keys})
+        return loss, metrics
 
     # --- weights out ----------------------------------------------------------------------
     def weight_layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
