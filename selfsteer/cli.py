@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     scale = sub.add_parser("scale", help="resize a running job's rollout pool before its next round")
     scale.add_argument("run_dir")
     scale.add_argument("--engines", type=int, required=True)
+    from selfsteer.recipe import cli as recipe_cli
+
+    recipe_cli.add_subcommands(sub)  # the seed recipe's five phases, pipeline, converter, serve
     args = parser.parse_args(argv)
+    if args.command in recipe_cli.COMMANDS:
+        return recipe_cli.dispatch(args)
     if args.command == "scale":
         from selfsteer.driver import request_scale
 

@@ -1,6 +1,6 @@
 """The v2 principle prompt: a model writes a bad and a good guideline for each query (spec §7).
 
-Two completion calls per query, each sent as one user turn with stop string `###`:
+Two completion calls per query, each sent as one user turn with stop string `"\\n###"` (a header on a new line):
 
     call 1: principle_prompt(q)                 ends at "### Bad Guideline"   -> bad text
     call 2: principle_prompt(q) + bad + header  ends at "### Good Guideline"  -> good text
@@ -73,7 +73,7 @@ def _block(query: str) -> str:
 def principle_prompt(query: str) -> str:
     """Call 1's user turn: instructions, three worked examples, then the query and the bad header.
 
-    It ends with "### Bad Guideline\\n", so the completion (stop `###`) is the bad guideline.
+    It ends with "### Bad Guideline\\n", so the completion (stop `"\\n###"`) is the bad guideline.
     """
     examples = "".join(f"{_block(q)}{BAD_HEADER}\n{bad}\n\n{GOOD_HEADER}\n{good}\n\n" for q, bad, good in _EXAMPLES)
     return f"{_INSTRUCTIONS}\n\n{examples}{_block(query.strip())}{BAD_HEADER}\n"
@@ -145,7 +145,7 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
     Args:
         queries: user prompts, one pair each.
         complete: batched completion; gets one user-turn string per query and must return one reply
-            each, in order. The caller applies the stop string `###` and the sampling settings.
+            each, in order. The caller applies the stop string `"\\n###"` and the sampling settings.
         max_retries: extra attempts per call for queries whose reply was empty or unparseable.
         max_chars: cap on each guideline text; longer ones are cut at a whitespace boundary.
 
