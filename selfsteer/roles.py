@@ -135,6 +135,17 @@ class Roles:
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 wait_until_alive(actor, role, timeout)
 
+    def resize_engines(self, num_engines: int) -> None:
+        """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""
+        if num_engines == len(self.pool.engines):
+            return
+        if num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {num_engines}")
+        self.pool.resize(num_engines)
+        if self.cfg.rollout.update_weights:  # offline runs keep the start weights every engine loaded
+            self.syncer.sync(self.pool.engines)
+        logger.info("rollout pool resized to %d engine(s)", num_engines)
+
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.trainer.shutdown()
