@@ -44,12 +44,19 @@ def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
             assert time.time() < deadline, "ray head did not come up"
             time.sleep(2)
         runtime_env = {"excludes": [".git", ".venv*", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]}
-        job = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps(runtime_env), "--submission-id", "selfsteer-test", "--",
-             "python", "ray_jobs/online_sso.py", "--config", "configs/tiny_cpu.yaml", "rounds=1",
-             f"output_dir={out}", f"model.cache_dir={toy_cache}"],
-            env=env, capture_output=True, text=True, timeout=900)
+        submit = [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+                  "--runtime-env-json", json.dumps(runtime_env), "--submission-id", "selfsteer-test", "--",
+                  "python", "ray_jobs/online_sso.py", "--config", "configs/tiny_cpu.yaml", "rounds=1",
+                  f"output_dir={out}", f"model.cache_dir={toy_cache}"]
+        # The job server answers `job list` before the node's job agent has registered; until it has,
+        # a submission is refused with "No available agent" (nothing was started, so retrying is safe).
+        deadline = time.time() + 120
+        while True:
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+            if job.returncode == 0 or "No available agent" not in job.stderr + job.stdout:
+                break
+            assert time.time() < deadline, "the head's job agent never registered"
+            time.sleep(3)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
         from ray.job_submission import JobStatus, JobSubmissionClient
 
