@@ -49,8 +49,31 @@ class ToyModelConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """The verifiable alignment task (selfsteer.toy.task), used where `model.policy`, `data.prompts`
+    or `principles.library_file` is "task". The start model's architecture and seed are `model.toy`'s."""
+
+    split_seed: int = 0  # which prompts are held out
+    sft_examples: int = 16000
+    sft_batch_size: int = 16
+    sft_lr: float = 2.0e-3
+    unprompted_rate: float = 0.5  # P(a rule is met) where no principle names it
+    steerability: float = 1.0  # P(the SFT response obeys a principle it was given)
+    no_system_rate: float = 0.34  # share of SFT conversations without a system prompt
+    train_prompts: int = 2048  # prompts written for the run, kinds in equal shares
+
+    def __post_init__(self):
+        for name in ("sft_examples", "sft_batch_size", "sft_lr", "train_prompts"):
+            _check_positive("task", name, getattr(self, name))
+        for name in ("unprompted_rate", "steerability", "no_system_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"task.{name}={getattr(self, name)!r} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Which weights play which role. Paths are local HF directories; "toy" builds the toy model."""
+    """Which weights play which role. Paths are local HF directories; "toy" builds the toy model,
+    "task" the alignment task's SFT start model (see `task`)."""
 
     policy: str = "toy"
     # None: the reference is a frozen copy of the policy the run started from (spec §1).
@@ -260,6 +283,7 @@ class RunConfig:
     tensorboard: bool = True
     wandb_project: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     principles: PrincipleConfig = field(default_factory=PrincipleConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -270,7 +294,8 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
-        _check_choice("", "algo", self.algo, ("sso",))
+        # dpo: RLCD-style pairs (y+ from the good principle, y- from the bad) under plain DPO on the bare prompt
+        _check_choice("", "algo", self.algo, ("sso", "dpo"))
         _check_positive("", "rounds", self.rounds)
 
 

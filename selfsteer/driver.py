@@ -90,7 +90,7 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
         items = training_items(triples, keys, ref_logps)
         usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
     with timer("train"):
-        results = roles.trainer.train(items[:usable], keys, dataclasses.asdict(cfg.loss)) if usable else []
+        results = roles.trainer.train(items[:usable], keys, _loss_kwargs(cfg)) if usable else []
     with timer("sync"):
         sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}
     with timer("checkpoint"):
@@ -142,7 +142,11 @@ def request_scale(run_dir: str | Path, num_engines: int) -> Path:
 def _required_keys(cfg: RunConfig) -> frozenset:
     from selfsteer.algorithms.sso import REQUIRED_KEYS
 
-    return REQUIRED_KEYS[cfg.loss.variant]
+    return frozenset({"chosen", "rejected"}) if cfg.algo == "dpo" else REQUIRED_KEYS[cfg.loss.variant]
+
+
+def _loss_kwargs(cfg: RunConfig) -> dict:
+    return {"beta": cfg.loss.beta} if cfg.algo == "dpo" else dataclasses.asdict(cfg.loss)
 
 
 def _sampling(cfg: RunConfig, r: int) -> Sampling:

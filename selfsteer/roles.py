@@ -20,7 +20,23 @@ from selfsteer.runtime import actor_env
 logger = logging.getLogger(__name__)
 
 
+def task_start_settings(cfg: RunConfig):
+    """The alignment task's start-model settings: SFT knobs from `task`, architecture and seed from `model.toy`."""
+    from selfsteer.toy.start_model import StartModelSettings
+
+    t, k = cfg.model.toy, cfg.task
+    return StartModelSettings(seed=t.seed, examples=k.sft_examples, batch_size=k.sft_batch_size, lr=k.sft_lr,
+                              unprompted_rate=k.unprompted_rate, steerability=k.steerability,
+                              no_system_rate=k.no_system_rate, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                              num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                              intermediate_size=t.intermediate_size)
+
+
 def resolve_model(cfg: RunConfig) -> str:
+    if cfg.model.policy == "task":
+        from selfsteer.toy.start_model import build_start_model
+
+        return str(build_start_model(cfg.model.cache_dir, task_start_settings(cfg), split_seed=cfg.task.split_seed))
     if cfg.model.policy != "toy":
         if not (Path(cfg.model.policy) / "config.json").is_file():
             raise FileNotFoundError(f"model.policy={cfg.model.policy!r} is not a local HF model directory (no config.json)")
@@ -66,6 +82,11 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
         from selfsteer.toy.prompts import write_toy_prompts
 
         prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed)
+    elif prompts_path == "task":
+        from selfsteer.toy.task import write_task_prompts
+
+        prompts_path = write_task_prompts(run_dir / "prompts.jsonl", cfg.task.train_prompts, cfg.task.split_seed,
+                                          seed=cfg.seed)
     records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field)
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,

@@ -22,7 +22,7 @@ class PrincipleGenerator:
     def __init__(self, cfg, seed: int, model_cfg=None, *, torch_threads: int = 1):
         limit_threads(torch_threads)
         self.cfg, self.seed = cfg, seed
-        self.library = load_library(cfg.library_file) if cfg.library_file else BUILTIN_LIBRARY
+        self.library = _library(cfg.library_file)
         self.local_backend = None
         if cfg.mode == "llm" and cfg.llm.source == "model":
             from selfsteer.engines.hf_engine import HFBackend
@@ -77,3 +77,12 @@ class PrincipleGenerator:
             return [g.text for g in generate_on_engines(engines, requests, s)]
 
         return complete
+
+
+def _library(library_file):
+    """A library file, "task" (the alignment task's five rules), or the built-in v1 library."""
+    if library_file == "task":
+        from selfsteer.toy.task import LIBRARY
+
+        return LIBRARY
+    return load_library(library_file) if library_file else BUILTIN_LIBRARY

@@ -1,0 +1,156 @@
+"""The alignment benchmark: does online SSO align a model, next to its baselines, on a gold-scored task?
+
+Every method is a real `selfsteer run` (the product's CLI, actors and trainer) on
+`configs/alignment_tiny.yaml`, differing only by config overrides; every round's HF checkpoint is
+then scored on held-out prompts with the task's program-computed gold reward.
+
+    python benchmarks/alignment.py                                  # all methods, seeds 0 1 2
+    python benchmarks/alignment.py --methods online_sso_v1,rlcd_dpo --seeds 0 --rounds 6
+
+Writes <out>/results.json (method -> seed -> per-round and final figures), <out>/alignment.md
+and <out>/alignment.png; prints the table. The seed picks the start model (its SFT seed) and
+the run's sampling, so the spread covers both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selfsteer.alignment_report import pair_signal, plot, table  # noqa: E402
+from selfsteer.config import load_config  # noqa: E402
+
+# method -> config overrides (on top of configs/alignment_tiny.yaml). Offline methods keep the
+# engines on the start weights, so every round's pairs come from the start model.
+METHODS = {
+    "start": None,
+    "rlcd_dpo": ["algo=dpo", "rollout.update_weights=false"],
+    "offline_sso": ["rollout.update_weights=false"],
+    "online_sso_v1": [],
+    "online_sso_v2": ["loss.variant=v2", "rollout.sampling.raw_greedy=true"],
+    "online_v1_no_w": ["loss.use_w=false"],
+    "online_v1_no_g": ["loss.use_g=false"],
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=None, help="default: the config's")
+    ap.add_argument("--config", default=str(REPO / "configs" / "alignment_tiny.yaml"))
+    ap.add_argument("--out", default=str(REPO / "results" / "alignment"))
+    ap.add_argument("--eval-prompts", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=4, help="sampled responses per held-out prompt")
+    ap.add_argument("--cache-dir", default=None, help="start-model cache (default ~/.cache/selfsteer)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    from selfsteer import evaluation as E
+    from selfsteer.roles import resolve_model
+    from selfsteer.toy import task as T
+
+    settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)
+    started = time.time()
+    for seed in args.seeds:
+        common = [f"seed={seed}", f"model.toy.seed={seed}", *args.set]
+        if args.rounds:
+            common.append(f"rounds={args.rounds}")
+        if args.cache_dir:
+            common.append(f"model.cache_dir={args.cache_dir}")
+        cfg = load_config(args.config, common)
+        t0 = time.time()
+        start_dir = resolve_model(cfg)  # the SFT start model, built once per seed and cached
+        build_s = time.time() - t0
+        _, heldout = T.split_prompts(cfg.task.split_seed)
+        prompts = T.balanced(heldout, settings.prompts, seed=cfg.task.split_seed)
+        base = E.evaluate(start_dir, prompts, settings)
+        steer = E.steerability(start_dir, prompts, settings)
+        results.setdefault("_start", {})[str(seed)] = {"model": start_dir, "build_s": round(build_s, 1),
+                                                        "steerability": steer}
+        for method in methods:
+            print(f"[{time.time() - started:7.0f}s] seed {seed}: {method}", flush=True)
+            if METHODS[method] is None:
+                rounds = [_row(0, base, base)]
+            else:
+                run_dir = out / "runs" / method / f"seed{seed}"
+                run_s = _run(args.config, [*common, *METHODS[method], f"output_dir={run_dir}", "tensorboard=false"])
+                rounds = [_row(0, base, base)]
+                for ckpt in sorted((run_dir / "checkpoints").glob("round_*")):
+                    r = int(ckpt.name.split("_")[1])
+                    row = _row(r, E.evaluate(str(ckpt), prompts, settings, baseline=base["scores"]), base)
+                    row.update(pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl"))
+                    rounds.append(row)
+                rounds[-1]["run_s"] = round(run_s, 1)
+            results.setdefault(method, {})[str(seed)] = {"rounds": rounds, "final": rounds[-1]}
+            results_path.write_text(json.dumps(results, indent=2))  # after every run: nothing finished is lost
+    md = table(results, methods)
+    steer_md = _steer_table(results["_start"])
+    (out / "alignment.md").write_text(f"# Alignment benchmark\n\n{_header(args)}\n\n{md}\n\n## Start model steerability\n\n"
+                                      f"{steer_md}\n")
+    plot(results, methods, out / "alignment.png")
+    print(md)
+    print(steer_md)
+    final = [r["final"]["sampled_win_rate"] for r in results.get("online_sso_v1", {}).values()]
+    if final:
+        print(f"online SSO v1 sampled win rate vs start ratio: {statistics.mean(final) / 0.5:.3f}")
+    return 0
+
+
+def _row(r: int, ev: dict, base: dict) -> dict:
+    row = {"round": r}
+    for mode in ("greedy", "sampled"):
+        s = ev[mode]
+        row.update({f"{mode}_gold": s["gold"], f"{mode}_win_rate": s.get("win_rate", 0.5), f"{mode}_length": s["length"]})
+        row.update({f"{mode}_{d}": s[d] for d in base[mode] if d[:1].isupper()})
+    return row
+
+
+def _run(config: str, overrides: list[str]) -> float:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", config, *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"selfsteer run {' '.join(overrides)} failed:\n{proc.stderr[-4000:]}")
+    return time.time() - t0
+
+
+def _header(args) -> str:
+    import platform
+
+    return (f"Seeds {args.seeds}; config `{Path(args.config).name}` {' '.join(args.set)}; held-out prompts "
+            f"{args.eval_prompts}, {args.samples} samples each at T=1. Machine: {platform.machine()}, "
+            f"{os.cpu_count()} CPU cores; {time.strftime('%Y-%m-%d')}.")
+
+
+def _steer_table(start: dict) -> str:
+    dims = [d for d in next(iter(start.values()))["steerability"] if d != "none"]
+    lines = ["| seed | no-principle gold | " + " | ".join(f"{d} none / good / bad" for d in dims) + " |",
+             "|---" * (len(dims) + 2) + "|"]
+    for seed, info in sorted(start.items()):
+        s = info["steerability"]
+        cells = [f"{s[d]['none']:.2f} / {s[d]['good']:.2f} / {s[d]['bad']:.2f}" for d in dims]
+        lines.append(f"| {seed} | {s['none']['gold']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

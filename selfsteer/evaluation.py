@@ -1,0 +1,112 @@
+"""Gold evaluation on the verifiable task: reward per dimension, win rate, length, steerability.
+
+Generation goes through the product's HF backend (`selfsteer.engines.hf_engine.HFBackend`), with
+the chat formatting the rollouts use, so what is evaluated is what the engines would sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from selfsteer.data.chat import encode_chat
+from selfsteer.engines.base import Sampling
+from selfsteer.principles.library import compose_v1_system
+from selfsteer.toy import task as T
+
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    prompts: int = 96  # held-out prompts, kinds in equal shares
+    samples: int = 4  # sampled responses per prompt
+    temperature: float = 1.0  # the policy's own distribution, not the rollouts' sharpened one
+    max_new_tokens: int = 32
+    seed: int = 1234
+
+
+class Evaluator:
+    """Holds one model; answers the held-out prompts greedily and by sampling."""
+
+    def __init__(self, model_dir: str, batch_size: int = 128):
+        from selfsteer.engines.hf_engine import HFBackend
+
+        self.engine = HFBackend(str(model_dir), max_batch_size=batch_size)
+
+    def responses(self, prompts: list[T.TaskPrompt], system: Optional[str], sampling: Sampling, n: int = 1) -> list[list[str]]:
+        """`n` responses per prompt (row i = prompt i)."""
+        tok = self.engine.tokenizer
+        ids = [encode_chat(tok, p.text, system) for p in prompts for _ in range(n)]
+        gens = self.engine.generate(ids, [sampling] * len(ids))
+        return [[g.text for g in gens[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+
+def score(prompts: list[T.TaskPrompt], responses: list[list[str]]) -> list[list[dict[str, float]]]:
+    return [[T.gold_scores(p, r) for r in rs] for p, rs in zip(prompts, responses)]
+
+
+def summarize(scores: list[list[dict[str, float]]], responses: list[list[str]]) -> dict[str, float]:
+    flat = [s for row in scores for s in row]
+    out = {k: sum(s[k] for s in flat) / len(flat) for k in ("gold", *T.DIMENSIONS)}
+    out["length"] = sum(len(T.tokens(r)) for row in responses for r in row) / len(flat)
+    return out
+
+
+def win_rate(scores: list[list[dict[str, float]]], baseline: list[list[dict[str, float]]]) -> float:
+    """P(gold > baseline gold) + 0.5 P(tie), response i of a prompt against the baseline's response i."""
+    wins = total = 0.0
+    for row, base in zip(scores, baseline):
+        for s, b in zip(row, base):
+            wins += 1.0 if s["gold"] > b["gold"] else 0.5 if s["gold"] == b["gold"] else 0.0
+            total += 1
+    return wins / total
+
+
+def evaluate(model_dir: str, prompts: list[T.TaskPrompt], settings: EvalSettings = EvalSettings(),
+             baseline: Optional[dict] = None, evaluator: Optional[Evaluator] = None) -> dict:
+    """Gold summary (greedy and sampled) of a model on bare prompts; win rates if `baseline` is given.
+
+    Returns a dict with "greedy"/"sampled" summaries, the raw per-response "scores" (pass them back
+    as `baseline` to compare another model against this one) and, with a baseline, "win_rate".
+    """
+    ev = evaluator or Evaluator(model_dir)
+    greedy_sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=settings.max_new_tokens)
+    sampled = Sampling(temperature=settings.temperature, top_p=1.0, max_new_tokens=settings.max_new_tokens,
+                       seed=settings.seed)
+    out, scores = {}, {}
+    for mode, sampling, n in (("greedy", greedy_sampling, 1), ("sampled", sampled, settings.samples)):
+        responses = ev.responses(prompts, None, sampling, n)
+        scores[mode] = score(prompts, responses)
+        out[mode] = summarize(scores[mode], responses)
+        out[mode]["examples"] = [{"prompt": p.text, "response": rs[0]} for p, rs in zip(prompts[:4], responses)]
+        if baseline is not None:
+            out[mode]["win_rate"] = win_rate(scores[mode], baseline[mode])
+    out["scores"] = scores
+    return out
+
+
+def steerability(model_dir: str, prompts: list[T.TaskPrompt], settings: EvalSettings = EvalSettings(),
+                 evaluator: Optional[Evaluator] = None) -> dict[str, dict[str, float]]:
+    """Sampled adherence to each dimension with no principle, its good principle alone, its bad one alone.
+
+    The gap good − bad is what SSO's pairs are made of; no-principle is what alignment must raise.
+    """
+    ev = evaluator or Evaluator(model_dir)
+    sampling = Sampling(temperature=settings.temperature, top_p=1.0, max_new_tokens=settings.max_new_tokens,
+                        seed=settings.seed)
+    bare = score(prompts, ev.responses(prompts, None, sampling, settings.samples))
+    table = {}
+    for dim in T.LIBRARY:
+        row = {"none": _mean(bare, dim.name)}
+        for label, good in (("good", True), ("bad", False)):
+            got = score(prompts, ev.responses(prompts, compose_v1_system([dim], good=good), sampling, settings.samples))
+            row[label] = _mean(got, dim.name)
+            row[f"{label}_gold"] = _mean(got, "gold")
+        table[dim.name] = row
+    table["none"] = {"gold": _mean(bare, "gold")}
+    return table
+
+
+def _mean(scores, key: str) -> float:
+    flat = [s[key] for row in scores for s in row]
+    return sum(flat) / len(flat)
