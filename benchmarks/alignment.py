@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=96)
     ap.add_argument("--samples", type=int, default=4, help="sampled responses per held-out prompt")
     ap.add_argument("--cache-dir", default=None, help="start-model cache (default ~/.cache/selfsteer)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the table and plot from results.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -63,13 +64,17 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
+    from transformers.utils import logging as hf_logging
+
     from selfsteer import evaluation as E
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per evaluated checkpoint drowns the log
     from selfsteer.roles import resolve_model
     from selfsteer.toy import task as T
 
     settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)
     started = time.time()
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         common = [f"seed={seed}", f"model.toy.seed={seed}", *args.set]
         if args.rounds:
             common.append(f"rounds={args.rounds}")
@@ -101,9 +106,11 @@ def main(argv=None) -> int:
                 rounds[-1]["run_s"] = round(run_s, 1)
             results.setdefault(method, {})[str(seed)] = {"rounds": rounds, "final": rounds[-1]}
             results_path.write_text(json.dumps(results, indent=2))  # after every run: nothing finished is lost
+    if "_start" not in results:
+        ap.error(f"{results_path} holds no results yet")
     md = table(results, methods)
     steer_md = _steer_table(results["_start"])
-    (out / "alignment.md").write_text(f"# Alignment benchmark\n\n{_header(args)}\n\n{md}\n\n## Start model steerability\n\n"
+    (out / "alignment.md").write_text(f"# Alignment benchmark\n\n{_header(args, sorted(results['_start']))}\n\n{md}\n\n## Start model steerability\n\n"
                                       f"{steer_md}\n")
     plot(results, methods, out / "alignment.png")
     print(md)
@@ -133,22 +140,25 @@ def _run(config: str, overrides: list[str]) -> float:
     return time.time() - t0
 
 
-def _header(args) -> str:
+def _header(args, seeds) -> str:
     import platform
 
-    return (f"Seeds {args.seeds}; config `{Path(args.config).name}` {' '.join(args.set)}; held-out prompts "
+    return (f"Seeds {', '.join(seeds)}; config `{Path(args.config).name}` {' '.join(args.set)}; held-out prompts "
             f"{args.eval_prompts}, {args.samples} samples each at T=1. Machine: {platform.machine()}, "
             f"{os.cpu_count()} CPU cores; {time.strftime('%Y-%m-%d')}.")
 
 
 def _steer_table(start: dict) -> str:
-    dims = [d for d in next(iter(start.values()))["steerability"] if d != "none"]
-    lines = ["| seed | no-principle gold | " + " | ".join(f"{d} none / good / bad" for d in dims) + " |",
-             "|---" * (len(dims) + 2) + "|"]
-    for seed, info in sorted(start.items()):
-        s = info["steerability"]
-        cells = [f"{s[d]['none']:.2f} / {s[d]['good']:.2f} / {s[d]['bad']:.2f}" for d in dims]
-        lines.append(f"| {seed} | {s['none']['gold']:.3f} | " + " | ".join(cells) + " |")
+    """Per rule, mean over seeds: how often the start model meets it with no / its good / its bad principle."""
+    seeds = [info["steerability"] for info in start.values()]
+    dims = [d for d in seeds[0] if d != "none"]
+    mean = lambda get: statistics.mean(get(s) for s in seeds)  # noqa: E731
+    lines = ["| rule | met, no principle | met, good principle | met, bad principle | gold, good principle "
+             "| gold, bad principle |", "|---|---|---|---|---|---|"]
+    for d in dims:
+        cells = [mean(lambda s: s[d][k]) for k in ("none", "good", "bad", "good_gold", "bad_gold")]
+        lines.append(f"| {d} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines.append(f"| (all rules) gold, no principle | {mean(lambda s: s['none']['gold']):.3f} | | | | |")
     return "\n".join(lines)
 
 
