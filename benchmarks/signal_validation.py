@@ -51,8 +51,17 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x[ok], y[ok]
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return float("nan")
-    rank = lambda a: np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)  # noqa: E731
-    return float(np.corrcoef(rank(x), rank(y))[0, 1])
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks with ties sharing their average rank (as Spearman's rho needs)."""
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a), dtype=float)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
 
 
 def _within_runs(values: np.ndarray, runs: list[tuple]) -> np.ndarray:

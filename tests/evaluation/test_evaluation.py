@@ -81,7 +81,7 @@ def test_spearman_and_within_run_correlation():
     assert np.isnan(sv.spearman(x, np.ones(4)))
     # Two runs whose levels differ: pooled, y follows x; within each run it goes the other way.
     points = [{"method": "m", "seed": s, "round": r, "pair_accuracy": acc, "good_adherence": acc, "bad_adherence": acc,
-               "signal/x": xv} for s, rows in (("a", [(0.1, 0.2), (0.2, 0.1)]), ("b", [(0.8, 0.9), (0.9, 0.8)]))
+               "signal/x": xv} for s, rows in (("a", [(1.0, 2.0), (2.0, 1.0)]), ("b", [(11.0, 12.0), (12.0, 11.0)]))
               for r, (xv, acc) in enumerate(rows)]
     corr = sv.correlations(points)["signal/x"]
     assert corr["pair_accuracy"] > 0.5 and corr["pair_accuracy_within_runs"] == pytest.approx(-1.0)
