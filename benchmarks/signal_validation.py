@@ -100,7 +100,9 @@ def markdown(corr: dict, n_points: int) -> str:
 
 
 def _tracks(c: dict) -> bool:
-    return all(abs(np.nan_to_num(c[k])) >= TRACKS for k in ("pair_accuracy", "pair_accuracy_within_runs"))
+    """Strong both pooled and within runs, in the same direction."""
+    pooled, within = np.nan_to_num(c["pair_accuracy"]), np.nan_to_num(c["pair_accuracy_within_runs"])
+    return abs(pooled) >= TRACKS and abs(within) >= TRACKS and pooled * within > 0
 
 
 def plot(points: list[dict], corr: dict, path: Path, top: int = 4) -> None:
