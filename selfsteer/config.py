@@ -259,6 +259,21 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class SignalConfig:
+    """Watch one gold-free signal metric; alert (and optionally stop) once it is out of bounds for
+    `patience` rounds in a row. Default: alert when most y+/y- pairs come out identical."""
+
+    metric: str = "signal/pair_identical"
+    max_value: Optional[float] = 0.5
+    min_value: Optional[float] = None
+    patience: int = 2
+    early_stop: bool = False  # end the run (after saving the round) instead of only alerting
+
+    def __post_init__(self):
+        _check_positive("signal", "patience", self.patience)
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: Optional[str] = None  # None: start Ray in-process; "auto": attach to a cluster
     num_cpus: Optional[int] = None  # only for an in-process Ray
@@ -291,6 +306,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):

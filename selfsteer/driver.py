@@ -20,7 +20,7 @@ from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
 from selfsteer.engines.base import ChatRequest, Sampling
-from selfsteer.metrics import MetricsWriter, PhaseTimer, weighted_mean
+from selfsteer.metrics import MetricsWriter, PhaseTimer, SignalWatch, weighted_mean
 from selfsteer.roles import Roles, prepare_inputs, start_roles
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             checkpoint.truncate_metrics(run_dir, state["round"])
             logger.info("resuming %s after round %d", run_dir, state["round"])
         writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
+        watch = SignalWatch(cfg.signal)
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
         first = state["round"] + 1 if state else 1
@@ -57,8 +58,16 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             if on_round_start is not None:
                 on_round_start(round_index, roles)
             metrics = run_round(cfg, roles, inputs, round_index, run_dir)
+            metrics.update(watch.update(metrics))
             writer.write(round_index, metrics)
             logger.info("round %d | %s", round_index, _summary(metrics))
+            if watch.alerting:
+                logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "
+                               "is collapsing (see README 'Signal health')%s", round_index, cfg.signal.metric,
+                               metrics.get(cfg.signal.metric, float("nan")), watch.streak,
+                               "; stopping (signal.early_stop)" if cfg.signal.early_stop else "")
+                if cfg.signal.early_stop:
+                    break
     finally:
         if writer is not None:
             writer.close()

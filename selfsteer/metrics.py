@@ -65,3 +65,22 @@ def weighted_mean(results: list[dict], key: str = "metrics", weight: str = "exam
         for k, v in r[key].items():
             out[k] = out.get(k, 0.0) + v * r[weight] / max(total, 1)
     return out
+
+
+class SignalWatch:
+    """Counts consecutive rounds a watched metric is out of bounds (a collapsing preference signal)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.streak = cfg, 0
+
+    def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Returns `signal/alert` (1 once the streak reaches `patience`) and the streak, for the metrics."""
+        value = metrics.get(self.cfg.metric)
+        bad = value is not None and ((self.cfg.max_value is not None and value > self.cfg.max_value)
+                                     or (self.cfg.min_value is not None and value < self.cfg.min_value))
+        self.streak = self.streak + 1 if bad else 0
+        return {"signal/alert": float(self.streak >= self.cfg.patience), "signal/alert_streak": float(self.streak)}
+
+    @property
+    def alerting(self) -> bool:
+        return self.streak >= self.cfg.patience
