@@ -15,6 +15,7 @@ the run's sampling, so the spread covers both.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -52,7 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=96)
     ap.add_argument("--samples", type=int, default=4, help="sampled responses per held-out prompt")
     ap.add_argument("--cache-dir", default=None, help="start-model cache (default ~/.cache/selfsteer)")
+    ap.add_argument("--eval-every", type=int, default=1, help="score every N-th round's checkpoint (and the last)")
+    ap.add_argument("--lock", default=None, help="hold this file lock (flock) during each run, to share a machine")
     ap.add_argument("--report-only", action="store_true", help="rebuild the table and plot from results.json")
+    ap.add_argument("--rerun", action="store_true", help="redo (method, seed) pairs already in results.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -81,28 +85,34 @@ def main(argv=None) -> int:
         if args.cache_dir:
             common.append(f"model.cache_dir={args.cache_dir}")
         cfg = load_config(args.config, common)
-        t0 = time.time()
-        start_dir = resolve_model(cfg)  # the SFT start model, built once per seed and cached
-        build_s = time.time() - t0
         _, heldout = T.split_prompts(cfg.task.split_seed)
         prompts = T.balanced(heldout, settings.prompts, seed=cfg.task.split_seed)
-        base = E.evaluate(start_dir, prompts, settings)
-        steer = E.steerability(start_dir, prompts, settings)
-        results.setdefault("_start", {})[str(seed)] = {"model": start_dir, "build_s": round(build_s, 1),
-                                                        "steerability": steer}
+        with _locked(args.lock):
+            t0 = time.time()
+            start_dir = resolve_model(cfg)  # the SFT start model, built once per seed and cached
+            build_s = time.time() - t0
+            base = E.evaluate(start_dir, prompts, settings)  # seeded: the same baseline on every invocation
+            if str(seed) not in results.get("_start", {}):
+                results.setdefault("_start", {})[str(seed)] = {"model": start_dir, "build_s": round(build_s, 1),
+                                                                "steerability": E.steerability(start_dir, prompts, settings)}
         for method in methods:
+            if str(seed) in results.get(method, {}) and not args.rerun:
+                print(f"seed {seed}: {method} already in {results_path}; skipping (--rerun to redo)", flush=True)
+                continue
             print(f"[{time.time() - started:7.0f}s] seed {seed}: {method}", flush=True)
-            if METHODS[method] is None:
-                rounds = [_row(0, base, base)]
-            else:
-                run_dir = out / "runs" / method / f"seed{seed}"
-                run_s = _run(args.config, [*common, *METHODS[method], f"output_dir={run_dir}", "tensorboard=false"])
-                rounds = [_row(0, base, base)]
-                for ckpt in sorted((run_dir / "checkpoints").glob("round_*")):
-                    r = int(ckpt.name.split("_")[1])
-                    row = _row(r, E.evaluate(str(ckpt), prompts, settings, baseline=base["scores"]), base)
-                    row.update(pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl"))
-                    rounds.append(row)
+            rounds = [_row(0, base, base)]
+            if METHODS[method] is not None:
+                with _locked(args.lock):
+                    run_dir = out / "runs" / method / f"seed{seed}"
+                    run_s = _run(args.config, [*common, *METHODS[method], f"output_dir={run_dir}", "tensorboard=false"])
+                    ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
+                    for ckpt in ckpts:
+                        r = int(ckpt.name.split("_")[1])
+                        if r % args.eval_every and ckpt != ckpts[-1]:
+                            continue
+                        row = _row(r, E.evaluate(str(ckpt), prompts, settings, baseline=base["scores"]), base)
+                        row.update(pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl"))
+                        rounds.append(row)
                 rounds[-1]["run_s"] = round(run_s, 1)
             results.setdefault(method, {})[str(seed)] = {"rounds": rounds, "final": rounds[-1]}
             results_path.write_text(json.dumps(results, indent=2))  # after every run: nothing finished is lost
@@ -119,6 +129,21 @@ def main(argv=None) -> int:
     if final:
         print(f"online SSO v1 sampled win rate vs start ratio: {statistics.mean(final) / 0.5:.3f}")
     return 0
+
+
+@contextlib.contextmanager
+def _locked(path):
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _row(r: int, ev: dict, base: dict) -> dict:
