@@ -42,6 +42,7 @@ class TrainerRank:
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
         self.sync_group: Optional[ws.SyncGroup] = None
+        self.sync_buffers = ws.FlatBuffers()
 
     def address(self) -> tuple[str, int]:
         host = ws.node_ip()
@@ -149,7 +150,9 @@ class TrainerRank:
                 if self.rank != 0:
                     continue
                 device = self.device if method == "collective" and self.sync_group.backend == "nccl" else "cpu"
-                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device)
+                # Object-store buckets are pickled whole, so they get their own tensor, never a view.
+                out = self.sync_buffers.get(bucket, device) if method == "collective" else None
+                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device, out)
                 if method == "collective":
                     self.sync_group.broadcast(flat, src=0)
                 else:
