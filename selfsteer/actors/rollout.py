@@ -86,13 +86,8 @@ class RolloutEngine:
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
         device = self.device if self.sync_group.backend == "nccl" else "cpu"
-        fingerprints = []
-        for bucket in buckets:
-            flat = self.sync_buffers.get(bucket, device)  # loads copy out of it, so the next bucket may reuse it
-            self.sync_group.broadcast(flat, src=0)
-            self.backend.load_weights(ws.unpack_bucket(bucket, flat))
-            if verify:
-                fingerprints.append(ws.fingerprint(flat))
+        fingerprints = ws.receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
+                                          lambda b, flat: self.backend.load_weights(ws.unpack_bucket(b, flat)), verify)
         self.weights_version = version
         return fingerprints
 

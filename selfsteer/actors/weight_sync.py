@@ -68,24 +68,48 @@ def _elem(dtype: torch.dtype) -> int:
 
 
 class FlatBuffers:
-    """Reusable flat bucket buffers, one per dtype, so a CPU sync writes into warm pages.
+    """Reusable flat bucket buffers per (dtype, slot), so a CPU sync writes into warm pages.
 
     A fresh CPU buffer of a few MB or more comes straight from mmap, and the first write to each
     of its pages faults: about half the time of packing a bucket here (benchmarks/weight_sync.py).
-    On GPU every call gets a new tensor: the caching allocator already reuses the block, and keeps
-    it free for training in between.
+    Two slots let one bucket be packed or loaded while the other is on the wire. On GPU every
+    call gets a new tensor: the caching allocator already reuses the block, and keeps it free for
+    training in between.
     """
 
     def __init__(self):
-        self._flat: dict[str, torch.Tensor] = {}
+        self._flat: dict[tuple[str, int], torch.Tensor] = {}
 
-    def get(self, bucket: Bucket, device="cpu") -> torch.Tensor:
+    def get(self, bucket: Bucket, device="cpu", slot: int = 0) -> torch.Tensor:
         if torch.device(device).type != "cpu":
             return torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
-        flat = self._flat.get(bucket.dtype)
+        flat = self._flat.get((bucket.dtype, slot))
         if flat is None or flat.numel() < bucket.numel:
-            flat = self._flat[bucket.dtype] = torch.empty(bucket.numel, dtype=bucket.torch_dtype)
+            flat = self._flat[(bucket.dtype, slot)] = torch.empty(bucket.numel, dtype=bucket.torch_dtype)
         return flat[:bucket.numel]
+
+
+def receive_buckets(group: "SyncGroup", buckets: list[Bucket], buffers: FlatBuffers, device, load,
+                    verify: bool) -> list[str]:
+    """Receive every bucket from sync rank 0 and pass it to `load(bucket, flat)`, in order.
+
+    The next bucket's receive is posted before the current one is loaded, so the transfer and
+    the load overlap (two buffer slots). Returns the buckets' fingerprints when `verify`.
+    """
+    def post(i: int):
+        flat = buffers.get(buckets[i], device, slot=i % 2)
+        return flat, group.broadcast_async(flat, src=0)
+
+    fingerprints = []
+    ahead = post(0) if buckets else None
+    for i, bucket in enumerate(buckets):
+        flat, work = ahead
+        work.wait()
+        ahead = post(i + 1) if i + 1 < len(buckets) else None
+        load(bucket, flat)
+        if verify:
+            fingerprints.append(fingerprint(flat))
+    return fingerprints
 
 
 def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,9 +172,13 @@ class SyncGroup:
             raise ValueError(f"unknown sync backend {backend!r}; valid: gloo, nccl")
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        self.broadcast_async(tensor, src).wait()
+
+    def broadcast_async(self, tensor: torch.Tensor, src: int = 0):
+        """Start a broadcast; returns its work handle (`.wait()`). Keep `tensor` untouched until then."""
         opts = dist.BroadcastOptions()
         opts.rootRank = src
-        self.pg.broadcast([tensor], opts).wait()
+        return self.pg.broadcast([tensor], opts)
 
     def close(self) -> None:
         # Drop references; the process group shuts down with its last reference.

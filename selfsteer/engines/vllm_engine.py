@@ -230,20 +230,16 @@ class WorkerExtension:
         return rank + self.rank
 
     def selfsteer_receive_weights(self, buckets: list, verify: bool) -> list[str]:
-        from selfsteer.actors.weight_sync import Bucket, FlatBuffers, fingerprint
+        from selfsteer.actors.weight_sync import Bucket, FlatBuffers, TensorSlot, receive_buckets, unpack_bucket
 
         if self._selfsteer_sync is None:
             raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")
         device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
         self._selfsteer_buffers = self._selfsteer_buffers or FlatBuffers()
-        fingerprints = []
-        for dtype, numel, slots in buckets:
-            flat = self._selfsteer_buffers.get(Bucket(dtype, numel, ()), device)
-            self._selfsteer_sync.broadcast(flat, src=0)
-            self.selfsteer_load_weights([(name, flat[off:off + n].view(shape)) for name, shape, off, n in slots])
-            if verify:
-                fingerprints.append(fingerprint(flat))
-        return fingerprints
+        plan = [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))
+                for dtype, numel, slots in buckets]
+        return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
+                               lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat))), verify)
 
 
 def _vllm_layer(hf_name: str, packed: dict[str, str]) -> str:

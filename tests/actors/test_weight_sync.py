@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from selfsteer.actors.weight_sync import (
-    Bucket, FlatBuffers, SyncGroup, TensorSlot, engine_ranks, fingerprint, free_port, pack_bucket, plan_buckets, unpack_bucket,
+    Bucket, FlatBuffers, SyncGroup, TensorSlot, engine_ranks, fingerprint, free_port, pack_bucket, plan_buckets,
+    receive_buckets, unpack_bucket,
 )
 
 F32 = torch.float32
@@ -278,6 +279,36 @@ def test_engine_ranks_count_every_receiving_worker(sizes, world, starts):
 def test_engine_ranks_rejects_an_engine_without_processes():
     with pytest.raises(ValueError, match=r"at least one process, got \[1, 0\]"):
         engine_ranks([1, 0])
+
+
+def test_receive_buckets_overlaps_and_stays_exact():
+    """Two reused slots, the next receive posted before each load: every bucket still arrives whole."""
+    import threading
+
+    gen = torch.Generator().manual_seed(5)
+    tensors = {f"w{i}": torch.randn(40 + 13 * i, generator=gen) for i in range(7)}
+    buckets = plan_buckets([(n, tuple(t.shape), F32) for n, t in tensors.items()], 100 * 4)
+    assert len(buckets) >= 4
+    port, box = free_port(), {}
+    sender = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    sender.start()
+    group = SyncGroup("127.0.0.1", port, 1, 2, "gloo", 60)
+    sender.join()
+    flats = [pack_bucket(b, tensors, "cpu") for b in buckets]
+    sender = threading.Thread(target=lambda: [box["group"].broadcast(f, src=0) for f in flats])
+    sender.start()
+    loaded = {}
+    buffers = FlatBuffers()
+    fps = receive_buckets(group, buckets, buffers, "cpu",
+                          lambda b, flat: loaded.update({n: t.clone() for n, t in unpack_bucket(b, flat)}), True)
+    sender.join()
+    assert fps == [fingerprint(f) for f in flats]
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[n], tensors[n]) for n in tensors)
+    assert buffers.get(buckets[0], slot=0).data_ptr() != buffers.get(buckets[0], slot=1).data_ptr()
+    sender = threading.Thread(target=lambda: [box["group"].broadcast(f, src=0) for f in flats])
+    sender.start()
+    assert receive_buckets(group, buckets, buffers, "cpu", lambda b, flat: None, False) == []
+    sender.join()
 
 
 def test_sync_group_rejects_unknown_backend():
