@@ -86,8 +86,16 @@ class RolloutEngine:
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
         device = self.device if self.sync_group.backend == "nccl" else "cpu"
-        fingerprints = ws.receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
-                                          lambda b, flat: self.backend.load_weights(ws.unpack_bucket(b, flat)), verify)
+        in_place = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
+        if in_place is not None and all(f.device.type == torch.device(device).type for f in in_place):
+            # The parameters live in the bucket tensors: receive straight into them, no copy.
+            for flat in in_place:
+                self.sync_group.broadcast(flat, src=0)
+            fingerprints = [ws.fingerprint(flat) for flat in in_place] if verify else []
+        else:
+            fingerprints = ws.receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
+                                              lambda b, flat: self.backend.load_weights(ws.unpack_bucket(b, flat)),
+                                              verify)
         self.weights_version = version
         return fingerprints
 
