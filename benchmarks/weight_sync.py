@@ -11,7 +11,13 @@ loads them into every engine. The baseline, measured in the same run, is a singl
 
 GB/s is model bytes / seconds of one `WeightSyncer.sync` (whatever the number of engines).
 `--profile` times each stage of a sync alone, in this process (pack, gloo broadcast between two
-threads, load into an HF engine, checksum), to show where the time goes.
+threads, load into an engine of `--backend`, checksum), to show where the time goes.
+
+What limits it on CPU (2-core AMD EPYC, 2026-11-24; the issue-4 note): pack, load and checksum each
+run at 7-15 GB/s and are hidden behind the transfer (bucket i+1 packs while i is on the wire, HF
+engines receive straight into their parameters); gloo's TCP loopback carries ~2.9 GB/s, a third of
+one core's copy_, and a sync takes as long as that broadcast alone. Beating it on one node needs a
+shared-memory transport (not built); across nodes the network decides.
 
 The last line is `weight sync bandwidth ratio: <best sync GB/s / copy GB/s>`.
 """
@@ -89,16 +95,16 @@ def measure_syncs(model_path: str, args) -> list[dict]:
     return rows
 
 
-def profile_stages(model_path: str, bucket_mb: float, threads: int) -> dict[str, float]:
+def profile_stages(model_path: str, bucket_mb: float, threads: int, backend: str = "hf") -> dict[str, float]:
     """Seconds of each stage of one sync on its own: pack, broadcast (2 threads), load, checksum."""
     import torch
 
     from selfsteer.actors import weight_sync as ws
-    from selfsteer.engines.hf_engine import HFBackend
+    from selfsteer.engines.base import backend_class
 
     torch.set_num_threads(threads)
-    engine = HFBackend(model_path)  # plays the trainer (its parameters are packed) and the engine
-    params = {n: p.detach() for n, p in engine.named_parameters()}
+    engine = backend_class(backend)(model_path, device="cpu")  # its weights are packed, then loaded back
+    params = {n: p.detach().clone() for n, p in engine.named_parameters()}
     buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], int(bucket_mb * 2**20))
 
     def timed(fn) -> float:
@@ -191,7 +197,7 @@ def main(argv=None) -> float:
                       flush=True)
             if args.profile:
                 mb = max(args.bucket_mb)
-                stages = profile_stages(path, mb, args.threads)
+                stages = profile_stages(path, mb, args.threads, args.backend)
                 print(f"  profile {size}, {mb:g} MB buckets (each stage alone): " + ", ".join(
                     f"{k} {v:.3f} s ({nbytes / v / 1e9:.2f} GB/s)" for k, v in stages.items()), flush=True)
     finally:
