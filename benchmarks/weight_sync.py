@@ -192,7 +192,8 @@ def main(argv=None) -> float:
             for row in rows:
                 gbps, copy_gbps = nbytes / row["seconds"] / 1e9, nbytes / copy_s / 1e9
                 best = max(best, gbps / copy_gbps)
-                print(f"{size:>6} {row['params'] / 1e6:6.1f}M {nbytes / 1e6:7.1f} {row['bucket_mb']:9g} {row['buckets']:7d} "
+                print(f"{size:>6} {row['params'] / 1e6:6.1f}M {nbytes / 1e6:7.1f} {row['bucket_mb']:9g} "
+                      f"{row['buckets']:7d} "
                       f"{row['seconds']:8.3f} {gbps:6.2f} {copy_s:7.4f} {copy_gbps:9.2f} {gbps / copy_gbps:6.3f}",
                       flush=True)
             if args.profile:

@@ -71,7 +71,7 @@ class FlatBuffers:
     """Reusable flat bucket buffers per (dtype, slot), so a CPU sync writes into warm pages.
 
     A fresh CPU buffer of a few MB or more comes straight from mmap, and the first write to each
-    of its pages faults: about half the time of packing a bucket here (benchmarks/weight_sync.py).
+    of its pages faults: packing into one was 5x slower here (benchmarks/weight_sync.py --profile).
     Two slots let one bucket be packed or loaded while the other is on the wire. On GPU every
     call gets a new tensor: the caching allocator already reuses the block, and keeps it free for
     training in between.
@@ -112,7 +112,8 @@ def receive_buckets(group: "SyncGroup", buckets: list[Bucket], buffers: FlatBuff
     return fingerprints
 
 
-def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device, out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Copy the bucket's tensors into one flat tensor (`out` if given, e.g. from `FlatBuffers`)."""
     flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device) if out is None else out
     for slot in bucket.slots:

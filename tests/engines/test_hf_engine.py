@@ -246,7 +246,7 @@ def test_bucket_flats_hold_the_parameters_without_changing_outputs(sharp_path, t
     for bucket, flat in zip(buckets, flats):
         flat.copy_(pack_bucket(bucket, redrawn, "cpu"))
     assert all(torch.equal(p, redrawn[n]) for n, p in engine.named_parameters())
-    engine.load_weights((n, t) for b, f in zip(buckets, flats) for n, t in unpack_bucket(b, pack_bucket(b, original, "cpu")))
+    engine.load_weights((n, t) for b in buckets for n, t in unpack_bucket(b, pack_bucket(b, original, "cpu")))
     assert [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))] == before
 
 
