@@ -180,11 +180,26 @@ class RolloutConfig:
     # (offline SSO; with loss.use_w/use_g off and base dpo this is RLCD-style DPO).
     update_weights: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # vLLM engine settings (the HF backend ignores them).
+    gpu_memory_utilization: float = 0.9  # share of each engine GPU vLLM takes for weights + KV cache
+    enforce_eager: Optional[bool] = None  # None: eager on CPU (compiling costs ~25 s a start), CUDA graphs on GPU
+    max_model_len: Optional[int] = None  # None: the model's context size; lower it to fit the KV cache
 
     def __post_init__(self):
         _check_choice("rollout", "backend", self.backend, ("hf", "vllm", "auto"))
         _check_positive("rollout", "num_engines", self.num_engines)
+        _check_positive("rollout", "tensor_parallel_size", self.tensor_parallel_size)
         _check_choice("rollout", "device", self.device, ("auto", "cpu", "cuda"))
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1]")
+        if self.max_model_len is not None:
+            _check_positive("rollout", "max_model_len", self.max_model_len)
+
+    def vllm_args(self) -> dict:
+        """The settings `vllm.LLM` takes as they are; unset ones are left to vLLM or the backend."""
+        args = {"gpu_memory_utilization": self.gpu_memory_utilization, "enforce_eager": self.enforce_eager,
+                "max_model_len": self.max_model_len}
+        return {k: v for k, v in args.items() if v is not None}
 
 
 @dataclass(frozen=True)

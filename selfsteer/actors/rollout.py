@@ -40,9 +40,13 @@ class RolloutEngine:
         self.backend = backend_cls(
             model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
             trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
-            tensor_parallel_size=rollout_cfg.tensor_parallel_size)
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size, **rollout_cfg.vllm_args())
         self.tokenizer = self.backend.tokenizer
         self.sync_group: Optional[ws.SyncGroup] = None
+        self.sync_buffers = ws.FlatBuffers()
+        # A backend with worker processes (vLLM) receives the broadcast inside each worker, so
+        # every tensor-parallel worker joins the sync group and takes its shard straight from it.
+        self._workers_receive = hasattr(self.backend, "init_sync_group")
         self.weights_version = 0
 
     def ready(self) -> dict:
@@ -61,22 +65,37 @@ class RolloutEngine:
         return self.backend.generate(prompt_ids, per_request)
 
     # --- weight sync, engine side ---------------------------------------------------------
-    def init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    def sync_group_size(self) -> int:
+        """Sync-group ranks this engine takes: its workers' count, or 1 (this actor receives)."""
+        return self.backend.sync_group_size() if self._workers_receive else 1
+
+    def init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                        timeout_s: float) -> list[int]:
+        """Join the group as ranks `rank .. rank + sync_group_size() - 1`; returns the ranks taken."""
+        if self._workers_receive:
+            return self.backend.init_sync_group(host, port, rank, world_size, backend, timeout_s)
         self.sync_group = ws.SyncGroup(host, port, rank, world_size, backend, timeout_s)
-        return rank
+        return [rank]
 
     def receive_weights(self, buckets: list[ws.Bucket], verify: bool, version: int = 0) -> list[str]:
         """Receive every bucket by broadcast from sync rank 0 and load it in place."""
+        if self._workers_receive:
+            fingerprints = self.backend.receive_weights(buckets, verify)
+            self.weights_version = version
+            return fingerprints
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
         device = self.device if self.sync_group.backend == "nccl" else "cpu"
-        fingerprints = []
-        for bucket in buckets:
-            flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
-            self.sync_group.broadcast(flat, src=0)
-            self.backend.load_weights(ws.unpack_bucket(bucket, flat))
-            if verify:
-                fingerprints.append(ws.fingerprint(flat))
+        in_place = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
+        if in_place is not None and all(f.device.type == torch.device(device).type for f in in_place):
+            # The parameters live in the bucket tensors: receive straight into them, no copy.
+            for flat in in_place:
+                self.sync_group.broadcast(flat, src=0)
+            fingerprints = [ws.fingerprint(flat) for flat in in_place] if verify else []
+        else:
+            fingerprints = ws.receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
+                                              lambda b, flat: self.backend.load_weights(ws.unpack_bucket(b, flat)),
+                                              verify)
         self.weights_version = version
         return fingerprints
 

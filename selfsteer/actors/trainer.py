@@ -42,6 +42,7 @@ class TrainerRank:
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
         self.sync_group: Optional[ws.SyncGroup] = None
+        self.sync_buffers = ws.FlatBuffers()
 
     def address(self) -> tuple[str, int]:
         host = ws.node_ip()
@@ -140,22 +141,32 @@ class TrainerRank:
         return self.rank
 
     def push_weights(self, buckets: list[ws.Bucket], method: str, verify: bool) -> dict:
-        """Gather (ZeRO-3) and send every bucket. All ranks must call this together."""
+        """Gather (ZeRO-3) and send every bucket. All ranks must call this together.
+
+        Bucket i+1 is gathered and packed while bucket i is on the wire (two buffer slots), and
+        its fingerprint is taken while it is sent.
+        """
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
-        for bucket in buckets:
-            bucket_params = [params[s.name] for s in bucket.slots]
-            with self.backend.full_parameters(bucket_params):
+        collective, sending = method == "collective", None
+        for i, bucket in enumerate(buckets):
+            with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
                 if self.rank != 0:
                     continue
-                device = self.device if method == "collective" and self.sync_group.backend == "nccl" else "cpu"
-                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device)
-                if method == "collective":
-                    self.sync_group.broadcast(flat, src=0)
-                else:
-                    refs.append(ray.put(flat))
-                if verify:
-                    fingerprints.append(ws.fingerprint(flat))
+                device = self.device if collective and self.sync_group.backend == "nccl" else "cpu"
+                # Object-store buckets are pickled whole, so they get their own tensor, never a view.
+                out = self.sync_buffers.get(bucket, device, slot=i % 2) if collective else None
+                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device, out)
+            if collective:
+                if sending is not None:
+                    sending.wait()  # bucket i-1 is out: one send in flight, so slot (i+1) % 2 is free next
+                sending = self.sync_group.broadcast_async(flat, src=0)
+            else:
+                refs.append(ray.put(flat))
+            if verify:
+                fingerprints.append(ws.fingerprint(flat))
+        if sending is not None:
+            sending.wait()
         return {"fingerprints": fingerprints, "refs": refs}
 
     def save_state(self, directory: str, tag: str) -> None:

@@ -2,14 +2,14 @@
 
 The sync group is a standalone process group (its own TCPStore), separate from the trainer's
 default group, so trainer ranks and engines can join without `ray.util.collective` and without
-disturbing DeepSpeed. Rank 0 of the sync group is trainer rank 0; engine i is rank i + 1.
+disturbing DeepSpeed. Rank 0 of the sync group is trainer rank 0; then each engine takes one rank
+per receiving process (a vLLM engine: one per tensor-parallel worker), in engine order.
 The number of collective calls grows with the number of buckets, not of parameters.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import socket
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -67,8 +67,55 @@ def _elem(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device) -> torch.Tensor:
-    flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+class FlatBuffers:
+    """Reusable flat bucket buffers per (dtype, slot), so a CPU sync writes into warm pages.
+
+    A fresh CPU buffer of a few MB or more comes straight from mmap, and the first write to each
+    of its pages faults: packing into one was 5x slower here (benchmarks/weight_sync.py --profile).
+    Two slots let one bucket be packed or loaded while the other is on the wire. On GPU every
+    call gets a new tensor: the caching allocator already reuses the block, and keeps it free for
+    training in between.
+    """
+
+    def __init__(self):
+        self._flat: dict[tuple[str, int], torch.Tensor] = {}
+
+    def get(self, bucket: Bucket, device="cpu", slot: int = 0) -> torch.Tensor:
+        if torch.device(device).type != "cpu":
+            return torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)
+        flat = self._flat.get((bucket.dtype, slot))
+        if flat is None or flat.numel() < bucket.numel:
+            flat = self._flat[(bucket.dtype, slot)] = torch.empty(bucket.numel, dtype=bucket.torch_dtype)
+        return flat[:bucket.numel]
+
+
+def receive_buckets(group: "SyncGroup", buckets: list[Bucket], buffers: FlatBuffers, device, load,
+                    verify: bool) -> list[str]:
+    """Receive every bucket from sync rank 0 and pass it to `load(bucket, flat)`, in order.
+
+    The next bucket's receive is posted before the current one is loaded, so the transfer and
+    the load overlap (two buffer slots). Returns the buckets' fingerprints when `verify`.
+    """
+    def post(i: int):
+        flat = buffers.get(buckets[i], device, slot=i % 2)
+        return flat, group.broadcast_async(flat, src=0)
+
+    fingerprints = []
+    ahead = post(0) if buckets else None
+    for i, bucket in enumerate(buckets):
+        flat, work = ahead
+        work.wait()
+        ahead = post(i + 1) if i + 1 < len(buckets) else None
+        load(bucket, flat)
+        if verify:
+            fingerprints.append(fingerprint(flat))
+    return fingerprints
+
+
+def pack_bucket(bucket: Bucket, tensors: dict[str, torch.Tensor], device,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy the bucket's tensors into one flat tensor (`out` if given, e.g. from `FlatBuffers`)."""
+    flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device) if out is None else out
     for slot in bucket.slots:
         flat[slot.offset:slot.offset + slot.numel].copy_(tensors[slot.name].reshape(-1))
     return flat
@@ -80,9 +127,15 @@ def unpack_bucket(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, tor
 
 
 def fingerprint(flat: torch.Tensor) -> str:
-    """Exact content hash of a bucket (bytes on CPU), to verify a sync bit for bit."""
+    """Content hash of a bucket's bytes, to verify a sync bit for bit.
+
+    XXH3 (64 bit), hashed in place: it runs at memory speed, where sha256 over a copy ran at a
+    fifth of the sync's bandwidth. It guards against a wrong or torn transfer, not an adversary.
+    """
+    import xxhash
+
     data = flat.detach().to("cpu").contiguous().view(torch.uint8).numpy()
-    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+    return xxhash.xxh3_64_hexdigest(data)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,14 +173,33 @@ class SyncGroup:
             raise ValueError(f"unknown sync backend {backend!r}; valid: gloo, nccl")
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        self.broadcast_async(tensor, src).wait()
+
+    def broadcast_async(self, tensor: torch.Tensor, src: int = 0):
+        """Start a broadcast; returns its work handle (`.wait()`). Keep `tensor` untouched until then."""
         opts = dist.BroadcastOptions()
         opts.rootRank = src
-        self.pg.broadcast([tensor], opts).wait()
+        return self.pg.broadcast([tensor], opts)
 
     def close(self) -> None:
         # Drop references; the process group shuts down with its last reference.
         self.pg = None
         self.store = None
+
+
+def engine_ranks(group_sizes: list[int]) -> tuple[int, list[int]]:
+    """World size and each engine's first rank, given how many processes each engine puts in.
+
+    >>> engine_ranks([2, 1, 4])
+    (8, [1, 3, 4])
+    """
+    if any(int(n) < 1 for n in group_sizes):
+        raise ValueError(f"every engine joins the sync group with at least one process, got {group_sizes}")
+    starts, next_rank = [], 1
+    for n in group_sizes:
+        starts.append(next_rank)
+        next_rank += int(n)
+    return next_rank, starts
 
 
 class SyncMismatchError(RuntimeError):
@@ -155,10 +227,12 @@ class WeightSyncer:
 
         if self.cfg.sync.method != "collective" or tuple(engines) == self._connected:
             return
-        host, port = ray.get(self.trainer.rank0.address.remote())
-        world, timeout = len(engines) + 1, self.cfg.sync.timeout_s
+        timeout = self.cfg.sync.timeout_s
+        host, port = ray.get(self.trainer.rank0.address.remote(), timeout=timeout)
+        world, starts = engine_ranks(ray.get([e.sync_group_size.remote() for e in engines], timeout=timeout))
         calls = [r.init_sync_group.remote(host, port, world, self.backend, timeout) for r in self.trainer.ranks]
-        calls += [e.init_sync_group.remote(host, port, i + 1, world, self.backend, timeout) for i, e in enumerate(engines)]
+        calls += [e.init_sync_group.remote(host, port, start, world, self.backend, timeout)
+                  for e, start in zip(engines, starts)]
         ray.get(calls, timeout=timeout)
         self._connected = tuple(engines)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -41,6 +41,7 @@ class HFBackend:
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.max_len = getattr(self.model.config, "max_position_embeddings", 1 << 30)
+        self._flats: tuple = ((), [])  # (bucket plan, its flat tensors) once parameters live in them
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -116,3 +117,34 @@ class HFBackend:
 
     def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.model.named_parameters()
+
+    @torch.no_grad()
+    def bucket_flats(self, buckets: list) -> Optional[list[torch.Tensor]]:
+        """Flat tensors the parameters live in, one per sync bucket, so a sync receives in place.
+
+        On first use for a bucket plan every parameter moves into its slot of its bucket's flat
+        tensor (`param.data` becomes a view; tied weights are one parameter, so they stay tied).
+        None where the plan does not match the model (names, shapes or dtypes): then load by copy.
+        """
+        plan = tuple(buckets)
+        if self._flats[0] == plan:
+            return self._flats[1]
+        params = dict(self.model.named_parameters())
+        if sorted(s.name for b in plan for s in b.slots) != sorted(params):
+            return None
+        for bucket in plan:
+            for slot in bucket.slots:
+                p = params[slot.name]
+                if p.dtype != bucket.torch_dtype or tuple(p.shape) != slot.shape:
+                    return None
+        flats = []
+        for bucket in plan:
+            flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=self.device)
+            for slot in bucket.slots:
+                view = flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+                view.copy_(params[slot.name].data)
+                params[slot.name].data = view
+            flats.append(flat)
+        self._flats = (plan, flats)
+        return flats
+

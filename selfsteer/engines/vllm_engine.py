@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -47,16 +47,20 @@ class VLLMBackend:
         max_batch_size: vLLM `max_num_seqs`, the most sequences decoded together.
         tensor_parallel_size: GPUs per engine (workers run as subprocesses of the actor).
         seed: engine seed for requests without one.
-        enforce_eager: skip torch.compile (saves ~25 s per engine start on CPU; see benchmarks/rollout.py).
+        enforce_eager: skip torch.compile and CUDA graphs; None: eager on CPU only (compiling costs
+            ~25 s per engine start there and gains little; see benchmarks/rollout.py).
         engine_kwargs: passed on to `vllm.LLM` (e.g. max_model_len, gpu_memory_utilization).
     """
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  trust_remote_code: bool = False, max_batch_size: int = 64, tensor_parallel_size: int = 1,
-                 seed: int = 0, enforce_eager: bool = True, **engine_kwargs):
+                 seed: int = 0, enforce_eager: Optional[bool] = None, **engine_kwargs):
         if device == "cpu":
             for key, value in CPU_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
+        if enforce_eager is None:
+            enforce_eager = device == "cpu"
+        self.tensor_parallel_size = tensor_parallel_size
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -144,6 +148,10 @@ class VLLMBackend:
         return (weights if self._same_process else _from_bytes(weights)).items()
 
     # --- weight sync, receive inside the workers -------------------------------------------------
+    def sync_group_size(self) -> int:
+        """Processes this engine puts into the sync group: one per tensor-parallel worker."""
+        return self.tensor_parallel_size
+
     def init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
                         timeout_s: float) -> list[int]:
         """Join the trainer's broadcast group from every worker: TP worker r takes rank `rank + r`."""
@@ -180,6 +188,7 @@ class WorkerExtension:
         for name, layer in self._selfsteer_layer_of.items():
             self._selfsteer_layers.setdefault(layer, []).append(name)
         self._selfsteer_sync = None
+        self._selfsteer_buffers = None
         # Every bucket is a partial reload, and vLLM warns about each layer a bucket leaves alone.
         for name in ("layerwise", "inplace"):
             logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}").setLevel(logging.ERROR)
@@ -197,8 +206,14 @@ class WorkerExtension:
             # computes from its own packed copy, which must be rebuilt (a no-op on GPU).
             head = self.model_runner.get_model().lm_head
             head.quant_method.process_weights_after_loading(head)
+        # vLLM has copied every complete layer by now (reload keeps no reference past the call),
+        # so the input may be a reused receive buffer; the HF copy is updated in place.
         for name, tensor in named.items():
-            self._selfsteer_hf[name] = tensor.to(device="cpu", dtype=self._selfsteer_dtype, copy=True)
+            held = self._selfsteer_hf[name]
+            if held.shape == tensor.shape:
+                held.copy_(tensor)
+            else:
+                self._selfsteer_hf[name] = tensor.to(device="cpu", dtype=self._selfsteer_dtype, copy=True)
 
     def selfsteer_named_weights(self, same_process: bool):
         if self.rank != 0:
@@ -215,19 +230,16 @@ class WorkerExtension:
         return rank + self.rank
 
     def selfsteer_receive_weights(self, buckets: list, verify: bool) -> list[str]:
-        from selfsteer.actors.weight_sync import fingerprint
+        from selfsteer.actors.weight_sync import Bucket, FlatBuffers, TensorSlot, receive_buckets, unpack_bucket
 
         if self._selfsteer_sync is None:
             raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")
         device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
-        fingerprints = []
-        for dtype, numel, slots in buckets:
-            flat = torch.empty(numel, dtype=getattr(torch, dtype), device=device)
-            self._selfsteer_sync.broadcast(flat, src=0)
-            self.selfsteer_load_weights([(name, flat[off:off + n].view(shape)) for name, shape, off, n in slots])
-            if verify:
-                fingerprints.append(fingerprint(flat))
-        return fingerprints
+        self._selfsteer_buffers = self._selfsteer_buffers or FlatBuffers()
+        plan = [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))
+                for dtype, numel, slots in buckets]
+        return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
+                               lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat))), verify)
 
 
 def _vllm_layer(hf_name: str, packed: dict[str, str]) -> str:

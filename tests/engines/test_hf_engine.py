@@ -223,6 +223,41 @@ def test_load_weights_changes_outputs_and_rejects_unknown_names(sharp_path, prom
         engine.load_weights([("model.layers.9.mlp.up_proj.weight", torch.zeros(1))])
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_bucket_flats_hold_the_parameters_without_changing_outputs(sharp_path, toy_path, prompt_ids, tied):
+    from selfsteer.actors.weight_sync import pack_bucket, plan_buckets, unpack_bucket
+    from selfsteer.engines.hf_engine import HFBackend
+
+    engine = HFBackend(str(toy_path if tied else sharp_path))  # private copy: parameters move
+    before = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
+    original = {n: p.detach().clone() for n, p in engine.named_parameters()}
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in original.items()], 20 * 1024)
+    flats = engine.bucket_flats(buckets)
+    assert len(flats) == len(buckets) > 2 and engine.bucket_flats(buckets) is flats  # homed once
+    for bucket, flat in zip(buckets, flats):
+        assert torch.equal(flat, pack_bucket(bucket, original, "cpu"))
+    params = dict(engine.named_parameters())
+    start = {id(f): f.data_ptr() for f in flats}
+    assert all(any(start[id(f)] <= p.data_ptr() < start[id(f)] + f.numel() * 4 for f in flats) for p in params.values())
+    assert (engine.model.lm_head.weight is engine.model.model.embed_tokens.weight) == tied
+    assert [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))] == before
+    # Writing a bucket tensor is writing the weights (what a sync's broadcast does).
+    redrawn = {n: torch.randn_like(t) for n, t in original.items()}
+    for bucket, flat in zip(buckets, flats):
+        flat.copy_(pack_bucket(bucket, redrawn, "cpu"))
+    assert all(torch.equal(p, redrawn[n]) for n, p in engine.named_parameters())
+    engine.load_weights((n, t) for b in buckets for n, t in unpack_bucket(b, pack_bucket(b, original, "cpu")))
+    assert [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))] == before
+
+
+def test_bucket_flats_refuse_a_plan_that_does_not_match(engine):
+    from selfsteer.actors.weight_sync import plan_buckets
+
+    layout = [(n, tuple(p.shape), p.dtype) for n, p in engine.named_parameters()]
+    assert engine.bucket_flats(plan_buckets(layout[1:], 1 << 20)) is None  # a parameter missing
+    assert engine.bucket_flats(plan_buckets([(n, s, torch.float16) for n, s, _ in layout], 1 << 20)) is None
+
+
 def test_named_parameters_match_the_checkpoint(engine, sharp_path):
     from safetensors.torch import load_file
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
 
 from selfsteer.data.chat import encode_chat  # noqa: E402
 from selfsteer.engines.base import Sampling  # noqa: E402
