@@ -69,6 +69,7 @@ class RolloutEngine:
         """Receive every bucket by broadcast from sync rank 0 and load it in place."""
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
+        self.sync_group.rendezvous()
         device = self.device if self.sync_group.backend == "nccl" else "cpu"
         fingerprints = []
         for bucket in buckets:

@@ -143,6 +143,8 @@ class TrainerRank:
         """Gather (ZeRO-3) and send every bucket. All ranks must call this together."""
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
+        if self.rank == 0 and method == "collective":
+            self.sync_group.rendezvous()  # names an engine that never joins, before any broadcast
         for bucket in buckets:
             bucket_params = [params[s.name] for s in bucket.slots]
             with self.backend.full_parameters(bucket_params):

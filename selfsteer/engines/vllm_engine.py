@@ -219,6 +219,7 @@ class WorkerExtension:
 
         if self._selfsteer_sync is None:
             raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")
+        self._selfsteer_sync.rendezvous()
         device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
         fingerprints = []
         for dtype, numel, slots in buckets:
