@@ -192,6 +192,29 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class SelfContrastConfig:
+    """`algo: self_contrast` (shared/spec/self_contrast.md): y* vs k embedding-selected own samples."""
+
+    target_field: str = "response"  # the SFT answer y* in the prompts file (toy data has one)
+    n_samples: int = 32
+    k: int = 16  # negatives per prompt; a prompt with fewer usable ones gives no pairs this round
+    drop_fraction: float = 0.25  # the most y*-like samples cut before drawing (lastdedup-75)
+    beta: float = 0.1
+    encoder_path: Optional[str] = None  # a sentence-transformers directory; None = packaged all-MiniLM-L6-v2
+    embed_batch_size: int = 64
+    num_cpus: float = 0.25  # the embedding actor
+
+    def __post_init__(self):
+        _check_positive("self_contrast", "n_samples", self.n_samples)
+        _check_positive("self_contrast", "k", self.k)
+        _check_positive("self_contrast", "beta", self.beta)
+        if not 0 <= self.drop_fraction < 1:
+            raise ConfigError(f"self_contrast.drop_fraction={self.drop_fraction!r} must be in [0, 1)")
+        if self.k > self.n_samples:
+            raise ConfigError(f"self_contrast.k={self.k} must be <= self_contrast.n_samples={self.n_samples}")
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     backend: str = "deepspeed"  # deepspeed | torch (plain torch DDP)
     num_ranks: int = 2
@@ -250,6 +273,9 @@ class RayConfig:
     max_restarts: int = 3
 
 
+ALGOS = ("sso", "self_contrast")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     algo: str = "sso"
@@ -266,11 +292,12 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
-        _check_choice("", "algo", self.algo, ("sso",))
+        _check_choice("", "algo", self.algo, ALGOS)
         _check_positive("", "rounds", self.rounds)
 
 

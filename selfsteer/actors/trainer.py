@@ -20,7 +20,8 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 
 logger = logging.getLogger(__name__)
 
-LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss"}
+LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss",
+          "self_contrast": "selfsteer.online.self_contrast:loss"}
 
 
 def _loss_fn(name: str):
