@@ -215,6 +215,30 @@ class SelfContrastConfig:
 
 
 @dataclass(frozen=True)
+class SepoConfig:
+    """`algo: sepo` (shared/spec/sepo.md): oracle token rewards pick the tokens the policy trains on."""
+
+    oracle_path: Optional[str] = None  # a DPO-trained oracle (HF dir); else one is trained and cached
+    oracle_pairs: Optional[str] = None  # JSONL prompt/chosen/rejected to train it on (toy: built-in pairs)
+    oracle_train_pairs: int = 64  # toy pairs when neither of the above is given
+    oracle_beta: float = 0.1
+    oracle_steps: int = 40
+    oracle_lr: float = 1.0e-3
+    oracle_batch_size: int = 8
+    fraction: float = 0.3  # share of each response's tokens kept (top for chosen, bottom for rejected)
+    beta: float = 1.0  # the released code's effective values: beta 1, no margin
+    gamma: float = 0.0
+    num_cpus: float = 0.25  # the oracle actor (and its one-off training task)
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"sepo.fraction={self.fraction!r} must be in (0, 1]")
+        _check_positive("sepo", "beta", self.beta)
+        _check_positive("sepo", "oracle_beta", self.oracle_beta)
+        _check_positive("sepo", "oracle_steps", self.oracle_steps, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     backend: str = "deepspeed"  # deepspeed | torch (plain torch DDP)
     num_ranks: int = 2
@@ -273,7 +297,7 @@ class RayConfig:
     max_restarts: int = 3
 
 
-ALGOS = ("sso", "self_contrast")
+ALGOS = ("sso", "self_contrast", "sepo")
 
 
 @dataclass(frozen=True)
@@ -293,6 +317,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
+    sepo: SepoConfig = field(default_factory=SepoConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

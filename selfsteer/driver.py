@@ -50,7 +50,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
-        step = online.round_fn(cfg, roles, default=run_round)  # SSO here; others in selfsteer/online
+        step = online.round_fn(cfg, roles, inputs, default=run_round)  # SSO here; others in selfsteer/online
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):

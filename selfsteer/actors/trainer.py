@@ -21,7 +21,7 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 logger = logging.getLogger(__name__)
 
 LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss",
-          "self_contrast": "selfsteer.online.self_contrast:loss"}
+          "self_contrast": "selfsteer.online.self_contrast:loss", "sepo": "selfsteer.online.sepo:loss"}
 
 
 def _loss_fn(name: str):
@@ -118,8 +118,10 @@ class TrainerRank:
         contexts = [ex[k]["context"] for k in keys for ex in batch]
         responses = [ex[k]["response"] for k in keys for ex in batch]
         # All (response, context) rows of the micro-batch in one forward pass.
+        masks = [ex[k].get("mask") for k in keys for ex in batch]  # SePO: only the selected tokens count
         logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts))
+                                        device=self.device, micro_batch_size=len(contexts),
+                                        masks=masks if any(m is not None for m in masks) else None)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}

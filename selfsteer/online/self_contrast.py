@@ -22,7 +22,7 @@ from selfsteer.metrics import PhaseTimer
 from selfsteer.online.common import answer_ids, sampling, short_prompts, train_sync_save, write_jsonl
 
 
-def start(cfg, roles) -> None:
+def start(cfg, roles, inputs) -> None:
     """Start the embedding actor beside the run's other roles (killed with them)."""
     from selfsteer.actors.embedding import Embedder
     from selfsteer.runtime import actor_env
