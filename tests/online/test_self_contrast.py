@@ -98,3 +98,14 @@ def test_two_online_rounds_on_the_toy_model(ray_local, tmp_path, toy_cache):
     start = load_file(str(next((toy_cache).rglob("model.safetensors"))))
     final = load_file(str(out / "checkpoints" / "round_0002" / "model.safetensors"))
     assert any(not torch.equal(start[k], final[k]) for k in start)  # the policy moved
+
+
+def test_config_rejects_impossible_settings():
+    from selfsteer.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"self_contrast.k=9 must be <= self_contrast.n_samples=8"):
+        load_config("configs/self_contrast_tiny_cpu.yaml", ["self_contrast.k=9"])
+    with pytest.raises(ConfigError, match=r"sepo.fraction=1.5 must be in \(0, 1\]"):
+        load_config("configs/sepo_tiny_cpu.yaml", ["sepo.fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"algo='sipo' is not one of"):
+        load_config("configs/tiny_cpu.yaml", ["algo=sipo"])
