@@ -230,6 +230,53 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class SelfContrastConfig:
+    """`algo: self_contrast` (shared/spec/self_contrast.md): y* vs k embedding-selected own samples."""
+
+    target_field: str = "response"  # the SFT answer y* in the prompts file (toy data has one)
+    n_samples: int = 32
+    k: int = 16  # negatives per prompt; a prompt with fewer usable ones gives no pairs this round
+    drop_fraction: float = 0.25  # the most y*-like samples cut before drawing (lastdedup-75)
+    beta: float = 0.1
+    encoder_path: Optional[str] = None  # a sentence-transformers directory; None = packaged all-MiniLM-L6-v2
+    embed_batch_size: int = 64
+    num_cpus: float = 0.25  # the embedding actor
+
+    def __post_init__(self):
+        _check_positive("self_contrast", "n_samples", self.n_samples)
+        _check_positive("self_contrast", "k", self.k)
+        _check_positive("self_contrast", "beta", self.beta)
+        if not 0 <= self.drop_fraction < 1:
+            raise ConfigError(f"self_contrast.drop_fraction={self.drop_fraction!r} must be in [0, 1)")
+        if self.k > self.n_samples:
+            raise ConfigError(f"self_contrast.k={self.k} must be <= self_contrast.n_samples={self.n_samples}")
+
+
+@dataclass(frozen=True)
+class SepoConfig:
+    """`algo: sepo` (shared/spec/sepo.md): oracle token rewards pick the tokens the policy trains on."""
+
+    oracle_path: Optional[str] = None  # a DPO-trained oracle (HF dir); else one is trained and cached
+    oracle_pairs: Optional[str] = None  # JSONL prompt/chosen/rejected to train it on (toy: built-in pairs)
+    oracle_train_pairs: int = 64  # toy pairs when neither of the above is given
+    oracle_beta: float = 0.1
+    oracle_steps: int = 40
+    oracle_lr: float = 1.0e-3
+    oracle_batch_size: int = 8
+    fraction: float = 0.3  # share of each response's tokens kept (top for chosen, bottom for rejected)
+    beta: float = 1.0  # the released code's effective values: beta 1, no margin
+    gamma: float = 0.0
+    num_cpus: float = 0.25  # the oracle actor (and its one-off training task)
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"sepo.fraction={self.fraction!r} must be in (0, 1]")
+        _check_positive("sepo", "beta", self.beta)
+        _check_positive("sepo", "oracle_beta", self.oracle_beta)
+        _check_positive("sepo", "oracle_steps", self.oracle_steps, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     backend: str = "deepspeed"  # deepspeed | torch (plain torch DDP)
     num_ranks: int = 2
@@ -303,6 +350,9 @@ class RayConfig:
     max_restarts: int = 3
 
 
+ALGOS = ("sso", "dpo", "self_contrast", "sepo")  # dpo: RLCD-style pairs (y+ good principle, y- bad) under plain DPO
+
+
 @dataclass(frozen=True)
 class RunConfig:
     algo: str = "sso"
@@ -320,13 +370,14 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
+    sepo: SepoConfig = field(default_factory=SepoConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
-        # dpo: RLCD-style pairs (y+ from the good principle, y- from the bad) under plain DPO on the bare prompt
-        _check_choice("", "algo", self.algo, ("sso", "dpo"))
+        _check_choice("", "algo", self.algo, ALGOS)
         _check_positive("", "rounds", self.rounds)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
-from selfsteer import checkpoint
+from selfsteer import checkpoint, online
 from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
@@ -51,13 +51,14 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         watch = SignalWatch(cfg.signal)
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
+        step = online.round_fn(cfg, roles, inputs, default=run_round)  # SSO here; others in selfsteer/online
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
             apply_control(run_dir, roles)
             if on_round_start is not None:
                 on_round_start(round_index, roles)
-            metrics = run_round(cfg, roles, inputs, round_index, run_dir)
+            metrics = step(cfg, roles, inputs, round_index, run_dir)
             metrics.update(watch.update(metrics))
             writer.write(round_index, metrics)
             logger.info("round %d | %s", round_index, _summary(metrics))

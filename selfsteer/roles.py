@@ -78,16 +78,19 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     policy = resolve_model(cfg)
     reference = cfg.model.reference or policy
     prompts_path = cfg.data.prompts
+    target_field = cfg.self_contrast.target_field if cfg.algo == "self_contrast" else None  # SFT answers y*
     if prompts_path == "toy":
         from selfsteer.toy.prompts import write_toy_prompts
 
-        prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed)
+        prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed, with_targets=bool(target_field))
+        target_field = target_field and "response"
     elif prompts_path == "task":
         from selfsteer.toy.task import write_task_prompts
 
         prompts_path = write_task_prompts(run_dir / "prompts.jsonl", cfg.task.train_prompts, cfg.task.split_seed,
-                                          seed=cfg.seed)
-    records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field)
+                                          seed=cfg.seed, with_targets=bool(target_field))
+        target_field = target_field and "response"
+    records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field, target_field)
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
                   cfg.data.max_prompt_tokens)
@@ -121,6 +124,7 @@ class Roles:
     trainer: Any
     syncer: Any
     restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
+    extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
 
     def principles(self, prompts, round_index: int):
         engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
@@ -170,7 +174,7 @@ class Roles:
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.trainer.shutdown()
-        for actor in (self.principle_actor, self.reference):
+        for actor in (self.principle_actor, self.reference, *self.extra_actors):
             ray.kill(actor)
 
 

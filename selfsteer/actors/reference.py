@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from selfsteer.algorithms.logprobs import score_sequences
+from selfsteer.algorithms.logprobs import score_sequences, token_logprobs
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
 
 
@@ -31,3 +31,9 @@ class ReferenceModel:
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
                                        device=self.device, micro_batch_size=self.micro_batch_size)
         return sums.tolist(), counts.tolist()
+
+    @torch.no_grad()
+    def token_scores(self, contexts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """Per-token response log-probs, one list per row (SePO's token rewards read these)."""
+        return token_logprobs(self.model, contexts, responses, pad_id=self.pad_id, device=self.device,
+                              micro_batch_size=self.micro_batch_size)

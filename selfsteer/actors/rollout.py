@@ -85,6 +85,7 @@ class RolloutEngine:
             return fingerprints
         if self.sync_group is None:
             raise RuntimeError(f"rollout engine {self.index}: receive_weights before init_sync_group")
+        self.sync_group.rendezvous()
         device = self.device if self.sync_group.backend == "nccl" else "cpu"
         in_place = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
         if in_place is not None and all(f.device.type == torch.device(device).type for f in in_place):

@@ -20,7 +20,8 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 
 logger = logging.getLogger(__name__)
 
-LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss"}
+LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss",
+          "self_contrast": "selfsteer.online.self_contrast:loss", "sepo": "selfsteer.online.sepo:loss"}
 
 
 def _loss_fn(name: str):
@@ -118,8 +119,10 @@ class TrainerRank:
         contexts = [ex[k]["context"] for k in keys for ex in batch]
         responses = [ex[k]["response"] for k in keys for ex in batch]
         # All (response, context) rows of the micro-batch in one forward pass.
+        masks = [ex[k].get("mask") for k in keys for ex in batch]  # SePO: only the selected tokens count
         logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts))
+                                        device=self.device, micro_batch_size=len(contexts),
+                                        masks=masks if any(m is not None for m in masks) else None)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
@@ -149,6 +152,8 @@ class TrainerRank:
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
         collective, sending = method == "collective", None
+        if self.rank == 0 and collective:
+            self.sync_group.rendezvous()  # names an engine that never joins, before any broadcast
         for i, bucket in enumerate(buckets):
             with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
                 if self.rank != 0:
@@ -159,14 +164,14 @@ class TrainerRank:
                 flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device, out)
             if collective:
                 if sending is not None:
-                    sending.wait()  # bucket i-1 is out: one send in flight, so slot (i+1) % 2 is free next
+                    self.sync_group.wait(sending)  # bucket i-1 is out: one send in flight, so slot (i+1) % 2 is free next
                 sending = self.sync_group.broadcast_async(flat, src=0)
             else:
                 refs.append(ray.put(flat))
             if verify:
                 fingerprints.append(ws.fingerprint(flat))
         if sending is not None:
-            sending.wait()
+            self.sync_group.wait(sending)
         return {"fingerprints": fingerprints, "refs": refs}
 
     def save_state(self, directory: str, tag: str) -> None:

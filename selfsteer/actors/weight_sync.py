@@ -104,7 +104,7 @@ def receive_buckets(group: "SyncGroup", buckets: list[Bucket], buffers: FlatBuff
     ahead = post(0) if buckets else None
     for i, bucket in enumerate(buckets):
         flat, work = ahead
-        work.wait()
+        group.wait(work)
         ahead = post(i + 1) if i + 1 < len(buckets) else None
         load(bucket, flat)
         if verify:
@@ -156,12 +156,22 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
+def peer_name(rank: int) -> str:
+    """What sync rank `rank` is, for error messages (rank 0 = trainer rank 0, i = engine i - 1)."""
+    return "trainer rank 0" if rank == 0 else f"rollout engine {rank - 1}"
+
+
+class SyncPeerTimeoutError(TimeoutError):
+    """A sync peer did not arrive (or stalled mid-transfer) within `sync.timeout_s`."""
+
+
 class SyncGroup:
     """A standalone broadcast group: gloo on CPU, NCCL on GPU (same code path)."""
 
     def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.timeout, self.timeout_s, self._syncs = timeout, timeout_s, 0
         self.store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
@@ -172,14 +182,39 @@ class SyncGroup:
         else:
             raise ValueError(f"unknown sync backend {backend!r}; valid: gloo, nccl")
 
+    def rendezvous(self) -> None:
+        """Meet every peer in the store before a sync's first broadcast.
+
+        A collective that times out cannot say who is missing; the store can, so a peer that never
+        joins is named here (within `timeout_s`) instead of failing as an anonymous gloo/NCCL timeout.
+        """
+        self._syncs += 1
+        keys = [f"sync/{self._syncs}/{r}" for r in range(self.world_size)]
+        self.store.set(keys[self.rank], "1")
+        try:
+            self.store.wait(keys, self.timeout)
+        except Exception as exc:  # torch raises DistStoreError (a RuntimeError) on timeout
+            missing = [r for r, key in enumerate(keys) if not self.store.check([key])]
+            names = ", ".join(f"sync rank {r} ({peer_name(r)})" for r in missing) or "a peer"
+            raise SyncPeerTimeoutError(f"{peer_name(self.rank)}: {names} did not join weight sync "
+                                       f"{self._syncs} within sync.timeout_s={self.timeout_s} s") from exc
+
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
-        self.broadcast_async(tensor, src).wait()
+        self.wait(self.broadcast_async(tensor, src))
 
     def broadcast_async(self, tensor: torch.Tensor, src: int = 0):
         """Start a broadcast; returns its work handle (`.wait()`). Keep `tensor` untouched until then."""
         opts = dist.BroadcastOptions()
         opts.rootRank = src
         return self.pg.broadcast([tensor], opts)
+
+    def wait(self, work) -> None:
+        """Wait for a broadcast started by `broadcast_async`; a peer that stalls mid-transfer is named."""
+        try:
+            work.wait()
+        except RuntimeError as exc:  # a peer joined, then stalled mid-transfer
+            raise SyncPeerTimeoutError(f"{peer_name(self.rank)}: weight-sync broadcast did not complete within "
+                                       f"sync.timeout_s={self.timeout_s} s (a peer stalled mid-transfer): {exc}") from exc
 
     def close(self) -> None:
         # Drop references; the process group shuts down with its last reference.
@@ -255,16 +290,16 @@ class WeightSyncer:
         try:
             if sc.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]
-                results = ray.get(pushes + received, timeout=sc.timeout_s)
+                names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
+                results = _wait_all(pushes + received, names, sc.timeout_s)
                 sent, got = results[0], results[len(pushes):]
             else:
-                sent = ray.get(pushes, timeout=sc.timeout_s)[0]
-                got = ray.get([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify, version) for e in engines],
-                              timeout=sc.timeout_s)
-        except ray.exceptions.GetTimeoutError as exc:
+                sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
+                got = _wait_all([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify, version) for e in engines],
+                                [peer_name(i + 1) for i in range(len(engines))], sc.timeout_s)
+        except (SyncPeerTimeoutError, ray.exceptions.RayError):
             self._connected = ()  # a half-finished broadcast leaves the group unusable
-            raise TimeoutError(f"weight sync did not finish within sync.timeout_s={sc.timeout_s} s: "
-                               "a trainer rank or rollout engine stopped answering") from exc
+            raise
         if sc.verify:
             for i, fps in enumerate(got):
                 if fps != sent["fingerprints"]:
@@ -273,3 +308,30 @@ class WeightSyncer:
         seconds = time.perf_counter() - start
         return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),
                 "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}
+
+
+# Peers report a stalled member themselves at `timeout_s` (SyncPeerTimeoutError); the driver waits
+# a little longer so that named error, not its own anonymous timeout, is what the user sees.
+_DRIVER_GRACE_S = 10.0
+
+
+def _wait_all(refs: list, names: list[str], timeout_s: float) -> list:
+    """Results of `refs`; the first failure is raised at once, a silent peer is named at the bound."""
+    import time
+
+    import ray
+
+    name_of = dict(zip(refs, names))
+    pending, deadline = list(refs), time.monotonic() + timeout_s + _DRIVER_GRACE_S
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise SyncPeerTimeoutError(f"weight sync did not finish within sync.timeout_s={timeout_s} s; "
+                                       f"still waiting on: {', '.join(name_of[r] for r in pending)}")
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, SyncPeerTimeoutError):
+                raise SyncPeerTimeoutError(str(exc.cause)) from exc
+            raise
+    return ray.get(refs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -18,10 +19,15 @@ class PromptRecord:
     uid: str
     index: int  # row in the source file
     prompt: str
+    target: Optional[str] = None  # an SFT answer y* (Self-Contrast, SIPO), when the file has one
 
 
-def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "uuid") -> list[PromptRecord]:
-    """Read and validate every row; ids default to the row index (spec §8) when the file has none."""
+def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "uuid",
+                 target_field: Optional[str] = None) -> list[PromptRecord]:
+    """Read and validate every row; ids default to the row index (spec §8) when the file has none.
+
+    `target_field` names a required non-empty string answer per row (SFT data), when the algorithm needs one.
+    """
     import datasets
 
     path = Path(path)
@@ -40,6 +46,8 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
         raise PromptDataError(f"{path}: contains no rows")
     if prompt_field not in ds.column_names:
         raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
+    if target_field and target_field not in ds.column_names:
+        raise PromptDataError(f"{path}: row 0: missing target field {target_field!r} (columns: {ds.column_names})")
     # Spec §8: if the first record has no id, every record gets its row index.
     has_ids = id_field in ds.column_names and ds[0][id_field] not in (None, "")
     records, seen = [], {}
@@ -56,7 +64,10 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
         if uid in seen:
             raise PromptDataError(f"{path}: row {row}: field {id_field!r} duplicates row {seen[uid]} ({uid!r})")
         seen[uid] = row
-        records.append(PromptRecord(uid=uid, index=row, prompt=prompt))
+        target = example[target_field] if target_field else None
+        if target_field and (not isinstance(target, str) or not target.strip()):
+            raise PromptDataError(f"{path}: row {row}: field {target_field!r} must be a non-empty string, got {target!r:.60}")
+        records.append(PromptRecord(uid=uid, index=row, prompt=prompt, target=target))
     return records
 
 

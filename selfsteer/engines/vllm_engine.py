@@ -234,6 +234,7 @@ class WorkerExtension:
 
         if self._selfsteer_sync is None:
             raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")
+        self._selfsteer_sync.rendezvous()
         device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
         self._selfsteer_buffers = self._selfsteer_buffers or FlatBuffers()
         plan = [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))

@@ -22,7 +22,8 @@ _NOUNS = ["fruit", "music", "drawing", "cat", "dog", "river", "city", "book", "t
 _ADJS = ["good", "bad", "slow", "fast", "useful", "boring", "calm", "warm", "cold"]
 
 
-def toy_prompts(n: int, seed: int = 0) -> list[dict]:
+def toy_prompts(n: int, seed: int = 0, with_targets: bool = False) -> list[dict]:
+    """`n` prompts; `with_targets` adds a "response" (an SFT answer y* in the toy vocabulary)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -30,13 +31,15 @@ def toy_prompts(n: int, seed: int = 0) -> list[dict]:
         a, b = rng.sample(_NOUNS, 2)
         text = template.format(a=a, b=b, adj=rng.choice(_ADJS), n=rng.randint(0, 50), m=rng.randint(0, 50))
         out.append({"prompt": text, "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4))})
+        if with_targets:
+            out[-1]["response"] = f"sure . here is a short and helpful answer about {a} and {b} ."
     return out
 
 
-def write_toy_prompts(path: str | Path, n: int = 256, seed: int = 0) -> Path:
+def write_toy_prompts(path: str | Path, n: int = 256, seed: int = 0, with_targets: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for rec in toy_prompts(n, seed):
+        for rec in toy_prompts(n, seed, with_targets):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return path

@@ -213,12 +213,19 @@ def task_words() -> list[str]:
     return extra
 
 
-def write_task_prompts(path: str | Path, n: int, split_seed: int = 0, seed: int = 0) -> Path:
-    """`n` training prompts (kinds in equal shares) as JSONL records: prompt, uuid, kind."""
+def write_task_prompts(path: str | Path, n: int, split_seed: int = 0, seed: int = 0, with_targets: bool = False) -> Path:
+    """`n` training prompts (kinds in equal shares) as JSONL records: prompt, uuid, kind.
+
+    `with_targets` adds a `response` meeting every rule (the SFT target Self-Contrast starts from).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     train, _ = split_prompts(split_seed)
+    rng = random.Random(f"targets:{seed}")
     with open(path, "w", encoding="utf-8") as fh:
         for i, p in enumerate(balanced(train, n, seed)):
-            fh.write(json.dumps({**p.record(), "uuid": f"{p.record()['uuid']}-{i}"}) + "\n")
+            row = {**p.record(), "uuid": f"{p.record()['uuid']}-{i}"}
+            if with_targets:
+                row["response"] = synth_response(p, dict.fromkeys(DIMENSIONS, True), rng)
+            fh.write(json.dumps(row) + "\n")
     return path
