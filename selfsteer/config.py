@@ -170,6 +170,7 @@ class ReferenceConfig:
     num_gpus: float = 0.0
     device: str = "auto"
     micro_batch_size: int = 16  # sequences per forward pass
+    packing: bool = True  # several sequences per row (no padding waste); checked against padded rows at start
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,9 @@ class TrainerConfig:
     epochs_per_round: int = 1
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # All (response, context) rows of a micro-batch go through one forward pass; packing puts several
+    # in one row (position ids restart, block-diagonal mask), checked against padded rows at start.
+    packing: bool = True
 
     def __post_init__(self):
         _check_choice("trainer", "backend", self.backend, ("deepspeed", "torch"))
@@ -257,6 +261,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/sso"
     save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
+    # One-step-off: round r+1 samples on the engines while round r trains, so its pairs come from
+    # weights one round stale (recorded per triple as `staleness`). False: strictly on-policy.
+    async_rounds: bool = False
     tensorboard: bool = True
     wandb_project: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
