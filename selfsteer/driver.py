@@ -237,5 +237,10 @@ def _count_metrics(principle_stats: dict, drops: dict, skipped_long: int) -> dic
 
 def _summary(m: dict[str, float]) -> str:
     keys = ["train/loss", "train/loss/base", "train/loss/g", "train/w/mean", "train/rewards/margins",
-            "train/rewards/accuracies", "data/triples", "rollout/staleness", "time/generation", "time/train", "time/sync", "time/round"]
-    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m)
+            "train/rewards/accuracies", "data/triples", "rollout/staleness"]
+    phases = " ".join(f"{k[5:]}={m[k]:.2f}" for k in PHASES if k in m)  # every phase, seconds
+    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m) + f" | s: {phases}"
+
+
+PHASES = ["time/principles", "time/generation", "time/persist", "time/reference", "time/train",
+          "time/generation_wait", "time/sync", "time/checkpoint", "time/round"]
