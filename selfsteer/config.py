@@ -170,7 +170,7 @@ class ReferenceConfig:
     num_gpus: float = 0.0
     device: str = "auto"
     micro_batch_size: int = 16  # sequences per forward pass
-    packing: bool = True  # several sequences per row (no padding waste); checked against padded rows at start
+    packing: bool = True  # shared contexts once, several sequences per row; checked against padded rows at start
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,9 @@ class TrainerConfig:
     epochs_per_round: int = 1
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
-    # All (response, context) rows of a micro-batch go through one forward pass; packing puts several
-    # in one row (position ids restart, block-diagonal mask), checked against padded rows at start.
+    # All (response, context) rows of a micro-batch go through one forward pass; packing runs each
+    # distinct context once with all its responses, several per row under a 4D mask (no padding
+    # waste), after checking at start that the model scores packed rows as it scores padded ones.
     packing: bool = True
 
     def __post_init__(self):

@@ -22,7 +22,8 @@ class ReferenceModel:
         ).to(self.device).eval()
         self.model.requires_grad_(False)
         self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
-                                                            vocab_size=self.model.config.vocab_size)
+                                                            vocab_size=self.model.config.vocab_size,
+                                                            mask_dtype=self.model.dtype)
 
     def ready(self) -> str:
         return self.device
@@ -31,5 +32,6 @@ class ReferenceModel:
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
-                                       device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed)
+                                       device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
+                                       mask_dtype=self.model.dtype)
         return sums.tolist(), counts.tolist()

@@ -67,7 +67,7 @@ class TrainerRank:
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        dtype = resolve_dtype(mc.dtype)
+        dtype = self.dtype = resolve_dtype(mc.dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code)
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -82,7 +82,8 @@ class TrainerRank:
 
     def _packing_supported(self, vocab_size: int) -> bool:
         self.module.eval()  # no dropout in the check
-        ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size)
+        ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
+                               mask_dtype=self.dtype)
         self.module.train()
         if not ok:
             logger.warning("trainer.packing: this model lets packed sequences attend to each other; using padded rows")
@@ -129,7 +130,8 @@ class TrainerRank:
         responses = [ex[k]["response"] for k in keys for ex in batch]
         # All (response, context) rows of the micro-batch in one forward pass, packed unless unsupported.
         logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts), packed=self.packed)
+                                        device=self.device, micro_batch_size=len(contexts), packed=self.packed,
+                                        mask_dtype=self.dtype)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}

@@ -22,7 +22,8 @@ def model_and_rows(toy_model_path):
     def ids(lo, hi):
         return [rng.randrange(4, vocab) for _ in range(rng.randint(lo, hi))]
 
-    contexts = [ids(3, 40) for _ in range(11)]
+    distinct = [ids(3, 40) for _ in range(6)]
+    contexts = [distinct[i % 6] for i in range(11)]  # 5 contexts carry two responses (as DPO's x does)
     responses = [ids(1, 30) for _ in range(11)]
     return model, contexts, responses
 
@@ -65,16 +66,25 @@ def test_packed_gradients_equal_unbatched(model_and_rows):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-def test_pack_rows_fills_rows_up_to_the_longest_sequence():
-    contexts = [[5] * 10, [6] * 3, [7] * 4, [8] * 2]
-    responses = [[9] * 6, [9] * 5, [9] * 4, [9] * 3]  # lengths 16, 8, 8, 5
-    ids, pos, labels, owner = pack_rows(contexts, responses, pad_id=0)
-    assert ids.shape == (3, 16)  # [16], [8 + 8], [5 + pad]: 3 rows for 4 sequences
-    assert pos[1].tolist() == list(range(8)) * 2  # positions restart per sequence
+def test_pack_rows_shares_contexts_and_fills_rows():
+    contexts = [[5] * 10, [6] * 3, [7] * 4, [6] * 3]  # rows 1 and 3 share a context
+    responses = [[9] * 6, [8] * 2, [9] * 4, [7] * 3]  # units: 16, 3 + 2 + 3 = 8, 8
+    p = pack_rows(contexts, responses, pad_id=0)
+    assert p.input_ids.shape == (2, 16)  # [16], [8 + 8]: 2 rows for 4 sequences, context 6 stored once
+    assert (p.input_ids == 6).sum() == 3
     for i, r in enumerate(responses):
-        assert (owner == i).sum() == len(r)  # every response token scored once, for its own sequence
-        assert labels[owner == i].tolist() == r
-    assert (labels[owner < 0] == -100).all()
+        assert p.target[p.owner == i].tolist() == r  # every response token scored once, for its own sequence
+    # Sibling responses under one context never see each other; both see the context.
+    row = p.input_ids[1].tolist()
+    first, second = row.index(8), row.index(7)
+    allowed = p.allowed[1, 0]
+    assert allowed[second, row.index(6)] and not allowed[second, first]
+    assert p.position_ids[1, first].item() == p.position_ids[1, second].item() == 3  # both continue the context
+
+
+def test_pack_rows_rejects_bad_rows():
+    with pytest.raises(ValueError, match="row 1: empty context"):
+        pack_rows([[1], []], [[3], [4]], pad_id=0)
 
 
 def test_pack_rows_rejects_mismatched_lists():
@@ -89,8 +99,20 @@ def test_packing_check_accepts_an_hf_decoder_and_rejects_a_leaking_one(model_and
     kwargs = dict(pad_id=0, device="cpu", vocab_size=model.config.vocab_size)
     assert packing_supported(model, **kwargs)
 
-    def leaking(**batch):  # an all-ones mask turns the block-diagonal mask off: rows attend across sequences
-        batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
+    def leaking(**batch):  # ignores the packed 4D mask: plain causal attention across the whole row
+        if batch["attention_mask"].dim() == 4:
+            batch["attention_mask"] = None
         return model(**batch)
 
     assert not packing_supported(leaking, **kwargs)
+
+
+def test_packed_micro_batches_group_rows_by_context_and_keep_the_caller_order(model_and_rows):
+    model, contexts, responses = model_and_rows
+    model.eval()
+    with torch.no_grad():
+        expected = _one_by_one(model, contexts, responses)
+        got, counts = score_sequences(model, contexts, responses, pad_id=0, device="cpu", micro_batch_size=4,
+                                      packed=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert counts.tolist() == [float(len(r)) for r in responses]
