@@ -81,9 +81,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="toy model width (4 layers, MLP 4x)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--engines", type=int, default=1)
-    parser.add_argument("--engine-cpus", type=float, default=1.0)
+    # Logical Ray CPUs (scheduling only; each actor runs one thread): engines + ranks + the
+    # reference's 0.25 must fit in ray.num_cpus=2.
+    parser.add_argument("--engine-cpus", type=float, default=0.5)
     parser.add_argument("--ranks", type=int, default=1)
-    parser.add_argument("--rank-cpus", type=float, default=1.0)
+    parser.add_argument("--rank-cpus", type=float, default=0.5)
     parser.add_argument("--trainer", default="deepspeed", choices=["deepspeed", "torch"])
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"], help="auto: vllm if it imports")
