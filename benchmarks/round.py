@@ -61,7 +61,7 @@ def run(mode: str, args, backend: str, work: Path) -> tuple[list[dict], float]:
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", str(config), *overrides],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--trainer", default="deepspeed", choices=["deepspeed", "torch"])
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"], help="auto: vllm if it imports")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--work-dir", default=None, help="runs and toy model go here (default: a temp dir)")
     args = parser.parse_args()
     if args.rounds < 3:
