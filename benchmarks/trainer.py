@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in each trainer")
-    parser.add_argument("--runs", default="torch:dpo:padded,torch:dpo:packed,deepspeed:dpo:packed,deepspeed:sso:packed",
+    parser.add_argument("--runs", default="torch:dpo:padded,torch:dpo:packed,deepspeed:dpo:packed,deepspeed:sso:padded,deepspeed:sso:packed",
                         help="our rows, each backend:loss:layout (torch|deepspeed, dpo|sso, padded|packed)")
     parser.add_argument("--ratio-run", default="deepspeed:dpo:packed", help="which of --runs the last line compares")
     parser.add_argument("--zero-stage", type=int, default=3, help="DeepSpeed ZeRO stage (one rank)")
