@@ -1,7 +1,8 @@
 """The online SSO loop: principles -> rollouts -> persist -> reference -> train -> sync -> save.
 
 The driver only calls actors (single controller); every phase is one named call, and all a
-round produced is on disk before the trainer sees it.
+round produced is on disk before the trainer sees it. With `async_rounds` the next round's
+sampling runs in the background (selfsteer.pipeline) from persist until just before the sync.
 """
 
 from __future__ import annotations
