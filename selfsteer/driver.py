@@ -2,7 +2,7 @@
 
 The driver only calls actors (single controller); every phase is one named call, and all a
 round produced is on disk before the trainer sees it. With `async_rounds` the next round's
-sampling runs in the background (selfsteer.pipeline) from persist until just before the sync.
+sampling and reference scoring run in the background (selfsteer.pipeline) while this one trains.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
 
 
 def sample_round(cfg: RunConfig, roles: Roles, inputs, r: int, policy_round: int) -> Sampled:
-    """Principles and (y+, y-, y^o) per prompt for round `r`, on the engines' current weights."""
-    timer = PhaseTimer()
+    """Principles, (y+, y-, y^o) per prompt on the engines' current weights, and reference scores."""
+    timer, keys = PhaseTimer(), [k for k in SSO_ROWS if k in _required_keys(cfg)]
     with timer("principles"):
         prompts = inputs.cursor.next_batch(cfg.data.prompts_per_round)
         pairs, principle_stats = roles.principles(prompts, r)
@@ -84,17 +84,20 @@ def sample_round(cfg: RunConfig, roles: Roles, inputs, r: int, policy_round: int
         triples, drops = _triples(prompts, pairs, generations)
         texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
         signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
-    return Sampled(prompts, pairs, triples, drops, signal, principle_stats, skipped_long, policy_round, timer.seconds)
+    with timer("reference"):  # the frozen start model: ready as soon as the responses are
+        ref_logps = roles.reference_scores(*scoring_rows(triples, keys))[0] if triples else []
+    return Sampled(prompts, pairs, triples, drops, signal, principle_stats, skipped_long, policy_round,
+                   timer.seconds, keys, training_items(triples, keys, ref_logps))
 
 
 def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead: OneStepOff) -> dict[str, float]:
-    start, timer, keys = time.perf_counter(), PhaseTimer(), [k for k in SSO_ROWS if k in _required_keys(cfg)]
+    start, timer = time.perf_counter(), PhaseTimer()
     round_dir = run_dir / "rounds" / f"round_{r:04d}"
     round_dir.mkdir(parents=True, exist_ok=True)
 
     s = ahead.take(r) or sample_round(cfg, roles, inputs, r, ahead.policy_round)  # sampled ahead in async mode
     timer.seconds.update(s.seconds)
-    triples, drops = s.triples, s.drops
+    triples, drops, items = s.triples, s.drops, s.items
     with timer("persist"):
         _persist(round_dir, s, r)
     # Resume regenerates a round sampled ahead: the saved cursor is from before it drew its prompts.
@@ -105,12 +108,9 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
         logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
         timer.seconds["time/generation_wait"] = ahead.wait()
         return {**timer.seconds, **s.signal, "data/triples": 0.0, **_count_metrics(s.principle_stats, drops, s.skipped_long)}
-    with timer("reference"):
-        ref_logps, _ = roles.reference_scores(*scoring_rows(triples, keys))
-        items = training_items(triples, keys, ref_logps)
-        usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
+    usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
     with timer("train"):
-        results = roles.trainer.train(items[:usable], keys, dataclasses.asdict(cfg.loss)) if usable else []
+        results = roles.trainer.train(items[:usable], s.keys, dataclasses.asdict(cfg.loss)) if usable else []
     timer.seconds["time/generation_wait"] = ahead.wait()  # engines take new weights only when idle
     with timer("sync"):
         sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}

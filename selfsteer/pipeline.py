@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 @dataclass
 class Sampled:
-    """A round's sampling output, produced in the foreground or ahead of time."""
+    """A round's sampling output with its reference scores, produced in the foreground or ahead of time."""
 
     prompts: list
     pairs: list
@@ -25,7 +25,9 @@ class Sampled:
     principle_stats: dict
     skipped_long: int
     policy_round: int  # the last round whose training the sampling weights include (0: start weights)
-    seconds: dict = field(default_factory=dict)  # time/principles, time/generation
+    seconds: dict = field(default_factory=dict)  # time/principles, time/generation, time/reference
+    keys: list = field(default_factory=list)  # the (response, context) rows the loss reads
+    items: list = field(default_factory=list)  # per triple: key -> context, response, reference log-prob
 
     def staleness(self, round_index: int) -> int:
         """Rounds the sampling weights lag the weights trained in `round_index` (0: on-policy)."""
