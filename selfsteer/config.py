@@ -208,6 +208,7 @@ class ReferenceConfig:
     num_gpus: float = 0.0
     device: str = "auto"
     micro_batch_size: int = 16  # sequences per forward pass
+    packing: bool = True  # shared contexts once, several sequences per row; checked against padded rows at start
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,10 @@ class TrainerConfig:
     epochs_per_round: int = 1
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # All (response, context) rows of a micro-batch go through one forward pass; packing runs each
+    # distinct context once with all its responses, several per row under a 4D mask (no padding
+    # waste), after checking at start that the model scores packed rows as it scores padded ones.
+    packing: bool = True
 
     def __post_init__(self):
         _check_choice("trainer", "backend", self.backend, ("deepspeed", "torch"))
@@ -360,6 +365,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/sso"
     save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
+    # One-step-off: round r+1 samples on the engines while round r trains, so its pairs come from
+    # weights one round stale (recorded per triple as `staleness`). False: strictly on-policy.
+    async_rounds: bool = False
     tensorboard: bool = True
     wandb_project: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -378,6 +386,8 @@ class RunConfig:
 
     def __post_init__(self):
         _check_choice("", "algo", self.algo, ALGOS)
+        if self.async_rounds and self.algo not in ("sso", "dpo"):
+            raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
 
 

@@ -1,15 +1,18 @@
 """The online SSO loop: principles -> rollouts -> persist -> reference -> train -> sync -> save.
 
 The driver only calls actors (single controller); every phase is one named call, and all a
-round produced is on disk before the trainer sees it.
+round produced is on disk before the trainer sees it. With `async_rounds` the next round's
+sampling and reference scoring run in the background (selfsteer.pipeline) while this one trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,6 +24,7 @@ from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.metrics import MetricsWriter, PhaseTimer, SignalWatch, weighted_mean
+from selfsteer.pipeline import OneStepOff, Sampled
 from selfsteer.roles import Roles, prepare_inputs, start_roles
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     inputs = prepare_inputs(cfg, run_dir)
     roles = start_roles(cfg, inputs)
     writer = None
+    # The engines start from the trainer's weights (resumed ones too): that round's policy.
+    ahead = OneStepOff(cfg.async_rounds, state["round"] if state and cfg.rollout.update_weights else 0)
     try:
         if state is not None:
             inputs.cursor.load_state_dict(state["cursor"])
@@ -51,7 +57,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         watch = SignalWatch(cfg.signal)
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
-        step = online.round_fn(cfg, roles, inputs, default=run_round)  # SSO here; others in selfsteer/online
+        step = online.round_fn(cfg, roles, inputs, default=functools.partial(run_round, ahead=ahead))  # SSO here; others in selfsteer/online
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
@@ -70,17 +76,16 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
                 if cfg.signal.early_stop:
                     break
     finally:
+        ahead.close()
         if writer is not None:
             writer.close()
         roles.shutdown()
     return run_dir
 
 
-def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
+def sample_round(cfg: RunConfig, roles: Roles, inputs, r: int, policy_round: int) -> Sampled:
+    """Principles, (y+, y-, y^o) per prompt on the engines' current weights, and reference scores."""
     timer, keys = PhaseTimer(), [k for k in SSO_ROWS if k in _required_keys(cfg)]
-    round_dir = run_dir / "rounds" / f"round_{r:04d}"
-    round_dir.mkdir(parents=True, exist_ok=True)
-
     with timer("principles"):
         prompts = inputs.cursor.next_batch(cfg.data.prompts_per_round)
         pairs, principle_stats = roles.principles(prompts, r)
@@ -90,34 +95,54 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path) -> di
         triples, drops = _triples(prompts, pairs, generations)
         texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
         signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
+    with timer("reference"):  # the frozen start model: ready as soon as the responses are
+        ref_logps = roles.reference_scores(*scoring_rows(triples, keys))[0] if triples else []
+    return Sampled(prompts, pairs, triples, drops, signal, principle_stats, skipped_long, policy_round,
+                   timer.seconds, keys, training_items(triples, keys, ref_logps))
+
+
+def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead: OneStepOff) -> dict[str, float]:
+    start, timer = time.perf_counter(), PhaseTimer()
+    round_dir = run_dir / "rounds" / f"round_{r:04d}"
+    round_dir.mkdir(parents=True, exist_ok=True)
+
+    s = ahead.take(r) or sample_round(cfg, roles, inputs, r, ahead.policy_round)  # sampled ahead in async mode
+    timer.seconds.update(s.seconds)
+    triples, drops, items = s.triples, s.drops, s.items
     with timer("persist"):
-        _persist(round_dir, prompts, pairs, triples, drops, r)
+        _persist(round_dir, s, r)
+    # Resume regenerates a round sampled ahead: the saved cursor is from before it drew its prompts.
+    cursor_state = inputs.cursor.state_dict()
+    if r < cfg.rounds:
+        ahead.submit(r + 1, sample_round, cfg, roles, inputs, r + 1, ahead.policy_round)
     if not triples:
         logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
-        return {**timer.seconds, **signal, "data/triples": 0.0, **_count_metrics(principle_stats, drops, skipped_long)}
-    with timer("reference"):
-        ref_logps, _ = roles.reference_scores(*scoring_rows(triples, keys))
-        items = training_items(triples, keys, ref_logps)
-        usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
+        timer.seconds["time/generation_wait"] = ahead.wait()
+        return {**timer.seconds, **s.signal, "data/triples": 0.0, **_count_metrics(s.principle_stats, drops, s.skipped_long)}
+    usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
     with timer("train"):
-        results = roles.trainer.train(items[:usable], keys, _loss_kwargs(cfg)) if usable else []
+        results = roles.trainer.train(items[:usable], s.keys, _loss_kwargs(cfg)) if usable else []
+    timer.seconds["time/generation_wait"] = ahead.wait()  # engines take new weights only when idle
     with timer("sync"):
         sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}
+        ahead.policy_round = r if cfg.rollout.update_weights else ahead.policy_round
     with timer("checkpoint"):
         if r % cfg.save_every == 0 or r == cfg.rounds:
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-        checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict())
+        checkpoint.save_round(run_dir, r, roles.trainer, cursor_state)
 
     trained = weighted_mean(results) if results else {}
     metrics = {f"train/{k}": v for k, v in trained.items()}
-    metrics.update(signal, **steering_gaps({k.split("/", 1)[1]: v for k, v in trained.items() if k.startswith("avg_logp/")}))
+    metrics.update(s.signal, **steering_gaps({k.split("/", 1)[1]: v for k, v in trained.items() if k.startswith("avg_logp/")}))
     metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
+    metrics["rollout/staleness"] = float(s.staleness(r))
     metrics["rollout/engines"] = float(len(roles.pool.engines))
     metrics["faults/engine_restarts_total"] = float(roles.pool.stats.get("engine_restarts", 0))
     metrics.update({f"faults/{k}_total": float(v) for k, v in roles.restarts.items()})
-    metrics.update(_count_metrics(principle_stats, drops, skipped_long), **{"data/triples": float(len(triples)),
+    metrics.update(_count_metrics(s.principle_stats, drops, s.skipped_long), **{"data/triples": float(len(triples)),
                    "data/unused_for_shards": float(len(items) - usable),
                    "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1]))})
+    metrics["time/round"] = time.perf_counter() - start
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -189,7 +214,7 @@ def _triples(prompts, pairs, generations) -> tuple[list[Triple], dict[str, int]]
     return triples, drops
 
 
-def _persist(round_dir: Path, prompts, pairs, triples: list[Triple], drops: dict, r: int) -> None:
+def _persist(round_dir: Path, s: Sampled, r: int) -> None:
     """Write the round's principles and triples (JSONL) atomically, before any training on them."""
     def write(name: str, rows: list[dict]):
         tmp = round_dir / f".{name}.tmp"
@@ -202,10 +227,11 @@ def _persist(round_dir: Path, prompts, pairs, triples: list[Triple], drops: dict
 
     write("principles.jsonl", [{"prompt": p.prompt, "uuid": p.uid, "principles": [
         {"good_principle": "\n\n".join(pair["good_principles"]), "bad_principle": "\n\n".join(pair["bad_principles"])}],
-        "dimensions": list(pair["dimensions"]), "source": pair["source"]} for p, pair in zip(prompts, pairs)])
-    write("triples.jsonl", [t.record(r) for t in triples])
-    if drops:
-        (round_dir / "dropped.json").write_text(json.dumps(drops))
+        "dimensions": list(pair["dimensions"]), "source": pair["source"]} for p, pair in zip(s.prompts, s.pairs)])
+    stamp = {"policy_version": s.policy_round, "staleness": s.staleness(r)}
+    write("triples.jsonl", [{**t.record(r), **stamp} for t in s.triples])
+    if s.drops:
+        (round_dir / "dropped.json").write_text(json.dumps(s.drops))
 
 
 def _rollout_metrics(triples: list[Triple]) -> dict[str, float]:
@@ -227,5 +253,10 @@ def _count_metrics(principle_stats: dict, drops: dict, skipped_long: int) -> dic
 
 def _summary(m: dict[str, float]) -> str:
     keys = ["train/loss", "train/loss/base", "train/loss/g", "train/w/mean", "train/rewards/margins",
-            "train/rewards/accuracies", "data/triples", "time/generation", "time/train", "time/sync"]
-    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m)
+            "train/rewards/accuracies", "data/triples", "rollout/staleness"]
+    phases = " ".join(f"{k[5:]}={m[k]:.2f}" for k in PHASES if k in m)  # every phase, seconds
+    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m) + f" | s: {phases}"
+
+
+PHASES = ["time/principles", "time/generation", "time/persist", "time/reference", "time/train",
+          "time/generation_wait", "time/sync", "time/checkpoint", "time/round"]

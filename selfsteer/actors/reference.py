@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from selfsteer.algorithms.logprobs import score_sequences, token_logprobs
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences, token_logprobs
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
 
 
@@ -21,6 +21,9 @@ class ReferenceModel:
             model_path, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code
         ).to(self.device).eval()
         self.model.requires_grad_(False)
+        self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
+                                                            vocab_size=self.model.config.vocab_size,
+                                                            mask_dtype=self.model.dtype)
 
     def ready(self) -> str:
         return self.device
@@ -29,7 +32,8 @@ class ReferenceModel:
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
-                                       device=self.device, micro_batch_size=self.micro_batch_size)
+                                       device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
+                                       mask_dtype=self.model.dtype)
         return sums.tolist(), counts.tolist()
 
     @torch.no_grad()

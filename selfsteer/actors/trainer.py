@@ -15,7 +15,7 @@ import ray
 import torch
 
 from selfsteer.actors import weight_sync as ws
-from selfsteer.algorithms.logprobs import score_sequences
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class TrainerRank:
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        dtype = resolve_dtype(mc.dtype)
+        dtype = self.dtype = resolve_dtype(mc.dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code)
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -79,19 +79,31 @@ class TrainerRank:
         self.backend = make_train_backend(tc.backend, model, tc, total_steps=total_steps, device=self.device, dtype=dtype)
         self.module = self.backend.module
         self.loss_fn = _loss_fn(self.cfg.algo)
-        return {"rank": self.rank, "device": self.device, "dist_backend": backend}
+        self.packed = tc.packing and self._packing_supported(model.config.vocab_size)
+        return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed}
+
+    def _packing_supported(self, vocab_size: int) -> bool:
+        self.module.eval()  # no dropout in the check
+        ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
+                               mask_dtype=self.dtype)
+        self.module.train()
+        if not ok:
+            logger.warning("trainer.packing: this model lets packed sequences attend to each other; using padded rows")
+        return ok
 
     # --- training -------------------------------------------------------------------------
-    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> dict:
+    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict, loss: Optional[str] = None) -> dict:
         """One round on this rank's shard.
 
         Args:
             items: per example, key -> {"context": ids, "response": ids, "ref_logp": float}.
             keys: the (response, context) combinations the loss reads (e.g. sso REQUIRED_KEYS).
+            loss: a LOSSES name for this call (e.g. "dpo"); None uses the run's `algo`.
         Returns:
             example-weighted mean metrics, optimizer-step stats and counts for this rank.
         """
         tc = self.cfg.trainer
+        loss_fn = self.loss_fn if loss is None else _loss_fn(loss)
         self.module.train()
         sums: dict[str, float] = {}
         seen, steps, step_stats = 0, 0, []
@@ -101,9 +113,9 @@ class TrainerRank:
                 group = micro[g:g + tc.grad_accum]
                 group_examples = sum(len(mb) for mb in group)
                 for j, mb in enumerate(group):
-                    loss, metrics = self._loss(mb, keys, loss_kwargs)
+                    value, metrics = self._loss(mb, keys, loss_fn, loss_kwargs)
                     # Scale so the group's gradient is the mean over its examples (not over micro-batches).
-                    self.backend.backward(loss * (len(mb) / group_examples), boundary=j == len(group) - 1)
+                    self.backend.backward(value * (len(mb) / group_examples), boundary=j == len(group) - 1)
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v * len(mb)
                     seen += len(mb)
@@ -115,20 +127,20 @@ class TrainerRank:
             out["lr"] = step_stats[-1]["lr"]
         return {"metrics": out, "examples": seen, "optimizer_steps": steps, "rank": self.rank}
 
-    def _loss(self, batch: list[dict], keys: list[str], loss_kwargs: dict):
+    def _loss(self, batch: list[dict], keys: list[str], loss_fn, loss_kwargs: dict):
         contexts = [ex[k]["context"] for k in keys for ex in batch]
         responses = [ex[k]["response"] for k in keys for ex in batch]
-        # All (response, context) rows of the micro-batch in one forward pass.
+        # All (response, context) rows of the micro-batch in one forward pass, packed unless unsupported.
         masks = [ex[k].get("mask") for k in keys for ex in batch]  # SePO: only the selected tokens count
         logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts),
-                                        masks=masks if any(m is not None for m in masks) else None)
+                                        device=self.device, micro_batch_size=len(contexts), packed=self.packed,
+                                        mask_dtype=self.dtype, masks=masks if any(m is not None for m in masks) else None)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         reference = {k: torch.tensor([ex[k]["ref_logp"] for ex in batch], dtype=torch.float32, device=logps.device)
                      for k in keys}
-        loss, metrics = self.loss_fn(policy, reference, lengths, **loss_kwargs)
+        loss, metrics = loss_fn(policy, reference, lengths, **loss_kwargs)
         # Per-token policy log-probs per (response, context): the gold-free steering diagnostics.
         metrics.update({f"avg_logp/{k}": (policy[k].detach() / lengths[k]).mean().item() for k in keys})
         return loss, metrics
@@ -220,11 +232,12 @@ class TrainerGroup:
                                timeout_s=cfg.ray.startup_timeout_s)
         self.rank0 = self.ranks[0]
 
-    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict) -> list[dict]:
+    def train(self, items: list[dict], keys: list[str], loss_kwargs: dict, loss: Optional[str] = None) -> list[dict]:
         """Shard items evenly (every rank must take the same number of steps)."""
         world = len(self.ranks)
         shards = [items[r::world] for r in range(world)]
-        return self._all("train", [rank.train.remote(shard, keys, loss_kwargs) for rank, shard in zip(self.ranks, shards)])
+        return self._all("train", [rank.train.remote(shard, keys, loss_kwargs, loss)
+                                   for rank, shard in zip(self.ranks, shards)])
 
     def save_hf(self, path: str) -> None:
         self._all("save_hf", [r.save_hf.remote(path) for r in self.ranks])

@@ -125,3 +125,27 @@ def test_sync_detects_a_diverged_engine(stack):
     syncer.sync(pool.engines)  # and a sync repairs it
     assert ray.get(pool.engines[0].weights_fingerprint.remote(syncer.buckets)) == \
         ray.get(pool.engines[1].weights_fingerprint.remote(syncer.buckets))
+
+
+def test_dpo_loss_by_name_on_packed_zero3_rows(stack):
+    """The same group trains a named loss (DPO on chosen/rejected), through packed rows under ZeRO-3."""
+    import ray
+
+    from selfsteer.algorithms.sso import REQUIRED_KEYS
+    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
+    from selfsteer.engines.base import ChatRequest, Sampling
+
+    cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
+    assert all(info["packed"] for info in trainer.infos)  # the start-up check accepted the packed layout
+    requests = []
+    for p in PROMPTS[:4]:
+        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
+    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=5))
+    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(PROMPTS[:4])]
+    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]][:2]
+    assert keys == ["chosen", "rejected"]
+    sums, _ = ray.get(reference.score.remote(*scoring_rows(triples, keys)))
+    results = trainer.train(training_items(triples, keys, sums), keys, {"beta": 0.1}, loss="dpo")
+    for r in results:
+        assert r["optimizer_steps"] >= 1 and r["examples"] == 2
+        assert {"loss", "rewards/accuracies", "logps/chosen"} <= set(r["metrics"])
