@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -173,13 +174,16 @@ def main(argv=None) -> float:
     from selfsteer.toy import build_toy_model
 
     torch.set_num_threads(args.threads)
+    # Temp dirs are removed at the end: the 100m toy alone is 440 MB.
+    ray_dir = tempfile.mkdtemp(prefix="ssray", dir="/tmp")
     cache = args.cache_dir or tempfile.mkdtemp(prefix="selfsteer-bench-", dir="/tmp")
+    scratch = [ray_dir] + ([] if args.cache_dir else [cache])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     print(f"machine: {machine()}")
     print(f"engines {args.engines} ({args.backend}), sync.method {args.method}, verify {args.verify}, "
           f"threads {args.threads}, best of {args.repeat}", flush=True)
     ray.init(num_cpus=2 + args.engines, include_dashboard=False, logging_level="WARNING",
-             _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ssray", dir="/tmp"))
+             _node_ip_address="127.0.0.1", _temp_dir=ray_dir)
     print(f"{'model':>6} {'params':>7} {'MB':>7} {'bucket MB':>9} {'buckets':>7} {'sync s':>8} {'GB/s':>6} "
           f"{'copy s':>7} {'copy GB/s':>9} {'ratio':>6}")
     best = 0.0
@@ -203,6 +207,8 @@ def main(argv=None) -> float:
                     f"{k} {v:.3f} s ({nbytes / v / 1e9:.2f} GB/s)" for k, v in stages.items()), flush=True)
     finally:
         ray.shutdown()
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
     print(f"weight sync bandwidth ratio: {best:.3f}")
     return best
 

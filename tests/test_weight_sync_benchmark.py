@@ -45,3 +45,21 @@ def test_bad_arguments_name_the_option(bench, argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_script_runs_end_to_end_at_the_tiny_size():
+    """The real path (Ray, a trainer rank, an HF engine, WeightSyncer) at 0.1M parameters, ~20 s."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--bucket-mb", "0.05,1", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("machine: ") and "cores usable" in lines[0]
+    rows = [line.split() for line in lines if line.split()[:1] == ["tiny"]]
+    assert [(r[3], r[4]) for r in rows] == [("0.05", "9"), ("1", "1")]  # bucket MB, buckets
+    assert all(float(r[5]) > 0 for r in rows)  # sync seconds (the tiny model's ratio may round to 0.000)
+    assert re.fullmatch(r"weight sync bandwidth ratio: \d+\.\d{3}", lines[-1])
