@@ -284,6 +284,7 @@ def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, resto
 
     def send():
         flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
+        box["group"].rendezvous()  # as the trainer does before every sync
         for flat in flats:
             box["group"].broadcast(flat, src=0)
         box["fingerprints"] = [ws.fingerprint(f) for f in flats]
@@ -340,7 +341,7 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
             t = threading.Thread(target=lambda: box.update(g=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120)))
             t.start(); engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 120); t.join()
             flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
-            t = threading.Thread(target=lambda: [box["g"].broadcast(f, src=0) for f in flats])
+            t = threading.Thread(target=lambda: [box["g"].rendezvous()] + [box["g"].broadcast(f, src=0) for f in flats])
             t.start(); fps = engine.receive_weights(buckets, verify=True); t.join()
             assert fps == [ws.fingerprint(f) for f in flats]
             weights = dict(engine.named_parameters())
