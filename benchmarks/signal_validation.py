@@ -30,6 +30,7 @@ from selfsteer.alignment_report import pair_signal  # noqa: E402
 GOLD = ("pair_accuracy", "good_adherence", "bad_adherence")
 PREFIXES = ("signal/", "train/rewards", "rollout/chosen_tokens", "rollout/rejected_tokens", "rollout/raw_tokens")
 TRACKS = 0.5
+WATCHER = "signal/alert"  # the alert's own outputs, not diagnostics
 
 
 def collect(runs: Path) -> list[dict]:
@@ -69,12 +70,13 @@ def _within_runs(values: np.ndarray, runs: list[tuple]) -> np.ndarray:
     out = values.copy()
     for run in set(runs):
         idx = np.array([r == run for r in runs])
-        out[idx] = values[idx] - np.nanmean(values[idx])
+        if not np.isnan(values[idx]).all():  # a metric this run's algorithm does not log stays NaN
+            out[idx] = values[idx] - np.nanmean(values[idx])
     return out
 
 
 def correlations(points: list[dict]) -> dict[str, dict[str, float]]:
-    keys = sorted({k for p in points for k in p if k.startswith(PREFIXES)})
+    keys = sorted({k for p in points for k in p if k.startswith(PREFIXES) and not k.startswith(WATCHER)})
     runs = [(p["method"], p["seed"]) for p in points]
     gold = {g: np.array([p[g] for p in points], dtype=float) for g in GOLD}
     out = {}

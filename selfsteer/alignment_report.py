@@ -106,7 +106,7 @@ def plot(results: dict, methods: list[str], path: Path) -> Path:
             mean = [statistics.mean(by_round[x]) for x in xs]
             sd = [statistics.stdev(by_round[x]) if len(by_round[x]) > 1 else 0.0 for x in xs]
             ax.plot(xs, mean, "-", color=colors(i), label=m, marker="o", markersize=3)
-            ax.fill_between(xs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)],
+            ax.fill_between(xs, [max(a - b, 0.0) for a, b in zip(mean, sd)], [min(a + b, 1.0) for a, b in zip(mean, sd)],
                             color=colors(i), alpha=0.12)
             ax.set_title(title)
     for ax in axes.flat:
