@@ -25,13 +25,17 @@ def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
-    port, dash = free_port(), free_port()
+    port, dash, agent, agent_grpc, runtime_env_agent, metrics = (free_port() for _ in range(6))
     # Ray's socket paths must stay short: a pytest tmp_path is too deep.
     ray_tmp = tempfile.mkdtemp(prefix="ssray", dir="/tmp")
     # --block keeps the head in this process group, so killing it stops only this cluster.
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         # Free ports, not Ray's defaults: an in-process Ray of an earlier test may still hold those,
+         # and a job agent that cannot bind never registers ("No available agent to submit job").
+         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
          "--temp-dir", ray_tmp],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = tmp_path / "job-run"
