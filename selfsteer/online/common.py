@@ -29,6 +29,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def new_round_dir(run_dir: Path, r: int) -> Path:
+    path = run_dir / "rounds" / f"round_{r:04d}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def next_prompts(cfg, inputs) -> tuple[list, int]:
+    """The round's prompts from the cursor, those too long skipped (and counted)."""
+    return short_prompts(inputs, inputs.cursor.next_batch(cfg.data.prompts_per_round))
+
+
 def short_prompts(inputs, prompts) -> tuple[list, int]:
     """Prompts whose chat context fits `data.max_prompt_tokens`, and how many were skipped."""
     kept = [p for p in prompts if len(encode_chat(inputs.tokenizer, p.prompt)) <= inputs.max_prompt_tokens]

@@ -19,7 +19,7 @@ import torch
 from selfsteer.algorithms.self_contrast import multi_negative_dpo_loss, select_negatives
 from selfsteer.engines.base import ChatRequest
 from selfsteer.metrics import PhaseTimer
-from selfsteer.online.common import answer_ids, sampling, short_prompts, train_sync_save, write_jsonl
+from selfsteer.online.common import answer_ids, new_round_dir, next_prompts, sampling, train_sync_save, write_jsonl
 
 
 def start(cfg, roles, inputs) -> None:
@@ -43,10 +43,9 @@ def keys(k: int) -> list[str]:
 
 def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     sc, timer = cfg.self_contrast, PhaseTimer()
-    round_dir = run_dir / "rounds" / f"round_{r:04d}"
-    round_dir.mkdir(parents=True, exist_ok=True)
+    round_dir = new_round_dir(run_dir, r)
     with timer("generation"):
-        prompts, skipped_long = short_prompts(inputs, inputs.cursor.next_batch(cfg.data.prompts_per_round))
+        prompts, skipped_long = next_prompts(cfg, inputs)
         requests = [ChatRequest(p.prompt) for p in prompts for _ in range(sc.n_samples)]
         generations = roles.generate(requests, sampling(cfg, r))
         samples = [generations[i * sc.n_samples:(i + 1) * sc.n_samples] for i in range(len(prompts))]

@@ -18,7 +18,7 @@ import torch
 from selfsteer.algorithms.sepo import select_tokens, sepo_loss, sequence_reward, token_rewards
 from selfsteer.engines.base import ChatRequest
 from selfsteer.metrics import PhaseTimer
-from selfsteer.online.common import sampling, short_prompts, train_sync_save, write_jsonl
+from selfsteer.online.common import new_round_dir, next_prompts, sampling, train_sync_save, write_jsonl
 
 KEYS = ["chosen", "rejected"]
 
@@ -48,10 +48,9 @@ def _padded(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     sp, timer = cfg.sepo, PhaseTimer()
-    round_dir = run_dir / "rounds" / f"round_{r:04d}"
-    round_dir.mkdir(parents=True, exist_ok=True)
+    round_dir = new_round_dir(run_dir, r)
     with timer("generation"):
-        prompts, skipped_long = short_prompts(inputs, inputs.cursor.next_batch(cfg.data.prompts_per_round))
+        prompts, skipped_long = next_prompts(cfg, inputs)
         gens = roles.generate([ChatRequest(p.prompt) for p in prompts for _ in range(2)], sampling(cfg, r))
     pairs, drops = [], {}
     for i, p in enumerate(prompts):
