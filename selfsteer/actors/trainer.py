@@ -43,6 +43,7 @@ class TrainerRank:
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
         self.sync_group: Optional[ws.SyncGroup] = None
+        self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
         self.sync_buffers = ws.FlatBuffers()
 
     def address(self) -> tuple[str, int]:
@@ -150,9 +151,16 @@ class TrainerRank:
         """(name, full shape, dtype) of every parameter; tied weights appear once, so stay tied."""
         return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.module.named_parameters()]
 
+    def open_sync_store(self, world_size: int, timeout_s: float) -> tuple[str, int]:
+        """Rank 0 opens the sync group's store; the engines connect to the (host, port) returned."""
+        host = ws.node_ip()
+        self._sync_store = ws.open_store(host, world_size, timeout_s)
+        return host, self._sync_store.port
+
     def init_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> int:
         if self.rank == 0:
-            self.sync_group = ws.SyncGroup(host, port, 0, world_size, backend, timeout_s)
+            store, self._sync_store = self._sync_store, None
+            self.sync_group = ws.SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
         return self.rank
 
     def push_weights(self, buckets: list[ws.Bucket], method: str, verify: bool) -> dict:

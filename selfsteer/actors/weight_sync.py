@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import socket
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -165,14 +165,28 @@ class SyncPeerTimeoutError(TimeoutError):
     """A sync peer did not arrive (or stalled mid-transfer) within `sync.timeout_s`."""
 
 
-class SyncGroup:
-    """A standalone broadcast group: gloo on CPU, NCCL on GPU (same code path)."""
+def open_store(host: str, world_size: int, timeout_s: float) -> dist.TCPStore:
+    """The group's store server, listening on a port the OS picks as it binds.
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    Picking a free port first and binding it later races with every outgoing connection on the
+    node (they take ephemeral ports from the same range): CI saw EADDRINUSE exactly there.
+    """
+    return dist.TCPStore(host, 0, world_size, True, timeout=datetime.timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+class SyncGroup:
+    """A standalone broadcast group: gloo on CPU, NCCL on GPU (same code path).
+
+    Rank 0 passes the server `store` it opened with `open_store` (peers connect to its port).
+    """
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+                 store: Optional[dist.TCPStore] = None):
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.timeout, self.timeout_s, self._syncs = timeout, timeout_s, 0
-        self.store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+        self.store = store if store is not None else dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
@@ -263,8 +277,8 @@ class WeightSyncer:
         if self.cfg.sync.method != "collective" or tuple(engines) == self._connected:
             return
         timeout = self.cfg.sync.timeout_s
-        host, port = ray.get(self.trainer.rank0.address.remote(), timeout=timeout)
         world, starts = engine_ranks(ray.get([e.sync_group_size.remote() for e in engines], timeout=timeout))
+        host, port = ray.get(self.trainer.rank0.open_sync_store.remote(world, timeout), timeout=timeout)
         calls = [r.init_sync_group.remote(host, port, world, self.backend, timeout) for r in self.trainer.ranks]
         calls += [e.init_sync_group.remote(host, port, start, world, self.backend, timeout)
                   for e, start in zip(engines, starts)]

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from selfsteer.actors.weight_sync import SyncGroup, SyncPeerTimeoutError, _wait_all, free_port
+from selfsteer.actors.weight_sync import SyncGroup, SyncPeerTimeoutError, _wait_all, open_store
 
 TIMEOUT_S = 4
 SLACK_S = 10  # store polling and Ray scheduling on a loaded 2-core box; far below a hang
@@ -18,10 +18,15 @@ class Peer:
     """Sync rank `rank`: behaves (`ok`), never joins the sync (`absent`) or joins then stalls (`stall`)."""
 
     def __init__(self, host: str, port: int, rank: int, world: int):
-        self.rank, self.args = rank, (host, port, rank, world, "gloo", TIMEOUT_S)
+        self.rank, self.args, self.store = rank, (host, port, rank, world, "gloo", TIMEOUT_S), None
+
+    def open(self) -> int:
+        """Rank 0 opens the store (as trainer rank 0 does) and tells the others its port."""
+        self.store = open_store(self.args[0], self.args[3], TIMEOUT_S)
+        return self.store.port
 
     def connect(self) -> int:
-        self.group = SyncGroup(*self.args)  # every member connects: the group itself forms
+        self.group = SyncGroup(*self.args, store=self.store)  # every member connects: the group forms
         return self.rank
 
     def sync(self, mode: str, buckets: int = 3) -> float:
@@ -36,6 +41,15 @@ class Peer:
         return float(tensor[0])
 
 
+def _peers(world: int) -> list:
+    import ray
+
+    actor = ray.remote(num_cpus=0)(Peer)
+    root = actor.remote("127.0.0.1", 0, 0, world)
+    port = ray.get(root.open.remote(), timeout=60)
+    return [root] + [actor.remote("127.0.0.1", port, rank, world) for rank in range(1, world)]
+
+
 @pytest.mark.parametrize("mode, message", [
     ("absent", r"sync rank 2 \(rollout engine 1\) did not join weight sync 1 within sync.timeout_s=4"),
     ("stall", r"weight-sync broadcast did not complete within sync.timeout_s=4 s \(a peer stalled mid-transfer\)"),
@@ -43,9 +57,8 @@ class Peer:
 def test_stalled_sync_peer_is_named_within_the_bound(ray_local, mode, message):
     import ray
 
-    port, world = free_port(), 3
-    actor = ray.remote(num_cpus=0)(Peer)
-    peers = [actor.remote("127.0.0.1", port, rank, world) for rank in range(world)]
+    world = 3
+    peers = _peers(world)
     try:
         assert ray.get([p.connect.remote() for p in peers], timeout=60) == [0, 1, 2]
         start = time.monotonic()
@@ -68,9 +81,8 @@ def test_healthy_peers_sync_and_a_silent_one_is_named_by_the_driver(ray_local, m
 
     monkeypatch.setattr(weight_sync, "_DRIVER_GRACE_S", 1.0)
 
-    port, world = free_port(), 2
-    actor = ray.remote(num_cpus=0)(Peer)
-    peers = [actor.remote("127.0.0.1", port, rank, world) for rank in range(world)]
+    world = 2
+    peers = _peers(world)
     try:
         ray.get([p.connect.remote() for p in peers], timeout=60)
         # Healthy: every rank ends with the root's value, twice (the rendezvous counter advances).

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing as mp
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from selfsteer.actors.weight_sync import (
-    Bucket, FlatBuffers, SyncGroup, TensorSlot, engine_ranks, fingerprint, free_port, pack_bucket, plan_buckets,
+    Bucket, FlatBuffers, SyncGroup, TensorSlot, engine_ranks, fingerprint, free_port, open_store, pack_bucket, plan_buckets,
     receive_buckets, unpack_bucket,
 )
 
@@ -234,7 +236,9 @@ def test_sync_group_gloo_broadcast_is_bit_identical():
     # This process is sync rank 0 (trainer rank 0 in production); two spawned receivers are ranks 1, 2.
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    world_size, port = 3, free_port()
+    world_size = 3
+    store = open_store("127.0.0.1", world_size, 60)  # rank 0 listens first, on a port the OS picked
+    port = store.port
     procs = [ctx.Process(target=_receive_worker, args=(rank, world_size, port, results), daemon=True)
              for rank in (1, 2)]
     for p in procs:
@@ -242,7 +246,7 @@ def test_sync_group_gloo_broadcast_is_bit_identical():
     try:
         tensors, buckets = _bucket_plan()
         assert len({b.dtype for b in buckets}) == 3 and len(buckets) > 3  # several buckets, mixed dtypes
-        group = SyncGroup("127.0.0.1", port, 0, world_size, "gloo", timeout_s=60)
+        group = SyncGroup("127.0.0.1", port, 0, world_size, "gloo", timeout_s=60, store=store)
         sent_fps = []
         for bucket in buckets:
             flat = pack_bucket(bucket, tensors, "cpu")
@@ -289,8 +293,9 @@ def test_receive_buckets_overlaps_and_stays_exact():
     tensors = {f"w{i}": torch.randn(40 + 13 * i, generator=gen) for i in range(7)}
     buckets = plan_buckets([(n, tuple(t.shape), F32) for n, t in tensors.items()], 100 * 4)
     assert len(buckets) >= 4
-    port, box = free_port(), {}
-    sender = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    store, box = open_store("127.0.0.1", 2, 60), {}
+    port = store.port
+    sender = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60, store)))
     sender.start()
     group = SyncGroup("127.0.0.1", port, 1, 2, "gloo", 60)
     sender.join()
@@ -314,6 +319,20 @@ def test_receive_buckets_overlaps_and_stays_exact():
 def test_sync_group_rejects_unknown_backend():
     with pytest.raises(ValueError, match="unknown sync backend 'mpi'; valid: gloo, nccl"):
         SyncGroup("127.0.0.1", free_port(), 0, 1, "mpi", timeout_s=5)
+
+
+def test_open_store_listens_on_the_port_it_reports():
+    """The OS picks the port as the store binds: nothing can take it between choosing and binding."""
+    import socket
+
+    store = open_store("127.0.0.1", 2, 10)
+    assert 1024 <= store.port <= 65535
+    with socket.socket() as sock:
+        with pytest.raises(OSError):  # EADDRINUSE: the store holds it
+            sock.bind(("127.0.0.1", store.port))
+    client = dist.TCPStore("127.0.0.1", store.port, 2, False, timeout=datetime.timedelta(seconds=10))
+    client.set("k", "v")
+    assert store.get("k") == b"v"
 
 
 def test_free_port_is_bindable():

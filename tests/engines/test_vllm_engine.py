@@ -276,8 +276,9 @@ def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, resto
     _redraw(model, 4)
     params = {n: p.detach() for n, p in model.named_parameters()}
     buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
-    port, box = ws.free_port(), {}
-    sender = threading.Thread(target=lambda: box.update(group=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    store, box = ws.open_store("127.0.0.1", 2, 60), {}
+    port = store.port
+    sender = threading.Thread(target=lambda: box.update(group=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60, store)))
     sender.start()
     assert engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 60) == [1]
     sender.join()
@@ -337,8 +338,9 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
                     p.add_(torch.randn(p.shape, generator=gen) * 0.2)
             params = {{n: p.detach().clone() for n, p in model.named_parameters()}}
             buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
-            port, box = ws.free_port(), {{}}
-            t = threading.Thread(target=lambda: box.update(g=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120)))
+            store, box = ws.open_store("127.0.0.1", 2, 120), {{}}
+            port = store.port
+            t = threading.Thread(target=lambda: box.update(g=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120, store)))
             t.start(); engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 120); t.join()
             flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
             t = threading.Thread(target=lambda: [box["g"].rendezvous()] + [box["g"].broadcast(f, src=0) for f in flats])
