@@ -108,7 +108,7 @@ def test_sync_after_training_is_exact(stack, method):
 def test_sync_detects_a_diverged_engine(stack):
     import ray
 
-    from selfsteer.actors.weight_sync import pack_bucket, fingerprint
+    from selfsteer.actors.weight_sync import pack_bucket
 
     cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
     syncer.sync(pool.engines)
