@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.config_sections import (  # noqa: F401  (re-exported: `from selfsteer.config import ...`)
-    ConfigError, SelfContrastConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_positive, _key,
+    ConfigError, PairsConfig, SelfContrastConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_positive, _key,
 )
 
 
@@ -173,6 +173,12 @@ class ReferenceConfig:
     device: str = "auto"
     micro_batch_size: int = 16  # sequences per forward pass
     packing: bool = True  # shared contexts once, several sequences per row; checked against padded rows at start
+    # 0: the start model, fixed for the whole run (the spec). k: after every k-th round's sync the
+    # reference takes the policy's weights, so the loss's anchor (and pairs.filter) follows the policy.
+    refresh_every: int = 0
+
+    def __post_init__(self):
+        _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,7 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
     sepo: SepoConfig = field(default_factory=SepoConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -291,6 +298,9 @@ class RunConfig:
         if self.async_rounds and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
+        remedies = self.pairs != PairsConfig() or self.reference.refresh_every
+        if remedies and self.algo not in ("sso", "dpo"):
+            raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:

@@ -104,3 +104,21 @@ class SignalConfig:
 
     def __post_init__(self):
         _check_positive("signal", "patience", self.patience)
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Which of a round's SSO/DPO pairs the trainer sees: remedies for an eroding self-generated
+    signal (README "Signal health"). Defaults keep every pair the spec keeps."""
+
+    filter: str = "none"  # none | v1: spec sso.md §7's optional filter, on the reference's log-probs
+    drop_similar: float = 1.0  # drop pairs whose y+/y- similarity (difflib ratio) is >= this; 1.0: identical only
+    replay: float = 0.0  # per new pair, this many pairs drawn from earlier rounds (0: none)
+    replay_rounds: int = 4  # how many earlier rounds the replay draws from
+
+    def __post_init__(self):
+        _check_choice("pairs", "filter", self.filter, ("none", "v1"))
+        if not 0 < self.drop_similar <= 1:
+            raise ConfigError(f"pairs.drop_similar={self.drop_similar!r} must be in (0, 1]")
+        _check_positive("pairs", "replay", self.replay, allow_zero=True)
+        _check_positive("pairs", "replay_rounds", self.replay_rounds)

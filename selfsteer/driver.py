@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from selfsteer import checkpoint, online
 from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
-from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
+from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.metrics import MetricsWriter, PhaseTimer, SignalWatch, weighted_mean
+from selfsteer.pair_selection import ReplayBuffer, rescore, score_and_select
 from selfsteer.pipeline import OneStepOff, Sampled
 from selfsteer.roles import Roles, prepare_inputs, start_roles
 
@@ -57,7 +58,10 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         watch = SignalWatch(cfg.signal)
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
-        step = online.round_fn(cfg, roles, inputs, default=functools.partial(run_round, ahead=ahead))  # SSO here; others in selfsteer/online
+        if state is not None and cfg.reference.refresh_every and state["round"] >= cfg.reference.refresh_every:
+            roles.refresh_reference()  # the resumed trainer's weights (exact for refresh_every=1)
+        replay = ReplayBuffer(cfg.pairs.replay, cfg.pairs.replay_rounds, cfg.seed)
+        step = online.round_fn(cfg, roles, inputs, default=functools.partial(run_round, ahead=ahead, replay=replay))  # SSO here; others in selfsteer/online
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
@@ -92,16 +96,17 @@ def sample_round(cfg: RunConfig, roles: Roles, inputs, r: int, policy_round: int
         prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs)
     with timer("generation"):
         generations = roles.generate(_requests(cfg, prompts, pairs), _sampling(cfg, r))
-        triples, drops = _triples(prompts, pairs, generations)
+        triples, drops = _triples(prompts, pairs, generations, cfg.pairs.drop_similar)
         texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
         signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
     with timer("reference"):  # the frozen start model: ready as soon as the responses are
-        ref_logps = roles.reference_scores(*scoring_rows(triples, keys))[0] if triples else []
-    return Sampled(prompts, pairs, triples, drops, signal, principle_stats, skipped_long, policy_round,
-                   timer.seconds, keys, training_items(triples, keys, ref_logps))
+        items, kept, filter_metrics = score_and_select(cfg, roles, triples, keys)  # pairs.filter, if on
+    return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics}, principle_stats, skipped_long,
+                   policy_round, timer.seconds, keys, items, kept)
 
 
-def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead: OneStepOff) -> dict[str, float]:
+def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead: OneStepOff,
+              replay: ReplayBuffer) -> dict[str, float]:
     start, timer = time.perf_counter(), PhaseTimer()
     round_dir = run_dir / "rounds" / f"round_{r:04d}"
     round_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +124,11 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
         logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
         timer.seconds["time/generation_wait"] = ahead.wait()
         return {**timer.seconds, **s.signal, "data/triples": 0.0, **_count_metrics(s.principle_stats, drops, s.skipped_long)}
+    replayed = replay.draw(len(items))  # pairs.replay: earlier rounds' items beside this round's
+    if replayed and cfg.reference.refresh_every:
+        replayed = rescore(roles, replayed, s.keys)
+    replay.add(items)
+    items = items + replayed
     usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
     with timer("train"):
         results = roles.trainer.train(items[:usable], s.keys, _loss_kwargs(cfg)) if usable else []
@@ -126,6 +136,9 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
     with timer("sync"):
         sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}
         ahead.policy_round = r if cfg.rollout.update_weights else ahead.policy_round
+    if cfg.reference.refresh_every and r % cfg.reference.refresh_every == 0:
+        with timer("reference_refresh"):  # async_rounds: round r+1 was scored already; it takes effect at r+2
+            roles.refresh_reference()
     with timer("checkpoint"):
         if r % cfg.save_every == 0 or r == cfg.rounds:
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
@@ -140,7 +153,8 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
     metrics["faults/engine_restarts_total"] = float(roles.pool.stats.get("engine_restarts", 0))
     metrics.update({f"faults/{k}_total": float(v) for k, v in roles.restarts.items()})
     metrics.update(_count_metrics(s.principle_stats, drops, s.skipped_long), **{"data/triples": float(len(triples)),
-                   "data/unused_for_shards": float(len(items) - usable),
+                   "data/unused_for_shards": float(len(items) - usable), "data/replayed": float(len(replayed)),
+                   "data/trained_pairs": float(usable),
                    "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1]))})
     metrics["time/round"] = time.perf_counter() - start
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -201,11 +215,11 @@ def _requests(cfg: RunConfig, prompts, pairs) -> list[ChatRequest]:
     return out
 
 
-def _triples(prompts, pairs, generations) -> tuple[list[Triple], dict[str, int]]:
+def _triples(prompts, pairs, generations, max_similarity: float = 1.0) -> tuple[list[Triple], dict[str, int]]:
     triples, drops = [], {}
     for i, (p, pair) in enumerate(zip(prompts, pairs)):
         chosen, rejected, raw = generations[3 * i: 3 * i + 3]
-        reason = drop_reason(chosen.text, rejected.text, raw.text)
+        reason = drop_reason(chosen.text, rejected.text, raw.text, max_similarity)
         if reason:
             drops[reason] = drops.get(reason, 0) + 1
             continue
@@ -229,7 +243,8 @@ def _persist(round_dir: Path, s: Sampled, r: int) -> None:
         {"good_principle": "\n\n".join(pair["good_principles"]), "bad_principle": "\n\n".join(pair["bad_principles"])}],
         "dimensions": list(pair["dimensions"]), "source": pair["source"]} for p, pair in zip(s.prompts, s.pairs)])
     stamp = {"policy_version": s.policy_round, "staleness": s.staleness(r)}
-    write("triples.jsonl", [{**t.record(r), **stamp} for t in s.triples])
+    kept = s.kept or [True] * len(s.triples)  # pairs.filter's verdict: False = not trained on
+    write("triples.jsonl", [{**t.record(r), **stamp, "trained": k} for t, k in zip(s.triples, kept)])
     if s.drops:
         (round_dir / "dropped.json").write_text(json.dumps(s.drops))
 
@@ -259,4 +274,4 @@ def _summary(m: dict[str, float]) -> str:
 
 
 PHASES = ["time/principles", "time/generation", "time/persist", "time/reference", "time/train",
-          "time/generation_wait", "time/sync", "time/checkpoint", "time/round"]
+          "time/generation_wait", "time/sync", "time/reference_refresh", "time/checkpoint", "time/round"]

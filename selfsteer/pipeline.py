@@ -27,7 +27,8 @@ class Sampled:
     policy_round: int  # the last round whose training the sampling weights include (0: start weights)
     seconds: dict = field(default_factory=dict)  # time/principles, time/generation, time/reference
     keys: list = field(default_factory=list)  # the (response, context) rows the loss reads
-    items: list = field(default_factory=list)  # per triple: key -> context, response, reference log-prob
+    items: list = field(default_factory=list)  # per kept triple: key -> context, response, reference log-prob
+    kept: list = field(default_factory=list)  # per triple: passed pairs.filter (all True without one)
 
     def staleness(self, round_index: int) -> int:
         """Rounds the sampling weights lag the weights trained in `round_index` (0: on-policy)."""

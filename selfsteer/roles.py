@@ -124,6 +124,7 @@ class Roles:
     syncer: Any
     restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
     extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
+    reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
 
     def principles(self, prompts, round_index: int):
         engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
@@ -131,6 +132,11 @@ class Roles:
 
     def reference_scores(self, contexts, responses):
         return self._call("reference model", self.reference, lambda: self.reference.score.remote(contexts, responses))
+
+    def refresh_reference(self) -> None:
+        """The reference takes the policy's current weights (reference.refresh_every)."""
+        self.syncer.copy_into(self.reference, "reference model")
+        self.reference_refreshed = True
 
     def generate(self, requests, sampling):
         """Sample on the pool; a dead engine is restarted, brought to the current weights, re-asked."""
@@ -158,6 +164,8 @@ class Roles:
                 key = role.replace(" ", "_") + "_restarts"
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 wait_until_alive(actor, role, timeout)
+                if actor is self.reference and self.reference_refreshed:
+                    self.refresh_reference()  # it restarted on the start weights (exact for refresh_every=1)
 
     def resize_engines(self, num_engines: int) -> None:
         """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""

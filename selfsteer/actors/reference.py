@@ -29,6 +29,30 @@ class ReferenceModel:
         return self.device
 
     @torch.no_grad()
+    def load_buckets(self, buckets: list, flats: list, verify: bool) -> list[str]:
+        """Take the policy's weights (reference.refresh_every): the trainer's object-store buckets."""
+        import ray
+
+        from selfsteer.actors import weight_sync as ws
+
+        params, fingerprints = dict(self.model.named_parameters()), []
+        for bucket, flat in zip(buckets, flats):
+            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
+            for name, tensor in ws.unpack_bucket(bucket, flat):
+                if name not in params:
+                    raise KeyError(f"reference model has no parameter {name!r}")
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            if verify:
+                fingerprints.append(ws.fingerprint(flat))
+        return fingerprints
+
+    def weights_fingerprint(self, buckets: list) -> list[str]:
+        from selfsteer.actors import weight_sync as ws
+
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+
+    @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,

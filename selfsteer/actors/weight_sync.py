@@ -285,6 +285,21 @@ class WeightSyncer:
         ray.get(calls, timeout=timeout)
         self._connected = tuple(engines)
 
+    def copy_into(self, actor, name: str) -> float:
+        """The trainer's weights into one more actor with `load_buckets` (a refreshing reference),
+        through the object store; verified like a sync. Returns seconds taken."""
+        import time
+
+        import ray
+
+        sc, start = self.cfg.sync, time.perf_counter()
+        pushes = [r.push_weights.remote(self.buckets, "object_store", sc.verify) for r in self.trainer.ranks]
+        sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
+        got = ray.get(actor.load_buckets.remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
+        if sc.verify and got != sent["fingerprints"]:
+            raise SyncMismatchError(f"{name}: weights differ from the trainer's after the copy")
+        return time.perf_counter() - start
+
     def resync(self, engines: list) -> dict[str, float]:
         """After an engine restart: rebuild the group (the restarted engine left it) and sync all."""
         self._connected = ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from dataclasses import asdict, dataclass, field
 
 from selfsteer.engines.base import Generation
@@ -15,6 +16,7 @@ SSO_ROWS = {
     "rejected_pos": ("rejected", "x_pos"),
     "raw_neg": ("raw", "x_neg"),
     "chosen_neg": ("chosen", "x_neg"),
+    "rejected_neg": ("rejected", "x_neg"),  # read by the v1 pair filter only
 }
 
 _LABEL = re.compile(r"^\s*[A-Za-z][\w ,-]{0,40}response:\s*", re.IGNORECASE)
@@ -53,11 +55,17 @@ def _unlabelled(text: str) -> str:
     return _LABEL.sub("", text.strip(), count=1)
 
 
-def drop_reason(chosen: str, rejected: str, raw: str) -> str | None:
-    """Spec §7: a triple teaches nothing if y+ = y- (ignoring a leading label) or y^o repeats one."""
+def drop_reason(chosen: str, rejected: str, raw: str, max_similarity: float = 1.0) -> str | None:
+    """Spec §7: a triple teaches nothing if y+ = y- (ignoring a leading label) or y^o repeats one.
+
+    `max_similarity` < 1 also drops near-identical pairs (pairs.drop_similar): difflib ratio of
+    the unlabelled y+ and y- at or above it.
+    """
     c, r, o = chosen.strip(), rejected.strip(), raw.strip()
     if _unlabelled(c) == _unlabelled(r):
         return "identical_pair"
+    if max_similarity < 1 and SequenceMatcher(None, _unlabelled(c), _unlabelled(r)).ratio() >= max_similarity:
+        return "similar_pair"
     if o == c or o == r:
         return "raw_repeats"
     return None

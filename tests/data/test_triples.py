@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from selfsteer.algorithms.pair_filter import FILTER_KEYS
 from selfsteer.algorithms.sso import REQUIRED_KEYS
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, generation_dict, scoring_rows, training_items
 from selfsteer.engines.base import Generation
@@ -58,8 +59,17 @@ def _triple(i: int) -> Triple:
 def test_sso_rows_match_the_spec_table():
     assert SSO_ROWS == {"chosen": ("chosen", "x"), "rejected": ("rejected", "x"),
                         "chosen_pos": ("chosen", "x_pos"), "rejected_pos": ("rejected", "x_pos"),
-                        "raw_neg": ("raw", "x_neg"), "chosen_neg": ("chosen", "x_neg")}
-    assert REQUIRED_KEYS["v1"] | REQUIRED_KEYS["v2"] <= set(SSO_ROWS)
+                        "raw_neg": ("raw", "x_neg"), "chosen_neg": ("chosen", "x_neg"),
+                        "rejected_neg": ("rejected", "x_neg")}  # the v1 pair filter's sixth row
+    assert REQUIRED_KEYS["v1"] | REQUIRED_KEYS["v2"] | set(FILTER_KEYS) <= set(SSO_ROWS)
+
+
+def test_drop_similar_pairs_only_when_asked():
+    a, b = "Please find the answer below: 42.", "Please find the answer below: 43."
+    assert drop_reason(a, b, "raw") is None  # the spec drops identical pairs only
+    assert drop_reason(a, b, "raw", max_similarity=0.9) == "similar_pair"  # ratio 0.97
+    assert drop_reason(a, "No.", "raw", max_similarity=0.9) is None
+    assert drop_reason("Formal response: hi", "hi", "raw", max_similarity=0.9) == "identical_pair"
 
 
 def test_triple_contexts_are_the_sampled_ones():
