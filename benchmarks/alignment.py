@@ -40,6 +40,12 @@ METHODS = {
     "online_sso_v2": ["loss.variant=v2", "rollout.sampling.raw_greedy=true"],
     "online_v1_no_w": ["loss.use_w=false"],
     "online_v1_no_g": ["loss.use_g=false"],
+    # Signal-health remedies on online SSO v1 (benchmarks/remedies.py compares them).
+    "v1_filter": ["pairs.filter=v1"],
+    "filter_refresh": ["pairs.filter=v1", "reference.refresh_every=1"],
+    "drop_similar": ["pairs.drop_similar=0.9"],
+    "replay": ["pairs.replay=1.0", "pairs.replay_rounds=4"],
+    "ref_refresh": ["reference.refresh_every=1"],
 }
 
 
@@ -114,7 +120,13 @@ def main(argv=None) -> int:
                         row.update(pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl"))
                         rounds.append(row)
                 rounds[-1]["run_s"] = round(run_s, 1)
-            results.setdefault(method, {})[str(seed)] = {"rounds": rounds, "final": rounds[-1]}
+            entry = {"rounds": rounds, "final": rounds[-1]}
+            if METHODS[method] is not None:  # every round's own pairs, gold-scored (cheap: no generation)
+                own = _own_metrics(run_dir / "metrics.jsonl")
+                entry["pairs"] = [{"round": int(d.name.split("_")[1]), **pair_signal(d / "triples.jsonl"),
+                                   **own.get(int(d.name.split("_")[1]), {})}
+                                  for d in sorted((run_dir / "rounds").glob("round_*"))]
+            results.setdefault(method, {})[str(seed)] = entry
             results_path.write_text(json.dumps(results, indent=2))  # after every run: nothing finished is lost
     if "_start" not in results:
         ap.error(f"{results_path} holds no results yet")
@@ -153,6 +165,14 @@ def _row(r: int, ev: dict, base: dict) -> dict:
         row.update({f"{mode}_gold": s["gold"], f"{mode}_win_rate": s.get("win_rate", 0.5), f"{mode}_length": s["length"]})
         row.update({f"{mode}_{d}": s[d] for d in base[mode] if d[:1].isupper()})
     return row
+
+
+def _own_metrics(path: Path) -> dict[int, dict]:
+    """Per round, the run's own gold-free view: the signal alert and the diagnostics that track."""
+    keys = ("signal/alert", "signal/pair_identical", "signal/rejected_bare_minus_pos", "train/rewards_neg/chosen",
+            "data/trained_pairs", "data/replayed", "pairs/filter_kept")
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {row["round"]: {k: row[k] for k in keys if k in row} for row in rows}
 
 
 def _run(config: str, overrides: list[str]) -> float:

@@ -18,26 +18,30 @@ def _prompts_by_text() -> dict[str, T.TaskPrompt]:
 def pair_signal(triples_path: Path) -> dict[str, float]:
     """Gold view of a round's own pairs: are y+ really better than y-, and were the principles obeyed?
 
-    pair_accuracy = P(gold(y+) > gold(y-)); good/bad adherence = share of the named rules y+ meets
+    pair_accuracy = P(gold(y+) > gold(y-)) over the round's pairs, trained_pair_accuracy over those
+    the trainer saw (pairs.filter may drop some); good/bad adherence = share of the named rules y+ meets
     and y- breaks; identical_rate counts the pairs the driver dropped as identical.
     """
     path = Path(triples_path)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     dropped_file = path.parent / "dropped.json"
     identical = json.loads(dropped_file.read_text()).get("identical_pair", 0) if dropped_file.is_file() else 0
-    acc, good, bad = [], [], []
+    acc, trained, good, bad = [], [], [], []
     for row in rows:
         prompt = _prompts_by_text().get(row["instruction"])
         if prompt is None:
             continue
         chosen, rejected = T.gold_scores(prompt, row["chosen"]), T.gold_scores(prompt, row["rejected"])
         acc.append(float(chosen["gold"] > rejected["gold"]))
+        if row.get("trained", True):  # pairs.filter's verdict; without a filter every pair is trained on
+            trained.append(acc[-1])
         for dim in row.get("principles", {}).get("dimensions", []):
             if dim in chosen:
                 good.append(chosen[dim])
                 bad.append(1.0 - rejected[dim])
     total = len(rows) + identical
-    return {"pair_accuracy": _mean(acc), "good_adherence": _mean(good), "bad_adherence": _mean(bad),
+    return {"pair_accuracy": _mean(acc), "trained_pair_accuracy": _mean(trained), "trained_pairs": len(trained),
+            "good_adherence": _mean(good), "bad_adherence": _mean(bad),
             "identical_rate": identical / total if total else float("nan")}
 
 

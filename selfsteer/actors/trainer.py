@@ -44,11 +44,14 @@ class TrainerRank:
         self.device = resolve_device(cfg.trainer.device)
         self.sync_group: Optional[ws.SyncGroup] = None
         self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
+        self._master_store = None  # rank 0: the training process group's store (open_master_store)
         self.sync_buffers = ws.FlatBuffers()
 
-    def address(self) -> tuple[str, int]:
+    def open_master_store(self) -> tuple[str, int]:
+        """Rank 0 opens the process group's store on an OS-picked port (no free-port race)."""
         host = ws.node_ip()
-        return host, ws.free_port(host if host != "127.0.0.1" else "127.0.0.1")
+        self._master_store = ws.open_store(host, self.world_size, self.cfg.ray.startup_timeout_s)
+        return host, self._master_store.port
 
     def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int) -> dict:
         import datetime
@@ -61,12 +64,13 @@ class TrainerRank:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
         timeout = datetime.timedelta(seconds=self.cfg.sync.timeout_s)
+        store = self._master_store if self.rank == 0 else dist.TCPStore(
+            master_addr, master_port, self.world_size, False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
         if tc.backend == "deepspeed":
             import deepspeed
 
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
-        else:
-            dist.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=timeout)
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group formed above
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -235,7 +239,7 @@ class TrainerGroup:
             ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
             for i in range(tc.num_ranks)
         ]
-        host, port = ray.get(self.ranks[0].address.remote(), timeout=cfg.ray.startup_timeout_s)
+        host, port = ray.get(self.ranks[0].open_master_store.remote(), timeout=cfg.ray.startup_timeout_s)
         self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps) for r in self.ranks],
                                timeout_s=cfg.ray.startup_timeout_s)
         self.rank0 = self.ranks[0]
