@@ -40,6 +40,10 @@ METHODS = {
     "online_sso_v2": ["loss.variant=v2", "rollout.sampling.raw_greedy=true"],
     "online_v1_no_w": ["loss.use_w=false"],
     "online_v1_no_g": ["loss.use_g=false"],
+    # The other self-alignment methods on the same task (SFT targets y* meet every gold rule; the
+    # SePO oracle is DPO-trained on task pairs from training prompts, see sepo_oracle.task_pairs).
+    "self_contrast": ["algo=self_contrast", "self_contrast.n_samples=8", "self_contrast.k=4"],
+    "sepo": ["algo=sepo", "sepo.oracle_train_pairs=512", "sepo.oracle_steps=200"],
     # Signal-health remedies on online SSO v1 (benchmarks/remedies.py compares them).
     "v1_filter": ["pairs.filter=v1"],
     "filter_refresh": ["pairs.filter=v1", "reference.refresh_every=1"],

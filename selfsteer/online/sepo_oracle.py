@@ -2,7 +2,8 @@
 trained once and cached on disk by a hash of its inputs, so later runs load it directly.
 
 The pairs are a JSONL file of {"prompt", "chosen", "rejected"} (e.g. UltraFeedback's binarised
-preferences), or, for the toy model, the toy SFT answers against random toy-vocabulary answers.
+preferences), or, for the toy model, the toy SFT answers against random toy-vocabulary answers
+(for the alignment task's model: responses meeting every gold rule against ones breaking some).
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ def toy_pairs(n: int = 64, seed: int = 0) -> list[dict]:
         words = rec["response"].split()
         rows.append({"prompt": rec["prompt"], "chosen": rec["response"],
                      "rejected": " ".join(rng.choice(VOCAB_WORDS) for _ in words)})
+    return rows
+
+
+def task_pairs(n: int = 64, seed: int = 0, split_seed: int = 0) -> list[dict]:
+    """Alignment-task preferences from training prompts only: a response meeting every gold rule
+    over one breaking a random non-empty subset of them (the gold reward orders every pair)."""
+    from selfsteer.toy import task as T
+
+    rng = random.Random(f"sepo-task:{seed}")
+    train, _ = T.split_prompts(split_seed)
+    rows = []
+    for p in T.balanced(train, n, seed):
+        broken = rng.sample(T.DIMENSIONS, rng.randint(1, len(T.DIMENSIONS)))
+        rows.append({"prompt": p.text, "chosen": T.synth_response(p, dict.fromkeys(T.DIMENSIONS, True), rng),
+                     "rejected": T.synth_response(p, {d: d not in broken for d in T.DIMENSIONS}, rng)})
     return rows
 
 
@@ -132,6 +148,8 @@ def oracle_path(cfg, ref_path: str, cache_root: Optional[str]) -> tuple[str, dic
         pairs = load_pairs(sp.oracle_pairs)
     elif cfg.model.policy == "toy":
         pairs = toy_pairs(sp.oracle_train_pairs, cfg.seed)
+    elif cfg.model.policy == "task":
+        pairs = task_pairs(sp.oracle_train_pairs, cfg.seed, cfg.task.split_seed)
     else:
         raise ValueError("algo=sepo needs sepo.oracle_path (a DPO-trained oracle) or sepo.oracle_pairs (JSONL of "
                          "prompt/chosen/rejected to train one)")

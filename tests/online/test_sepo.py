@@ -58,6 +58,20 @@ def test_oracle_pairs_file_is_validated(tmp_path):
 
 
 @pytest.mark.slow
+def test_task_oracle_pairs_are_gold_ordered_training_prompts():
+    from selfsteer.online.sepo_oracle import task_pairs
+    from selfsteer.toy import task as T
+
+    pairs = task_pairs(40, seed=3)
+    train, heldout = T.split_prompts(0)
+    by_text, held = {p.text: p for p in train}, {p.text for p in heldout}
+    assert len(pairs) == 40 and not held & {r["prompt"] for r in pairs}  # never a held-out prompt
+    for r in pairs:
+        p = by_text[r["prompt"]]
+        assert T.gold_scores(p, r["chosen"])["gold"] == 1.0 > T.gold_scores(p, r["rejected"])["gold"]
+    assert task_pairs(40, seed=3) == pairs != task_pairs(40, seed=4)
+
+
 def test_two_online_rounds_on_the_toy_model(ray_local, tmp_path, toy_cache):
     from selfsteer.config import load_config
     from selfsteer.driver import run
