@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+from selfsteer.data.tables import read_table
 
 
 class PromptDataError(ValueError):
@@ -28,22 +28,8 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
 
     `target_field` names a required non-empty string answer per row (SFT data), when the algorithm needs one.
     """
-    import datasets
-
     path = Path(path)
-    if not path.is_file():
-        raise PromptDataError(f"{path}: prompts file not found")
-    builder = FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise PromptDataError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(FORMATS)}")
-    if path.stat().st_size == 0:
-        raise PromptDataError(f"{path}: file is empty")
-    try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets wraps parse errors in several exception types
-        raise PromptDataError(f"{path}: could not be read as {builder}: {exc}") from exc
-    if len(ds) == 0:
-        raise PromptDataError(f"{path}: contains no rows")
+    ds = read_table(path, PromptDataError, missing="prompts file not found", unit="rows")
     if prompt_field not in ds.column_names:
         raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
     if target_field and target_field not in ds.column_names:

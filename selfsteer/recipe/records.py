@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from selfsteer.data.tables import FORMATS, json_problem, read_table
+
 logger = logging.getLogger(__name__)
 
-FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # kind -> the field naming a record (what resume compares)
 ID_FIELDS = {"prompts": "uuid", "principles": "uuid", "sso": "uuid", "dpo": "prompt_id"}
 
@@ -204,61 +205,13 @@ def _rows(ds, path: Path):
         except StopIteration:
             return
         except (UnicodeDecodeError, ValueError) as exc:
-            problem = _json_problem(path) if FORMATS.get(path.suffix.lower()) == "json" else None
+            problem = json_problem(path) if FORMATS.get(path.suffix.lower()) == "json" else None
             raise RecordError(f"{path}: {problem or f'row {row}: could not be decoded ({exc})'}") from None
         yield example
         row += 1
 
 
 def _load_dataset(path: Path):
-    import datasets
-
-    if not path.is_file():
-        raise RecordError(f"{path}: file not found")
-    builder = FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise RecordError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(FORMATS)}")
-    if path.stat().st_size == 0:
-        raise RecordError(f"{path}: file is empty")
-    try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets wraps parse errors in several exception types
-        problem = _json_problem(path) if builder == "json" else None
-        if problem:
-            raise RecordError(f"{path}: {problem}") from None
-        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-        raise RecordError(f"{path}: could not be read as {builder}: {exc}{cause}") from exc
-    if len(ds) == 0:
-        raise RecordError(f"{path}: contains no records")
-    return ds
+    return read_table(path, RecordError)
 
 
-def _json_problem(path: Path) -> str | None:
-    """Where a file `datasets` could not read stops being JSON (a JSON document or JSON Lines)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 text (byte {exc.start})"
-    if not text.strip():
-        return "file is empty"
-    if not text.lstrip().startswith(("[", "{")):
-        return "not valid JSON (a JSON list, object or JSON Lines was expected)"
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as whole:
-        if text.lstrip().startswith("["):
-            return f"line {whole.lineno}: not valid JSON ({whole.msg}, column {whole.colno})"
-        for number, line in enumerate(text.splitlines(), 1):  # JSON Lines
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as exc:
-                    return f"line {number}: not valid JSON ({exc.msg}, column {exc.colno})"
-        return f"line {whole.lineno}: not valid JSON ({whole.msg}, column {whole.colno})"
-    rows = doc if isinstance(doc, list) else [doc]
-    if not rows:
-        return "contains no records (an empty JSON list)"
-    for row, item in enumerate(rows):
-        if not isinstance(item, dict):
-            return f"row {row}: not a JSON object, got {type(item).__name__}"
-    return None

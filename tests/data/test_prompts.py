@@ -144,11 +144,15 @@ def test_empty_file(tmp_path, name):
     assert _error(path) == f"{path}: file is empty"
 
 
-@pytest.mark.parametrize("text", ['{"prompt": "a"}\n{"prompt": "b"\n', '{"prompt": "a"\n', "not json at all\n"])
-def test_unparseable_json(tmp_path, text):
+@pytest.mark.parametrize("text, where", [
+    ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not valid JSON"),
+    ('{"prompt": "a"\n', "line 1: not valid JSON"),
+    ("not json at all\n", "not valid JSON (a JSON list, object or JSON Lines was expected)"),
+])
+def test_unparseable_json_names_the_line(tmp_path, text, where):
     path = tmp_path / "p.jsonl"
     path.write_text(text)
-    assert _error(path).startswith(f"{path}: could not be read as json")
+    assert _error(path).startswith(f"{path}: {where}")
 
 
 def test_json_without_rows(tmp_path):
