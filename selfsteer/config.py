@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.config_sections import (  # noqa: F401  (re-exported: `from selfsteer.config import ...`)
-    ConfigError, PairsConfig, SelfContrastConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_positive, _key,
+    ConfigError, PairsConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_positive, _key,
 )
 
 
@@ -133,7 +133,7 @@ class PrincipleConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    backend: str = "hf"  # hf | vllm | auto
+    backend: str = "hf"  # hf | vllm | auto | hf_mod (HF holding a second policy: SIPO's MOD decoding)
     num_engines: int = 2
     num_cpus: float = 1.0  # per engine
     num_gpus: float = 0.0  # per engine
@@ -150,7 +150,7 @@ class RolloutConfig:
     max_model_len: Optional[int] = None  # None: the model's context size; lower it to fit the KV cache
 
     def __post_init__(self):
-        _check_choice("rollout", "backend", self.backend, ("hf", "vllm", "auto"))
+        _check_choice("rollout", "backend", self.backend, ("hf", "hf_mod", "vllm", "auto"))
         _check_positive("rollout", "num_engines", self.num_engines)
         _check_positive("rollout", "tensor_parallel_size", self.tensor_parallel_size)
         _check_choice("rollout", "device", self.device, ("auto", "cpu", "cuda"))
@@ -263,7 +263,7 @@ class RayConfig:
     max_restarts: int = 3
 
 
-ALGOS = ("sso", "dpo", "self_contrast", "sepo")  # dpo: RLCD-style pairs (y+ good principle, y- bad) under plain DPO
+ALGOS = ("sso", "dpo", "self_contrast", "sepo", "sipo")  # dpo: RLCD-style pairs (y+ good principle, y- bad) under plain DPO
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,7 @@ class RunConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
     sepo: SepoConfig = field(default_factory=SepoConfig)
+    sipo: SipoConfig = field(default_factory=SipoConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -298,6 +299,12 @@ class RunConfig:
         if self.async_rounds and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
+        if self.algo == "sipo" and self.rollout.backend != "hf_mod":
+            raise ConfigError(f"algo=sipo decodes with two fused policies, which needs rollout.backend=hf_mod (got "
+                              f"{self.rollout.backend!r}): vLLM cannot run a second model inside its decoding step")
+        if self.algo == "sipo" and self.model.policy != "task" and not (self.sipo.pairs_a or self.sipo.policy_a):
+            raise ConfigError("algo=sipo needs sipo.pairs_a/pairs_b (stage 0 DPO pairs) or sipo.policy_a/policy_b "
+                              "(trained policies); only the alignment task's model (model.policy=task) has built-in pairs")
         remedies = self.pairs != PairsConfig() or self.reference.refresh_every
         if remedies and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")

@@ -122,3 +122,39 @@ class PairsConfig:
             raise ConfigError(f"pairs.drop_similar={self.drop_similar!r} must be in (0, 1]")
         _check_positive("pairs", "replay", self.replay, allow_zero=True)
         _check_positive("pairs", "replay_rounds", self.replay_rounds)
+
+
+@dataclass(frozen=True)
+class SipoConfig:
+    """`algo: sipo` (shared/spec/sipo.md): MOD candidates of two policies, Pareto-filtered on
+    implicit rewards, re-align both. Stage 0 DPO-trains pi_A0 and pi_B0 from the start model."""
+
+    weights: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # W: one greedy MOD candidate per w (w multiplies A)
+    beta: float = 0.1  # implicit-reward and DPO beta
+    alpha: float = 0.1  # weight of the length-normalised NLL of the chosen candidate
+    rewrite: bool = False  # review + rewrite each candidate (MOD, same w), kept if better on A0 or B0
+    max_new_tokens: int = 32
+    # Stage 0. Files: JSONL prompt/chosen/rejected per objective; the task model: built-in pairs
+    # where `objective_a` and `objective_b` (gold rules) disagree. Or give trained policies.
+    pairs_a: Optional[str] = None
+    pairs_b: Optional[str] = None
+    policy_a: Optional[str] = None  # HF dirs of already DPO-trained pi_A0 / pi_B0 (skip stage 0)
+    policy_b: Optional[str] = None
+    objective_a: str = "Politeness"
+    objective_b: str = "Length"
+    stage0_pairs: int = 256
+    stage0_steps: int = 120
+    stage0_lr: float = 1.0e-3
+    stage0_batch_size: int = 8
+
+    def __post_init__(self):
+        if not self.weights or any(not 0 <= w <= 1 for w in self.weights):
+            raise ConfigError(f"sipo.weights={list(self.weights)!r} must be a non-empty list of values in [0, 1]")
+        for name in ("beta", "max_new_tokens", "stage0_pairs", "stage0_lr", "stage0_batch_size"):
+            _check_positive("sipo", name, getattr(self, name))
+        _check_positive("sipo", "alpha", self.alpha, allow_zero=True)
+        _check_positive("sipo", "stage0_steps", self.stage0_steps, allow_zero=True)
+        if self.objective_a == self.objective_b:
+            raise ConfigError(f"sipo.objective_a and sipo.objective_b are both {self.objective_a!r}; SIPO needs two objectives")
+        if bool(self.policy_a) != bool(self.policy_b) or bool(self.pairs_a) != bool(self.pairs_b):
+            raise ConfigError("sipo.policy_a/policy_b (and sipo.pairs_a/pairs_b) are given together or not at all")

@@ -41,6 +41,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     state = checkpoint.load_state(run_dir) if resume else None
+    if resume and cfg.algo == "sipo":
+        raise ValueError("--resume is not supported for algo=sipo (policy B's trainer state is not checkpointed)")
     if resume and state is None:
         raise FileNotFoundError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
     inputs = prepare_inputs(cfg, run_dir)

@@ -59,6 +59,7 @@ class Inputs:
     cursor: PromptCursor
     tokenizer: Any
     max_prompt_tokens: int
+    extra: dict = field(default_factory=dict)  # an algorithm's own start-up outputs (SIPO's stage-0 models)
 
     def drop_long(self, prompts, pairs):
         """Skip (and count) prompts whose longest principle context exceeds max_prompt_tokens."""
@@ -75,6 +76,12 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     from transformers import AutoTokenizer
 
     policy = resolve_model(cfg)
+    extra = {}
+    if cfg.algo == "sipo":  # stage 0: trainer A, the engines and the reference start from pi_A0
+        from selfsteer.online.sipo_models import stage0
+
+        extra = {"sft_path": policy, **stage0(cfg, policy)}
+        policy = extra["policy_a"]
     reference = cfg.model.reference or policy
     prompts_path = cfg.data.prompts
     target_field = cfg.self_contrast.target_field if cfg.algo == "self_contrast" else None  # SFT answers y*
@@ -92,7 +99,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field, target_field)
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
-                  cfg.data.max_prompt_tokens)
+                  cfg.data.max_prompt_tokens, extra)
 
 
 def init_ray(cfg: RunConfig) -> None:

@@ -120,6 +120,30 @@ class RolloutEngine:
         return {n: p.detach().to("cpu").clone() for n, p in self.backend.named_parameters()}
 
 
+    # --- SIPO: a second policy for multi-objective decoding (rollout.backend=hf_mod) ------------
+    def load_policy_b(self, model_path: str) -> None:
+        self.backend.load_policy_b(model_path)
+
+    def generate_mod(self, requests: list[ChatRequest], weights: list[float], max_new_tokens: int) -> list[list[Generation]]:
+        """Greedy MOD continuations per weight: result[i][j] is request j at weights[i]."""
+        prompt_ids = [encode_chat(self.tokenizer, r.prompt, r.system) for r in requests]
+        return [self.backend.generate_mod(prompt_ids, w, max_new_tokens) for w in weights]
+
+    def load_buckets_b(self, buckets: list[ws.Bucket], flats: list, verify: bool) -> list[str]:
+        """Policy B's new weights from its trainer, through the object store."""
+        fingerprints = []
+        for bucket, flat in zip(buckets, flats):
+            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
+            self.backend.load_weights_b(ws.unpack_bucket(bucket, flat))
+            if verify:
+                fingerprints.append(ws.fingerprint(flat))
+        return fingerprints
+
+    def weights_fingerprint_b(self, buckets: list[ws.Bucket]) -> list[str]:
+        params = {n: p.detach() for n, p in self.backend.named_parameters_b()}
+        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+
+
 class EngineTimeoutError(TimeoutError):
     """A rollout engine did not answer within the configured bound."""
 

@@ -21,7 +21,8 @@ from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_
 logger = logging.getLogger(__name__)
 
 LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss",
-          "self_contrast": "selfsteer.online.self_contrast:loss", "sepo": "selfsteer.online.sepo:loss"}
+          "self_contrast": "selfsteer.online.self_contrast:loss", "sepo": "selfsteer.online.sepo:loss",
+          "sipo": "selfsteer.online.sipo:loss"}
 
 
 def _loss_fn(name: str):

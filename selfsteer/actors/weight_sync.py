@@ -285,9 +285,9 @@ class WeightSyncer:
         ray.get(calls, timeout=timeout)
         self._connected = tuple(engines)
 
-    def copy_into(self, actor, name: str) -> float:
-        """The trainer's weights into one more actor with `load_buckets` (a refreshing reference),
-        through the object store; verified like a sync. Returns seconds taken."""
+    def copy_into(self, actor, name: str, method: str = "load_buckets") -> float:
+        """The trainer's weights into one more actor's `method` (a refreshing reference; SIPO's
+        policy B in the engines), through the object store; verified like a sync. Returns seconds."""
         import time
 
         import ray
@@ -295,7 +295,7 @@ class WeightSyncer:
         sc, start = self.cfg.sync, time.perf_counter()
         pushes = [r.push_weights.remote(self.buckets, "object_store", sc.verify) for r in self.trainer.ranks]
         sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
-        got = ray.get(actor.load_buckets.remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
+        got = ray.get(getattr(actor, method).remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
         if sc.verify and got != sent["fingerprints"]:
             raise SyncMismatchError(f"{name}: weights differ from the trainer's after the copy")
         return time.perf_counter() - start

@@ -49,6 +49,7 @@ class GenerationBackend(Protocol):
 
 BACKENDS = {
     "hf": "selfsteer.engines.hf_engine:HFBackend",
+    "hf_mod": "selfsteer.engines.mod:MODBackend",  # HF + a second policy for SIPO's fused decoding
     "vllm": "selfsteer.engines.vllm_engine:VLLMBackend",
 }
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-ROUNDS = {"self_contrast": "selfsteer.online.self_contrast", "sepo": "selfsteer.online.sepo"}
+ROUNDS = {"self_contrast": "selfsteer.online.self_contrast", "sepo": "selfsteer.online.sepo",
+          "sipo": "selfsteer.online.sipo"}
 
 
 def round_fn(cfg, roles, inputs, default):

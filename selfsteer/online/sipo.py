@@ -1,0 +1,187 @@
+"""SIPO online round (shared/spec/sipo.md §1): MOD candidates from two policies, review/rewrite,
+Pareto filtering on implicit rewards, re-alignment of both policies.
+
+Roles: the run's trainer group and engines carry policy A (started from pi_A0 by stage 0, see
+sipo_models); `start` adds a second trainer group for policy B, loads B into every engine
+(rollout.backend=hf_mod holds it beside A) and starts the frozen scorer. Each round:
+  1. engines decode one greedy MOD candidate per w in W (w multiplies A); with `sipo.rewrite`,
+     A reviews each candidate and MOD (same w) rewrites it, kept if better on A0 or B0;
+  2. the scorer gives R_j = beta (log pi_j - log pi_sft) for j in (A0, B0, soups) on candidates
+     and both originals; a candidate must beat both originals on every R_j, best sum kept;
+  3. pairs (c > y1), (c > y2) train A (reference pi_A0) and B (reference pi_B0) on sipo_loss;
+     A syncs into the engines as usual, B through the object store into their B slot.
+Two groups rather than one alternating: each keeps its own optimizer state, and they can sit on
+different GPUs. Resume is not supported for SIPO (B's optimizer state is not checkpointed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+import torch
+
+from selfsteer.algorithms.sipo import implicit_rewards, keep_rewrite, pareto_filter, select_pareto_best, sipo_loss
+from selfsteer.data.chat import encode_chat
+from selfsteer.engines.base import ChatRequest, Sampling
+from selfsteer.metrics import PhaseTimer, weighted_mean
+from selfsteer.online.common import answer_ids, new_round_dir, next_prompts, train_sync_save, write_jsonl
+
+KEYS = ["chosen", "rejected"]
+REVIEW = ("Question: {q}\nResponse: {y}\nGive three suggestions to make the response more {a} and more {b}.")
+REWRITE = ("Question: {q}\nResponse: {y}\nReview: {r}\nRevise the response using the review, to be more {a} and "
+           "more {b}. Write only the revised response.")
+
+
+def loss(policy, reference, lengths, *, beta: float, alpha: float):
+    """The trainer's adapter: sipo_loss with the chosen response's token count (incl. EOS) as ℓ_c."""
+    value = sipo_loss(policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"],
+                      lengths["chosen"].float(), beta=beta, alpha=alpha)
+    margin = (policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"])
+    return value, {"loss": value.item(), "rewards/margins": beta * margin.mean().item(),
+                   "rewards/accuracies": (margin > 0).float().mean().item()}
+
+
+def start(cfg, roles, inputs) -> None:
+    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.online.sepo_oracle import load_pairs
+    from selfsteer.online.sipo_models import SipoScorer
+    from selfsteer.roles import steps_per_round
+    from selfsteer.runtime import actor_env
+
+    extra = inputs.extra
+    roles.trainer_b = TrainerGroup(cfg, extra["policy_b"], cfg.rounds * steps_per_round(cfg))
+    roles.syncer_b = WeightSyncer(roles.trainer_b, cfg)
+    ray.get([e.load_policy_b.remote(extra["policy_b"]) for e in roles.pool.engines], timeout=cfg.ray.startup_timeout_s)
+    roles.scorer = ray.remote(SipoScorer).options(
+        num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
+    ).remote(extra["sft_path"], extra["policy_a"], extra["policy_b"], list(cfg.sipo.weights), cfg.reference,
+             cfg.model, torch_threads=cfg.ray.torch_threads)
+    roles.rm_names = ray.get(roles.scorer.names.remote(), timeout=cfg.ray.startup_timeout_s)
+    roles.extra_actors.append(roles.scorer)
+    roles.file_pairs = ({r["prompt"]: (r["chosen"], r["rejected"]) for r in load_pairs(cfg.sipo.pairs_a)}
+                        if cfg.sipo.pairs_a else None)
+    _shutdown_b = roles.shutdown
+
+    def shutdown():
+        roles.trainer_b.shutdown()
+        _shutdown_b()
+    roles.shutdown = shutdown
+
+
+def _mod(cfg, roles, requests: list[ChatRequest], weights) -> list[list]:
+    """result[i][j]: request j's greedy MOD continuation at weights[i], requests sharded over engines."""
+    engines = roles.pool.engines
+    shards = [list(range(k, len(requests), len(engines))) for k in range(len(engines))]
+    calls = [(e, idx) for e, idx in zip(engines, shards) if idx]
+    outs = ray.get([e.generate_mod.remote([requests[i] for i in idx], list(weights), cfg.sipo.max_new_tokens)
+                    for e, idx in calls], timeout=cfg.ray.call_timeout_s)
+    result = [[None] * len(requests) for _ in weights]
+    for (_, idx), out in zip(calls, outs):
+        for wi, per_w in enumerate(out):
+            for i, g in zip(idx, per_w):
+                result[wi][i] = g
+    return result
+
+
+def _rewrite(cfg, roles, prompts, candidates) -> tuple[list[list], list[list[str]]]:
+    """Review (policy A, greedy) then rewrite (MOD, the candidate's own w) every candidate."""
+    sp = cfg.sipo
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=sp.max_new_tokens)
+    flat = [(wi, j) for wi in range(len(sp.weights)) for j in range(len(prompts))]
+    fill = {"a": sp.objective_a.lower(), "b": sp.objective_b.lower()}
+    reviews = roles.pool.generate([ChatRequest(REVIEW.format(q=prompts[j].prompt, y=candidates[wi][j].text, **fill))
+                                   for wi, j in flat], greedy)
+    rewrites = [[None] * len(prompts) for _ in sp.weights]
+    texts = [[""] * len(prompts) for _ in sp.weights]
+    for wi, w in enumerate(sp.weights):  # MOD with the same w as the candidate under review
+        reqs = [ChatRequest(REWRITE.format(q=prompts[j].prompt, y=candidates[wi][j].text, r=reviews[k].text, **fill))
+                for k, (wj, j) in enumerate(flat) if wj == wi]
+        out = _mod(cfg, roles, reqs, [w])
+        for j, g in enumerate(out[0]):
+            rewrites[wi][j], texts[wi][j] = g, reviews[wi * len(prompts) + j].text
+    return rewrites, texts
+
+
+def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
+    from selfsteer.online.sipo_models import originals
+
+    sp, timer, tok = cfg.sipo, PhaseTimer(), inputs.tokenizer
+    round_dir = new_round_dir(run_dir, r)
+    prompts, skipped = next_prompts(cfg, inputs)
+    pairs = [(p, originals(cfg, p.prompt, roles.file_pairs)) for p in prompts]
+    prompts, origs = [p for p, o in pairs if o], [o for _, o in pairs if o]
+    nw = len(sp.weights)
+    with timer("generation"):
+        requests = [ChatRequest(p.prompt) for p in prompts]
+        cands = _mod(cfg, roles, requests, sp.weights) if prompts else []
+    contexts = [encode_chat(tok, p.prompt) for p in prompts]
+    orig_ids = [[answer_ids(tok, p.prompt, y, c) for y in o] for p, o, c in zip(prompts, origs, contexts)]
+    rewards = lambda rows, names: implicit_rewards(  # noqa: E731  [N, M] per row set
+        torch.tensor([rows[n] for n in names]).T, torch.tensor(rows["sft"])[:, None].expand(-1, len(names)), beta=sp.beta)
+    kept_rewrites = 0
+    with timer("rewrite"):
+        if sp.rewrite and prompts:
+            rewrites, reviews = _rewrite(cfg, roles, prompts, cands)
+            ctx = [contexts[j] for _ in range(nw) for j in range(len(prompts))]
+            a = ray.get(roles.scorer.score.remote(ctx, [c.token_ids for row in cands for c in row]))
+            b = ray.get(roles.scorer.score.remote(ctx, [c.token_ids for row in rewrites for c in row]))
+            keep = keep_rewrite(rewards(b, ["A0", "B0"]), rewards(a, ["A0", "B0"]))
+            for k, take in enumerate(keep.tolist()):
+                if take:
+                    cands[k // len(prompts)][k % len(prompts)] = rewrites[k // len(prompts)][k % len(prompts)]
+            kept_rewrites = int(keep.sum())
+    with timer("reference"):  # candidates (w-major) then originals (y1, y2) of every prompt
+        n = len(prompts)
+        ctx = [contexts[j] for _ in range(nw) for j in range(n)] + [contexts[j] for j in range(n) for _ in range(2)]
+        resp = [cands[wi][j].token_ids for wi in range(nw) for j in range(n)] + [y for o in orig_ids for y in o]
+        scores = ray.get(roles.scorer.score.remote(ctx, resp), timeout=cfg.ray.call_timeout_s) if n else {}
+    records, items_a, items_b = [], [], []
+    if n:
+        all_r = rewards(scores, roles.rm_names)  # [nw*n + 2n, M]
+        cand_r = all_r[:nw * n].reshape(nw, n, -1).transpose(0, 1)  # [n, nw, M]
+        orig_r = all_r[nw * n:].reshape(n, 2, -1)
+        masks = pareto_filter(cand_r, orig_r)  # [n, nw]
+        sums = {k: v for k, v in scores.items()}
+        for j, p in enumerate(prompts):
+            best = select_pareto_best(cand_r[j], masks[j])
+            records.append({"prompt": p.prompt, "uuid": p.uid, "originals": list(origs[j]), "kept": best,
+                            "candidates": [{"weight": w, "text": cands[wi][j].text, "rewards": cand_r[j, wi].tolist(),
+                                            "pareto": bool(masks[j, wi])} for wi, w in enumerate(sp.weights)],
+                            "original_rewards": orig_r[j].tolist(), "reward_models": roles.rm_names})
+            if best is None:
+                continue
+            c_ids, k_c = cands[best][j].token_ids, best * n + j
+            for o in range(2):
+                k_o = nw * n + 2 * j + o
+                for items, ref in ((items_a, "A0"), (items_b, "B0")):
+                    items.append({"chosen": {"context": contexts[j], "response": c_ids, "ref_logp": sums[ref][k_c]},
+                                  "rejected": {"context": contexts[j], "response": orig_ids[j][o],
+                                               "ref_logp": sums[ref][k_o]}})
+    write_jsonl(round_dir / "candidates.jsonl", records)  # on disk before any training on it
+    kwargs = {"beta": sp.beta, "alpha": sp.alpha}
+    metrics = train_sync_save(cfg, roles, inputs, r, run_dir, timer, items_a, KEYS, kwargs)
+    usable = len(items_b) - len(items_b) % len(roles.trainer_b.ranks)
+    with timer("train_b"):
+        results_b = roles.trainer_b.train(items_b[:usable], KEYS, kwargs) if usable else []
+    with timer("sync_b"):
+        for k, engine in enumerate(roles.pool.engines):
+            roles.syncer_b.copy_into(engine, f"rollout engine {k} (policy B)", method="load_buckets_b")
+    with timer("checkpoint_b"):
+        if r % cfg.save_every == 0 or r == cfg.rounds:
+            roles.trainer_b.save_hf(str(run_dir / "checkpoints_b" / f"round_{r:04d}"))
+    metrics.update({f"train_b/{k}": v for k, v in (weighted_mean(results_b) if results_b else {}).items()
+                    if not k.startswith("avg_logp/")})
+    metrics.update(timer.seconds)
+    kept = [rec for rec in records if rec["kept"] is not None]
+    metrics.update({"data/prompts": float(n), "data/skipped_long_prompts": float(skipped),
+                    "sipo/pareto_candidates": float(sum(c["pareto"] for rec in records for c in rec["candidates"])),
+                    "sipo/kept_prompts": float(len(kept)), "sipo/kept_rate": len(kept) / n if n else 0.0,
+                    "sipo/rewrites_kept": float(kept_rewrites), "data/pairs": float(len(items_a))})
+    if kept:
+        for m, name in enumerate(roles.rm_names[:2]):
+            metrics[f"sipo/reward_{name}_kept"] = sum(rec["candidates"][rec["kept"]]["rewards"][m] for rec in kept) / len(kept)
+    (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
