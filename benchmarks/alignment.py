@@ -44,6 +44,8 @@ METHODS = {
     # SePO oracle is DPO-trained on task pairs from training prompts, see sepo_oracle.task_pairs).
     "self_contrast": ["algo=self_contrast", "self_contrast.n_samples=8", "self_contrast.k=4"],
     "sepo": ["algo=sepo", "sepo.oracle_train_pairs=512", "sepo.oracle_steps=200"],
+    # SIPO's row is policy A (Politeness); policy B (Length) is scored too, as "sipo_policy_b".
+    "sipo": ["algo=sipo", "rollout.backend=hf_mod", "sipo.stage0_lr=3e-4", "data.prompts_per_round=32"],
     # Signal-health remedies on online SSO v1 (benchmarks/remedies.py compares them).
     "v1_filter": ["pairs.filter=v1"],
     "filter_refresh": ["pairs.filter=v1", "reference.refresh_every=1"],
@@ -125,6 +127,11 @@ def main(argv=None) -> int:
                         rounds.append(row)
                 rounds[-1]["run_s"] = round(run_s, 1)
             entry = {"rounds": rounds, "final": rounds[-1]}
+            if METHODS[method] is not None and (run_dir / "checkpoints_b").is_dir():  # SIPO's second policy
+                rows_b = [_row(0, base, base)] + [
+                    _row(int(c.name.split("_")[1]), E.evaluate(str(c), prompts, settings, baseline=base["scores"]), base)
+                    for c in sorted((run_dir / "checkpoints_b").glob("round_*"))]
+                results.setdefault(f"{method}_policy_b", {})[str(seed)] = {"rounds": rows_b, "final": rows_b[-1]}
             if METHODS[method] is not None:  # every round's own pairs, gold-scored (cheap: no generation)
                 own = _own_metrics(run_dir / "metrics.jsonl")
                 entry["pairs"] = [{"round": int(d.name.split("_")[1]), **pair_signal(d / "triples.jsonl"),

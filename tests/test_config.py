@@ -128,7 +128,7 @@ def test_wrong_type_in_override_names_key_and_source(override, key):
     ("loss.base=foo", "loss.base='foo' is not one of ['ipo', 'dpo']"),
     ("loss.variant=v3", "loss.variant='v3' is not one of ['v1', 'v2']"),
     ("model.dtype=int8", "model.dtype='int8' is not one of"),
-    ("rollout.backend=tgi", "rollout.backend='tgi' is not one of ['hf', 'vllm', 'auto']"),
+    ("rollout.backend=tgi", "rollout.backend='tgi' is not one of ['hf', 'hf_mod', 'vllm', 'auto']"),
     ("trainer.zero_stage=4", "trainer.zero_stage=4 is not one of [0, 1, 2, 3]"),
     ("sync.method=nfs", "sync.method='nfs' is not one of"),
     ("principles.mode=random", "principles.mode='random' is not one of ['library', 'llm']"),

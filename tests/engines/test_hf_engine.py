@@ -285,4 +285,4 @@ def test_unknown_backend_lists_valid_ones():
     with pytest.raises(ValueError) as err:
         backend_class("tgi")
     assert "'tgi'" in str(err.value)
-    assert "['hf', 'vllm']" in str(err.value) and "'auto'" in str(err.value)
+    assert "['hf', 'hf_mod', 'vllm']" in str(err.value) and "'auto'" in str(err.value)

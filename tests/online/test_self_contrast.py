@@ -107,5 +107,5 @@ def test_config_rejects_impossible_settings():
         load_config("configs/self_contrast_tiny_cpu.yaml", ["self_contrast.k=9"])
     with pytest.raises(ConfigError, match=r"sepo.fraction=1.5 must be in \(0, 1\]"):
         load_config("configs/sepo_tiny_cpu.yaml", ["sepo.fraction=1.5"])
-    with pytest.raises(ConfigError, match=r"algo='sipo' is not one of"):
-        load_config("configs/tiny_cpu.yaml", ["algo=sipo"])
+    with pytest.raises(ConfigError, match=r"algo='ppo' is not one of"):
+        load_config("configs/tiny_cpu.yaml", ["algo=ppo"])
