@@ -46,6 +46,8 @@ METHODS = {
     "sepo": ["algo=sepo", "sepo.oracle_train_pairs=512", "sepo.oracle_steps=200"],
     # SIPO's row is policy A (Politeness); policy B (Length) is scored too, as "sipo_policy_b".
     "sipo": ["algo=sipo", "rollout.backend=hf_mod", "sipo.stage0_lr=3e-4", "data.prompts_per_round=32"],
+    "sipo_gentle": ["algo=sipo", "rollout.backend=hf_mod", "sipo.stage0_lr=3e-4", "sipo.stage0_steps=40",
+                    "data.prompts_per_round=32", "trainer.lr=3e-5"],  # a tenth of the shared lr, shorter stage 0
     # Signal-health remedies on online SSO v1 (benchmarks/remedies.py compares them).
     "v1_filter": ["pairs.filter=v1"],
     "filter_refresh": ["pairs.filter=v1", "reference.refresh_every=1"],

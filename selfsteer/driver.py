@@ -125,6 +125,8 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
     if not triples:
         logger.warning("round %d: every triple was dropped (%s); nothing to train on", r, drops)
         timer.seconds["time/generation_wait"] = ahead.wait()
+        with timer("checkpoint"):  # the policy is unchanged, but the round (and its cursor) is done
+            _save(cfg, roles, run_dir, r, cursor_state)
         return {**timer.seconds, **s.signal, "data/triples": 0.0, **_count_metrics(s.principle_stats, drops, s.skipped_long)}
     replayed = replay.draw(len(items))  # pairs.replay: earlier rounds' items beside this round's
     if replayed and cfg.reference.refresh_every:
@@ -142,9 +144,7 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
         with timer("reference_refresh"):  # async_rounds: round r+1 was scored already; it takes effect at r+2
             roles.refresh_reference()
     with timer("checkpoint"):
-        if r % cfg.save_every == 0 or r == cfg.rounds:
-            roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-        checkpoint.save_round(run_dir, r, roles.trainer, cursor_state)
+        _save(cfg, roles, run_dir, r, cursor_state)
 
     trained = weighted_mean(results) if results else {}
     metrics = {f"train/{k}": v for k, v in trained.items()}
@@ -161,6 +161,12 @@ def run_round(cfg: RunConfig, roles: Roles, inputs, r: int, run_dir: Path, ahead
     metrics["time/round"] = time.perf_counter() - start
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _save(cfg: RunConfig, roles: Roles, run_dir: Path, r: int, cursor_state: dict) -> None:
+    if r % cfg.save_every == 0 or r == cfg.rounds:
+        roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
+    checkpoint.save_round(run_dir, r, roles.trainer, cursor_state)
 
 
 def apply_control(run_dir: Path, roles: Roles) -> None:

@@ -72,3 +72,21 @@ def test_every_remedy_on_in_one_run(ray_local, tmp_path, toy_cache):
     # Replay draws from earlier rounds' kept pairs: none in round 1, at most as many as kept, capped by the window.
     assert rows[0]["data/replayed"] == 0
     assert rows[1]["data/replayed"] == min(rows[0]["data/trained_pairs"], rows[1]["data/trained_pairs"] - rows[1]["data/replayed"])
+
+
+@pytest.mark.slow
+def test_a_round_with_every_pair_dropped_still_saves_the_round(ray_local, tmp_path, toy_cache):
+    from selfsteer.config import load_config
+    from selfsteer.driver import run
+
+    out = tmp_path / "empty"
+    # drop_similar this low drops every pair (any two responses share some characters).
+    cfg = load_config("configs/tiny_cpu.yaml", [
+        "rounds=2", f"output_dir={out}", f"model.cache_dir={toy_cache}", "tensorboard=false", "trainer.backend=torch",
+        "trainer.num_ranks=1", "rollout.num_engines=1", "data.prompts_per_round=3", "pairs.drop_similar=0.0001"])
+    run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["data/triples"] for m in rows] == [0.0, 0.0] and all(m["data/dropped_similar_pair"] > 0 for m in rows)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_0001", "round_0002"]
+    state = json.loads((out / "state.json").read_text())
+    assert state["round"] == 2 and state["cursor"]["position"] == 6  # resume would not redo them
