@@ -20,6 +20,9 @@ class Peer:
     def __init__(self, host: str, port: int, rank: int, world: int):
         self.rank, self.args, self.store = rank, (host, port, rank, world, "gloo", TIMEOUT_S), None
 
+    def ready(self) -> int:
+        return self.rank
+
     def open(self) -> int:
         """Rank 0 opens the store (as trainer rank 0 does) and tells the others its port."""
         self.store = open_store(self.args[0], self.args[3], TIMEOUT_S)
@@ -47,7 +50,9 @@ def _peers(world: int) -> list:
     actor = ray.remote(num_cpus=0)(Peer)
     root = actor.remote("127.0.0.1", 0, 0, world)
     port = ray.get(root.open.remote(), timeout=60)
-    return [root] + [actor.remote("127.0.0.1", port, rank, world) for rank in range(1, world)]
+    peers = [root] + [actor.remote("127.0.0.1", port, rank, world) for rank in range(1, world)]
+    ray.get([p.ready.remote() for p in peers], timeout=60)  # all started: forming the group fits TIMEOUT_S
+    return peers
 
 
 @pytest.mark.parametrize("mode, message", [
