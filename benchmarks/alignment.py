@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every run")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    derived = {f"{m}_policy_b" for m in METHODS if m.startswith("sipo")}  # scored from a SIPO run, not run
+    unknown = sorted(set(methods) - set(METHODS) - derived)
     if unknown:
         ap.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     out = Path(args.out)
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
             if str(seed) not in results.get("_start", {}):
                 results.setdefault("_start", {})[str(seed)] = {"model": start_dir, "build_s": round(build_s, 1),
                                                                 "steerability": E.steerability(start_dir, prompts, settings)}
-        for method in methods:
+        for method in [m for m in methods if m in METHODS]:
             if str(seed) in results.get(method, {}) and not args.rerun:
                 print(f"seed {seed}: {method} already in {results_path}; skipping (--rerun to redo)", flush=True)
                 continue
