@@ -15,7 +15,6 @@ from selfsteer.principles.library import compose_v1_system
 from selfsteer.toy import task as T
 
 
-
 @dataclass(frozen=True)
 class EvalSettings:
     prompts: int = 96  # held-out prompts, kinds in equal shares
@@ -110,3 +109,22 @@ def steerability(model_dir: str, prompts: list[T.TaskPrompt], settings: EvalSett
 def _mean(scores, key: str) -> float:
     flat = [s[key] for row in scores for s in row]
     return sum(flat) / len(flat)
+
+
+def mod_front(path_a: str, path_b: str, prompts: list[T.TaskPrompt], weights: list[float],
+              objectives: tuple[str, str], max_new_tokens: int = 32) -> list[dict[str, float]]:
+    """SIPO's measure: per w, greedy MOD responses of (A, B) on held-out prompts, scored on both
+    objectives' gold rules (and the overall gold). A front dominates another if it is no worse on
+    both objectives at every w."""
+    from selfsteer.engines.mod import MODBackend
+
+    engine = MODBackend(str(path_a), max_batch_size=128)
+    engine.load_policy_b(str(path_b))
+    ids = [encode_chat(engine.tokenizer, p.text) for p in prompts]
+    out = []
+    for w in weights:
+        texts = [g.text for g in engine.generate_mod(ids, w, max_new_tokens)]
+        golds = [T.gold_scores(p, t) for p, t in zip(prompts, texts)]
+        out.append({"weight": w, **{o: sum(g[o] for g in golds) / len(golds) for o in objectives},
+                    "gold": sum(g["gold"] for g in golds) / len(golds)})
+    return out
