@@ -37,20 +37,26 @@ def test_killed_engine_reference_and_principle_actors_recover(ray_local, tmp_pat
     from selfsteer.driver import run
 
     out = tmp_path / "kills"
+    pids = {}
 
     def kill(round_index, roles):
         if round_index == 2:  # engine 0 dies; it must come back at the current weights, not the start ones
             os.kill(_pid(roles.pool.engines[0]), signal.SIGKILL)
         elif round_index == 3:
-            os.kill(_pid(roles.reference), signal.SIGKILL)
+            pids["reference"] = _pid(roles.reference)
+            os.kill(pids["reference"], signal.SIGKILL)
             os.kill(_pid(roles.principle_actor), signal.SIGKILL)
+        elif round_index == 4:
+            pids["reference_after"] = _pid(roles.reference)
 
-    run(_cfg(out, toy_cache, "rounds=3"), on_round_start=kill)
-    _complete_rounds(out, 3)
+    run(_cfg(out, toy_cache, "rounds=4"), on_round_start=kill)
+    _complete_rounds(out, 4)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["faults/engine_restarts_total"] >= 1
-    assert last["faults/reference_model_restarts_total"] >= 1
-    assert last["faults/principle_generator_restarts_total"] >= 1
+    assert last["faults/principle_generator_restarts_total"] >= 1  # called first: its call meets the dead actor
+    # The reference is called later in the round: Ray may have restarted it by then (no call to
+    # re-issue) or not (the call is re-issued and counted). Either way a new process served round 3.
+    assert pids["reference_after"] != pids["reference"]
 
 
 def test_trainer_rank_death_fails_the_round_and_resume_continues(ray_local, tmp_path, toy_cache):

@@ -121,7 +121,7 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     orig_ids = [[answer_ids(tok, p.prompt, y, c) for y in o] for p, o, c in zip(prompts, origs, contexts)]
     rewards = lambda rows, names: implicit_rewards(  # noqa: E731  [N, M] per row set
         torch.tensor([rows[n] for n in names]).T, torch.tensor(rows["sft"])[:, None].expand(-1, len(names)), beta=sp.beta)
-    kept_rewrites = 0
+    kept_rewrites, reviews, rewritten = 0, None, set()
     with timer("rewrite"):
         if sp.rewrite and prompts:
             rewrites, reviews = _rewrite(cfg, roles, prompts, cands)
@@ -132,6 +132,7 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
             for k, take in enumerate(keep.tolist()):
                 if take:
                     cands[k // len(prompts)][k % len(prompts)] = rewrites[k // len(prompts)][k % len(prompts)]
+                    rewritten.add((k // len(prompts), k % len(prompts)))
             kept_rewrites = int(keep.sum())
     with timer("reference"):  # candidates (w-major) then originals (y1, y2) of every prompt
         n = len(prompts)
@@ -144,12 +145,13 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
         cand_r = all_r[:nw * n].reshape(nw, n, -1).transpose(0, 1)  # [n, nw, M]
         orig_r = all_r[nw * n:].reshape(n, 2, -1)
         masks = pareto_filter(cand_r, orig_r)  # [n, nw]
-        sums = {k: v for k, v in scores.items()}
         for j, p in enumerate(prompts):
             best = select_pareto_best(cand_r[j], masks[j])
             records.append({"prompt": p.prompt, "uuid": p.uid, "originals": list(origs[j]), "kept": best,
                             "candidates": [{"weight": w, "text": cands[wi][j].text, "rewards": cand_r[j, wi].tolist(),
-                                            "pareto": bool(masks[j, wi])} for wi, w in enumerate(sp.weights)],
+                                            "pareto": bool(masks[j, wi]), "rewritten": (wi, j) in rewritten,
+                                            **({"review": reviews[wi][j]} if reviews else {})}
+                                           for wi, w in enumerate(sp.weights)],
                             "original_rewards": orig_r[j].tolist(), "reward_models": roles.rm_names})
             if best is None:
                 continue
@@ -157,9 +159,9 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
             for o in range(2):
                 k_o = nw * n + 2 * j + o
                 for items, ref in ((items_a, "A0"), (items_b, "B0")):
-                    items.append({"chosen": {"context": contexts[j], "response": c_ids, "ref_logp": sums[ref][k_c]},
+                    items.append({"chosen": {"context": contexts[j], "response": c_ids, "ref_logp": scores[ref][k_c]},
                                   "rejected": {"context": contexts[j], "response": orig_ids[j][o],
-                                               "ref_logp": sums[ref][k_o]}})
+                                               "ref_logp": scores[ref][k_o]}})
     write_jsonl(round_dir / "candidates.jsonl", records)  # on disk before any training on it
     kwargs = {"beta": sp.beta, "alpha": sp.alpha}
     metrics = train_sync_save(cfg, roles, inputs, r, run_dir, timer, items_a, KEYS, kwargs)

@@ -113,6 +113,7 @@ def test_two_online_rounds_with_rewrite(ray_local, tmp_path, toy_cache):
     for r in (1, 2):
         for rec in (json.loads(x) for x in (out / "rounds" / f"round_{r:04d}" / "candidates.jsonl").read_text().splitlines()):
             assert len(rec["candidates"]) == 4 and len(rec["reward_models"]) == 6  # A0, B0, 4 soups
+            assert all(isinstance(c["review"], str) and isinstance(c["rewritten"], bool) for c in rec["candidates"])
             if rec["kept"] is not None:  # strictly better than both originals on every implicit reward
                 kept = rec["candidates"][rec["kept"]]
                 assert kept["pareto"] and all(c > o for orig in rec["original_rewards"] for c, o in zip(kept["rewards"], orig))
