@@ -28,23 +28,12 @@ class ReferenceModel:
     def ready(self) -> str:
         return self.device
 
-    @torch.no_grad()
     def load_buckets(self, buckets: list, flats: list, verify: bool) -> list[str]:
         """Take the policy's weights (reference.refresh_every): the trainer's object-store buckets."""
-        import ray
-
         from selfsteer.actors import weight_sync as ws
 
-        params, fingerprints = dict(self.model.named_parameters()), []
-        for bucket, flat in zip(buckets, flats):
-            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
-            for name, tensor in ws.unpack_bucket(bucket, flat):
-                if name not in params:
-                    raise KeyError(f"reference model has no parameter {name!r}")
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-            if verify:
-                fingerprints.append(ws.fingerprint(flat))
-        return fingerprints
+        return ws.load_object_buckets(buckets, flats, lambda named: ws.copy_named(self.model, named, "reference model"),
+                                      verify)
 
     def weights_fingerprint(self, buckets: list) -> list[str]:
         from selfsteer.actors import weight_sync as ws

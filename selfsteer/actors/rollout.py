@@ -102,12 +102,7 @@ class RolloutEngine:
 
     def load_buckets(self, buckets: list[ws.Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
-        fingerprints = []
-        for bucket, flat in zip(buckets, flats):
-            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
-            self.backend.load_weights(ws.unpack_bucket(bucket, flat))
-            if verify:
-                fingerprints.append(ws.fingerprint(flat))
+        fingerprints = ws.load_object_buckets(buckets, flats, self.backend.load_weights, verify)
         self.weights_version = version
         return fingerprints
 
@@ -131,13 +126,7 @@ class RolloutEngine:
 
     def load_buckets_b(self, buckets: list[ws.Bucket], flats: list, verify: bool) -> list[str]:
         """Policy B's new weights from its trainer, through the object store."""
-        fingerprints = []
-        for bucket, flat in zip(buckets, flats):
-            flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
-            self.backend.load_weights_b(ws.unpack_bucket(bucket, flat))
-            if verify:
-                fingerprints.append(ws.fingerprint(flat))
-        return fingerprints
+        return ws.load_object_buckets(buckets, flats, self.backend.load_weights_b, verify)
 
     def weights_fingerprint_b(self, buckets: list[ws.Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}

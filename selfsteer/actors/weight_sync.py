@@ -126,6 +126,29 @@ def unpack_bucket(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, tor
         yield slot.name, flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
 
 
+def load_object_buckets(buckets: list, flats: list, load, verify: bool) -> list[str]:
+    """Object-store path, receiving side: resolve each bucket, `load` its named tensors; fingerprints."""
+    import ray
+
+    fingerprints = []
+    for bucket, flat in zip(buckets, flats):
+        flat = ray.get(flat) if isinstance(flat, ray.ObjectRef) else flat
+        load(unpack_bucket(bucket, flat))
+        if verify:
+            fingerprints.append(fingerprint(flat))
+    return fingerprints
+
+
+@torch.no_grad()
+def copy_named(module, named_tensors: Iterable[tuple[str, torch.Tensor]], owner: str) -> None:
+    """Copy tensors into `module`'s parameters by name (in place: views and tying stay intact)."""
+    params = dict(module.named_parameters())
+    for name, tensor in named_tensors:
+        if name not in params:
+            raise KeyError(f"{owner} has no parameter {name!r}")
+        params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
 def fingerprint(flat: torch.Tensor) -> str:
     """Content hash of a bucket's bytes, to verify a sync bit for bit.
 

@@ -108,12 +108,9 @@ class HFBackend:
         return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                if name not in params:
-                    raise KeyError(f"engine model has no parameter {name!r}")
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        from selfsteer.actors.weight_sync import copy_named
+
+        copy_named(self.model, named_tensors, "engine model")
 
     def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.model.named_parameters()

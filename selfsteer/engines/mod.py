@@ -57,12 +57,9 @@ class MODBackend(HFBackend):
         self.model_b = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.model.dtype).to(self.device).eval()
 
     def load_weights_b(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model_b.named_parameters())
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                if name not in params:
-                    raise KeyError(f"policy B has no parameter {name!r}")
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        from selfsteer.actors.weight_sync import copy_named
+
+        copy_named(self.model_b, named_tensors, "policy B")
 
     def named_parameters_b(self):
         return self.model_b.named_parameters()
