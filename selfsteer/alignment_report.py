@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 from pathlib import Path
 
 from selfsteer.toy import task as T
-
-
-@functools.lru_cache(maxsize=1)
-def _prompts_by_text() -> dict[str, T.TaskPrompt]:
-    return {p.text: p for p in T.all_prompts()}
 
 
 def pair_signal(triples_path: Path) -> dict[str, float]:
@@ -28,7 +22,7 @@ def pair_signal(triples_path: Path) -> dict[str, float]:
     identical = json.loads(dropped_file.read_text()).get("identical_pair", 0) if dropped_file.is_file() else 0
     acc, trained, good, bad = [], [], [], []
     for row in rows:
-        prompt = _prompts_by_text().get(row["instruction"])
+        prompt = T.prompts_by_text().get(row["instruction"])
         if prompt is None:
             continue
         chosen, rejected = T.gold_scores(prompt, row["chosen"]), T.gold_scores(prompt, row["rejected"])

@@ -94,15 +94,13 @@ def _rewrite(cfg, roles, prompts, candidates) -> tuple[list[list], list[list[str
     fill = {"a": sp.objective_a.lower(), "b": sp.objective_b.lower()}
     reviews = roles.pool.generate([ChatRequest(REVIEW.format(q=prompts[j].prompt, y=candidates[wi][j].text, **fill))
                                    for wi, j in flat], greedy)
-    rewrites = [[None] * len(prompts) for _ in sp.weights]
-    texts = [[""] * len(prompts) for _ in sp.weights]
+    rewrites = []
     for wi, w in enumerate(sp.weights):  # MOD with the same w as the candidate under review
         reqs = [ChatRequest(REWRITE.format(q=prompts[j].prompt, y=candidates[wi][j].text, r=reviews[k].text, **fill))
                 for k, (wj, j) in enumerate(flat) if wj == wi]
-        out = _mod(cfg, roles, reqs, [w])
-        for j, g in enumerate(out[0]):
-            rewrites[wi][j], texts[wi][j] = g, reviews[wi * len(prompts) + j].text
-    return rewrites, texts
+        rewrites.append(_mod(cfg, roles, reqs, [w])[0])
+    n = len(prompts)
+    return rewrites, [[reviews[wi * n + j].text for j in range(n)] for wi in range(len(sp.weights))]
 
 
 def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
@@ -121,24 +119,29 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     orig_ids = [[answer_ids(tok, p.prompt, y, c) for y in o] for p, o, c in zip(prompts, origs, contexts)]
     rewards = lambda rows, names: implicit_rewards(  # noqa: E731  [N, M] per row set
         torch.tensor([rows[n] for n in names]).T, torch.tensor(rows["sft"])[:, None].expand(-1, len(names)), beta=sp.beta)
-    kept_rewrites, reviews, rewritten = 0, None, set()
+    n, cand_ctx = len(prompts), [contexts[j] for _ in range(nw) for j in range(len(prompts))]  # w-major
+    score = lambda ctx, resp: ray.get(roles.scorer.score.remote(ctx, resp), timeout=cfg.ray.call_timeout_s)  # noqa: E731
+    kept_rewrites, reviews, rewritten, cand_scores = 0, None, set(), None
     with timer("rewrite"):
         if sp.rewrite and prompts:
             rewrites, reviews = _rewrite(cfg, roles, prompts, cands)
-            ctx = [contexts[j] for _ in range(nw) for j in range(len(prompts))]
-            a = ray.get(roles.scorer.score.remote(ctx, [c.token_ids for row in cands for c in row]))
-            b = ray.get(roles.scorer.score.remote(ctx, [c.token_ids for row in rewrites for c in row]))
-            keep = keep_rewrite(rewards(b, ["A0", "B0"]), rewards(a, ["A0", "B0"]))
-            for k, take in enumerate(keep.tolist()):
+            a = score(cand_ctx, [c.token_ids for row in cands for c in row])
+            b = score(cand_ctx, [c.token_ids for row in rewrites for c in row])
+            keep = keep_rewrite(rewards(b, ["A0", "B0"]), rewards(a, ["A0", "B0"])).tolist()
+            for k, take in enumerate(keep):
                 if take:
-                    cands[k // len(prompts)][k % len(prompts)] = rewrites[k // len(prompts)][k % len(prompts)]
-                    rewritten.add((k // len(prompts), k % len(prompts)))
-            kept_rewrites = int(keep.sum())
-    with timer("reference"):  # candidates (w-major) then originals (y1, y2) of every prompt
-        n = len(prompts)
-        ctx = [contexts[j] for _ in range(nw) for j in range(n)] + [contexts[j] for j in range(n) for _ in range(2)]
-        resp = [cands[wi][j].token_ids for wi in range(nw) for j in range(n)] + [y for o in orig_ids for y in o]
-        scores = ray.get(roles.scorer.score.remote(ctx, resp), timeout=cfg.ray.call_timeout_s) if n else {}
+                    cands[k // n][k % n] = rewrites[k // n][k % n]
+                    rewritten.add((k // n, k % n))
+            kept_rewrites = sum(keep)
+            cand_scores = {m: [b[m][k] if take else a[m][k] for k, take in enumerate(keep)] for m in a}  # already scored
+    with timer("reference"):  # candidates (w-major, unless scored above) then originals (y1, y2) of every prompt
+        orig_ctx, orig_resp = [contexts[j] for j in range(n) for _ in range(2)], [y for o in orig_ids for y in o]
+        if not n:
+            scores = {}
+        elif cand_scores is None:
+            scores = score(cand_ctx + orig_ctx, [cands[wi][j].token_ids for wi in range(nw) for j in range(n)] + orig_resp)
+        else:
+            scores = {m: cand_scores[m] + rows for m, rows in score(orig_ctx, orig_resp).items()}
     records, items_a, items_b = [], [], []
     if n:
         all_r = rewards(scores, roles.rm_names)  # [nw*n + 2n, M]

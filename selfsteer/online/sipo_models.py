@@ -33,7 +33,7 @@ def task_originals(prompt_text: str, objective_a: str, objective_b: str) -> tupl
     """The round's original pair for a task prompt (the dataset's y1, y2 in the paper), fixed per prompt."""
     from selfsteer.toy import task as T
 
-    prompt = {p.text: p for p in T.all_prompts()}[prompt_text]
+    prompt = T.prompts_by_text()[prompt_text]
     return conflict_pair(prompt, objective_a, objective_b, random.Random(f"sipo-originals:{prompt_text}"))
 
 

@@ -12,6 +12,7 @@ Everything is in the toy tokenizer's word-level world: lower-case words and punc
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -90,6 +91,12 @@ def all_prompts() -> list[TaskPrompt]:
             for t in ("what color is the {t} ?", "what color is a {t} ?"):
                 out.append(TaskPrompt(lead + t.format(t=thing), "question", {"color": color}))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def prompts_by_text() -> dict[str, TaskPrompt]:
+    """Every task prompt by its text (built once: records and rounds look prompts up by text)."""
+    return {p.text: p for p in all_prompts()}
 
 
 def split_prompts(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
