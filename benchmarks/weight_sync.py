@@ -75,7 +75,7 @@ def measure_syncs(model_path: str, args) -> list[dict]:
     """Start one trainer rank and the engines, then time `WeightSyncer.sync` at each bucket size."""
     from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.trainer import TrainerGroup
-    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.actors.syncer import WeightSyncer
 
     cfg = bench_config(model_path, args, args.bucket_mb[0])
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if args.backend == "vllm" else {}
@@ -100,13 +100,14 @@ def profile_stages(model_path: str, bucket_mb: float, threads: int, backend: str
     """Seconds of each stage of one sync on its own: pack, broadcast (2 threads), load, checksum."""
     import torch
 
-    from selfsteer.actors import weight_sync as ws
+    from selfsteer.sync.buckets import FlatBuffers, fingerprint, pack_bucket, plan_buckets, unpack_bucket
+    from selfsteer.sync.collective import SyncGroup, free_port
     from selfsteer.engines.base import backend_class
 
     torch.set_num_threads(threads)
     engine = backend_class(backend)(model_path, device="cpu")  # its weights are packed, then loaded back
     params = {n: p.detach().clone() for n, p in engine.named_parameters()}
-    buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], int(bucket_mb * 2**20))
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], int(bucket_mb * 2**20))
 
     def timed(fn) -> float:
         fn()  # first touch
@@ -114,18 +115,18 @@ def profile_stages(model_path: str, bucket_mb: float, threads: int, backend: str
         fn()
         return time.perf_counter() - start
 
-    flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
-    buffers = ws.FlatBuffers()
+    flats = [pack_bucket(b, params, "cpu") for b in buckets]
+    buffers = FlatBuffers()
     # "pack" as trainer rank 0 does it (one reused buffer); "pack_fresh" into a new tensor each time.
-    out = {"pack": timed(lambda: [ws.pack_bucket(b, params, "cpu", buffers.get(b)) for b in buckets]),
-           "pack_fresh": timed(lambda: [ws.pack_bucket(b, params, "cpu") for b in buckets]),
-           "load": timed(lambda: [engine.load_weights(ws.unpack_bucket(b, f)) for b, f in zip(buckets, flats)]),
-           "checksum": timed(lambda: [ws.fingerprint(f) for f in flats])}
+    out = {"pack": timed(lambda: [pack_bucket(b, params, "cpu", buffers.get(b)) for b in buckets]),
+           "pack_fresh": timed(lambda: [pack_bucket(b, params, "cpu") for b in buckets]),
+           "load": timed(lambda: [engine.load_weights(unpack_bucket(b, f)) for b, f in zip(buckets, flats)]),
+           "checksum": timed(lambda: [fingerprint(f) for f in flats])}
     # The receiving end in a thread: gloo does the transfer in its own threads, outside the GIL.
-    port, box = ws.free_port(), {}
-    receiver = threading.Thread(target=lambda: box.update(group=ws.SyncGroup("127.0.0.1", port, 1, 2, "gloo", 120)))
+    port, box = free_port(), {}
+    receiver = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 1, 2, "gloo", 120)))
     receiver.start()
-    group = ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120)
+    group = SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120)
     receiver.join()
     inbox = [torch.empty_like(f) for f in flats]
 

@@ -197,7 +197,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.actors.reference import ReferenceModel
     from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.trainer import TrainerGroup
-    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.actors.syncer import WeightSyncer
 
     init_ray(cfg)
     env = actor_env(cfg.ray.torch_threads)

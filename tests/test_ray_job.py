@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from selfsteer.actors.weight_sync import free_port
+from selfsteer.sync.collective import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -30,16 +30,17 @@ class ReferenceModel:
 
     def load_buckets(self, buckets: list, flats: list, verify: bool) -> list[str]:
         """Take the policy's weights (reference.refresh_every): the trainer's object-store buckets."""
-        from selfsteer.actors import weight_sync as ws
+        from selfsteer.sync.buckets import copy_named
+        from selfsteer.sync.objectstore import load_object_buckets
 
-        return ws.load_object_buckets(buckets, flats, lambda named: ws.copy_named(self.model, named, "reference model"),
-                                      verify)
+        return load_object_buckets(buckets, flats, lambda named: copy_named(self.model, named, "reference model"),
+                                   verify)
 
     def weights_fingerprint(self, buckets: list) -> list[str]:
-        from selfsteer.actors import weight_sync as ws
+        from selfsteer.sync.buckets import fingerprint, pack_bucket
 
         params = {n: p.detach() for n, p in self.model.named_parameters()}
-        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+        return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
 
     @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:

@@ -12,10 +12,12 @@ from typing import Optional
 import ray
 import torch
 
-from selfsteer.actors import weight_sync as ws
 from selfsteer.actors.liveness import wait_until_alive
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_class
+from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket, unpack_bucket
+from selfsteer.sync.collective import SyncGroup, receive_buckets
+from selfsteer.sync.objectstore import load_object_buckets
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ class RolloutEngine:
             trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
             tensor_parallel_size=rollout_cfg.tensor_parallel_size, **rollout_cfg.vllm_args())
         self.tokenizer = self.backend.tokenizer
-        self.sync_group: Optional[ws.SyncGroup] = None
-        self.sync_buffers = ws.FlatBuffers()
+        self.sync_group: Optional[SyncGroup] = None
+        self.sync_buffers = FlatBuffers()
         # A backend with worker processes (vLLM) receives the broadcast inside each worker, so
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
         self._workers_receive = hasattr(self.backend, "init_sync_group")
@@ -74,10 +76,10 @@ class RolloutEngine:
         """Join the group as ranks `rank .. rank + sync_group_size() - 1`; returns the ranks taken."""
         if self._workers_receive:
             return self.backend.init_sync_group(host, port, rank, world_size, backend, timeout_s)
-        self.sync_group = ws.SyncGroup(host, port, rank, world_size, backend, timeout_s)
+        self.sync_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
         return [rank]
 
-    def receive_weights(self, buckets: list[ws.Bucket], verify: bool, version: int = 0) -> list[str]:
+    def receive_weights(self, buckets: list[Bucket], verify: bool, version: int = 0) -> list[str]:
         """Receive every bucket by broadcast from sync rank 0 and load it in place."""
         if self._workers_receive:
             fingerprints = self.backend.receive_weights(buckets, verify)
@@ -92,24 +94,24 @@ class RolloutEngine:
             # The parameters live in the bucket tensors: receive straight into them, no copy.
             for flat in in_place:
                 self.sync_group.broadcast(flat, src=0)
-            fingerprints = [ws.fingerprint(flat) for flat in in_place] if verify else []
+            fingerprints = [fingerprint(flat) for flat in in_place] if verify else []
         else:
-            fingerprints = ws.receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
-                                              lambda b, flat: self.backend.load_weights(ws.unpack_bucket(b, flat)),
-                                              verify)
+            fingerprints = receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
+                                           lambda b, flat: self.backend.load_weights(unpack_bucket(b, flat)),
+                                           verify)
         self.weights_version = version
         return fingerprints
 
-    def load_buckets(self, buckets: list[ws.Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
+    def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
-        fingerprints = ws.load_object_buckets(buckets, flats, self.backend.load_weights, verify)
+        fingerprints = load_object_buckets(buckets, flats, self.backend.load_weights, verify)
         self.weights_version = version
         return fingerprints
 
-    def weights_fingerprint(self, buckets: list[ws.Bucket]) -> list[str]:
+    def weights_fingerprint(self, buckets: list[Bucket]) -> list[str]:
         """Fingerprints of this engine's own current weights, packed as the trainer packs them."""
         params = {n: p.detach() for n, p in self.backend.named_parameters()}
-        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+        return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
 
     def named_weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().to("cpu").clone() for n, p in self.backend.named_parameters()}
@@ -124,13 +126,13 @@ class RolloutEngine:
         prompt_ids = [encode_chat(self.tokenizer, r.prompt, r.system) for r in requests]
         return [self.backend.generate_mod(prompt_ids, w, max_new_tokens) for w in weights]
 
-    def load_buckets_b(self, buckets: list[ws.Bucket], flats: list, verify: bool) -> list[str]:
+    def load_buckets_b(self, buckets: list[Bucket], flats: list, verify: bool) -> list[str]:
         """Policy B's new weights from its trainer, through the object store."""
-        return ws.load_object_buckets(buckets, flats, self.backend.load_weights_b, verify)
+        return load_object_buckets(buckets, flats, self.backend.load_weights_b, verify)
 
-    def weights_fingerprint_b(self, buckets: list[ws.Bucket]) -> list[str]:
+    def weights_fingerprint_b(self, buckets: list[Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}
-        return [ws.fingerprint(ws.pack_bucket(b, params, "cpu")) for b in buckets]
+        return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
 
 
 class EngineTimeoutError(TimeoutError):

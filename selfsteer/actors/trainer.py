@@ -14,7 +14,8 @@ from typing import Optional
 import ray
 import torch
 
-from selfsteer.actors import weight_sync as ws
+from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
+from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
 
@@ -43,15 +44,15 @@ class TrainerRank:
         limit_threads(torch_threads)
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
-        self.sync_group: Optional[ws.SyncGroup] = None
+        self.sync_group: Optional[SyncGroup] = None
         self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
         self._master_store = None  # rank 0: the training process group's store (open_master_store)
-        self.sync_buffers = ws.FlatBuffers()
+        self.sync_buffers = FlatBuffers()
 
     def open_master_store(self) -> tuple[str, int]:
         """Rank 0 opens the process group's store on an OS-picked port (no free-port race)."""
-        host = ws.node_ip()
-        self._master_store = ws.open_store(host, self.world_size, self.cfg.ray.startup_timeout_s)
+        host = node_ip()
+        self._master_store = open_store(host, self.world_size, self.cfg.ray.startup_timeout_s)
         return host, self._master_store.port
 
     def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int) -> dict:
@@ -158,17 +159,17 @@ class TrainerRank:
 
     def open_sync_store(self, world_size: int, timeout_s: float) -> tuple[str, int]:
         """Rank 0 opens the sync group's store; the engines connect to the (host, port) returned."""
-        host = ws.node_ip()
-        self._sync_store = ws.open_store(host, world_size, timeout_s)
+        host = node_ip()
+        self._sync_store = open_store(host, world_size, timeout_s)
         return host, self._sync_store.port
 
     def init_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> int:
         if self.rank == 0:
             store, self._sync_store = self._sync_store, None
-            self.sync_group = ws.SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
+            self.sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
         return self.rank
 
-    def push_weights(self, buckets: list[ws.Bucket], method: str, verify: bool) -> dict:
+    def push_weights(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
         """Gather (ZeRO-3) and send every bucket. All ranks must call this together.
 
         Bucket i+1 is gathered and packed while bucket i is on the wire (two buffer slots), and
@@ -186,7 +187,7 @@ class TrainerRank:
                 device = self.device if collective and self.sync_group.backend == "nccl" else "cpu"
                 # Object-store buckets are pickled whole, so they get their own tensor, never a view.
                 out = self.sync_buffers.get(bucket, device, slot=i % 2) if collective else None
-                flat = ws.pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device, out)
+                flat = pack_bucket(bucket, {s.name: params[s.name].data for s in bucket.slots}, device, out)
             if collective:
                 if sending is not None:
                     self.sync_group.wait(sending)  # bucket i-1 is out: one send in flight, so slot (i+1) % 2 is free next
@@ -194,7 +195,7 @@ class TrainerRank:
             else:
                 refs.append(ray.put(flat))
             if verify:
-                fingerprints.append(ws.fingerprint(flat))
+                fingerprints.append(fingerprint(flat))
         if sending is not None:
             self.sync_group.wait(sending)
         return {"fingerprints": fingerprints, "refs": refs}

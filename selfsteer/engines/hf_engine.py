@@ -108,7 +108,7 @@ class HFBackend:
         return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        from selfsteer.actors.weight_sync import copy_named
+        from selfsteer.sync.buckets import copy_named
 
         copy_named(self.model, named_tensors, "engine model")
 

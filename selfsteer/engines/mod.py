@@ -57,7 +57,7 @@ class MODBackend(HFBackend):
         self.model_b = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.model.dtype).to(self.device).eval()
 
     def load_weights_b(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        from selfsteer.actors.weight_sync import copy_named
+        from selfsteer.sync.buckets import copy_named
 
         copy_named(self.model_b, named_tensors, "policy B")
 

@@ -222,7 +222,7 @@ class WorkerExtension:
 
     def selfsteer_init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
                                   timeout_s: float) -> int:
-        from selfsteer.actors.weight_sync import SyncGroup
+        from selfsteer.sync.collective import SyncGroup
 
         if self._selfsteer_sync is not None:
             self._selfsteer_sync.close()
@@ -230,7 +230,8 @@ class WorkerExtension:
         return rank + self.rank
 
     def selfsteer_receive_weights(self, buckets: list, verify: bool) -> list[str]:
-        from selfsteer.actors.weight_sync import Bucket, FlatBuffers, TensorSlot, receive_buckets, unpack_bucket
+        from selfsteer.sync.buckets import Bucket, FlatBuffers, TensorSlot, unpack_bucket
+        from selfsteer.sync.collective import receive_buckets
 
         if self._selfsteer_sync is None:
             raise RuntimeError(f"vLLM worker {self.rank}: receive_weights before init_sync_group")

@@ -45,7 +45,7 @@ def loss(policy, reference, lengths, *, beta: float, alpha: float):
 
 def start(cfg, roles, inputs) -> None:
     from selfsteer.actors.trainer import TrainerGroup
-    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.online.sepo_oracle import load_pairs
     from selfsteer.online.sipo_models import SipoScorer
     from selfsteer.roles import steps_per_round

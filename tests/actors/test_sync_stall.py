@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from selfsteer.actors.weight_sync import SyncGroup, SyncPeerTimeoutError, _wait_all, open_store
+from selfsteer.actors.syncer import _wait_all
+from selfsteer.sync.collective import SyncGroup, SyncPeerTimeoutError, open_store
 
 TIMEOUT_S = 4
 SLACK_S = 10  # store polling and Ray scheduling on a loaded 2-core box; far below a hang
@@ -82,9 +83,9 @@ def test_stalled_sync_peer_is_named_within_the_bound(ray_local, mode, message):
 def test_healthy_peers_sync_and_a_silent_one_is_named_by_the_driver(ray_local, monkeypatch):
     import ray
 
-    from selfsteer.actors import weight_sync
+    from selfsteer.actors import syncer
 
-    monkeypatch.setattr(weight_sync, "_DRIVER_GRACE_S", 1.0)
+    monkeypatch.setattr(syncer, "_DRIVER_GRACE_S", 1.0)
 
     world = 2
     peers = _peers(world)

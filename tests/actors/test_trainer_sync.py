@@ -20,7 +20,7 @@ def stack(ray_local, toy_cache, tmp_path_factory):
     from selfsteer.actors.reference import ReferenceModel
     from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.trainer import TrainerGroup
-    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.config import load_config
     from selfsteer.roles import prepare_inputs
 
@@ -75,7 +75,7 @@ def test_sync_after_training_is_exact(stack, method):
     import ray
     from safetensors.torch import load_file
 
-    from selfsteer.actors.weight_sync import WeightSyncer
+    from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.engines.base import ChatRequest, Sampling
 
     cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
@@ -108,7 +108,7 @@ def test_sync_after_training_is_exact(stack, method):
 def test_sync_detects_a_diverged_engine(stack):
     import ray
 
-    from selfsteer.actors.weight_sync import pack_bucket
+    from selfsteer.sync.buckets import pack_bucket
 
     cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
     syncer.sync(pool.engines)

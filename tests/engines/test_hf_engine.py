@@ -225,7 +225,7 @@ def test_load_weights_changes_outputs_and_rejects_unknown_names(sharp_path, prom
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_bucket_flats_hold_the_parameters_without_changing_outputs(sharp_path, toy_path, prompt_ids, tied):
-    from selfsteer.actors.weight_sync import pack_bucket, plan_buckets, unpack_bucket
+    from selfsteer.sync.buckets import pack_bucket, plan_buckets, unpack_bucket
     from selfsteer.engines.hf_engine import HFBackend
 
     engine = HFBackend(str(toy_path if tied else sharp_path))  # private copy: parameters move
@@ -251,7 +251,7 @@ def test_bucket_flats_hold_the_parameters_without_changing_outputs(sharp_path, t
 
 
 def test_bucket_flats_refuse_a_plan_that_does_not_match(engine):
-    from selfsteer.actors.weight_sync import plan_buckets
+    from selfsteer.sync.buckets import plan_buckets
 
     layout = [(n, tuple(p.shape), p.dtype) for n, p in engine.named_parameters()]
     assert engine.bucket_flats(plan_buckets(layout[1:], 1 << 20)) is None  # a parameter missing

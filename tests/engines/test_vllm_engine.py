@@ -138,7 +138,7 @@ def test_load_weights_changes_outputs_and_then_equals_hf(engine, sharp_path, pro
 
 
 def test_bucketed_loads_that_split_fused_layers(engine, sharp_path, prompt_ids, restore):
-    from selfsteer.actors.weight_sync import pack_bucket, plan_buckets, unpack_bucket
+    from selfsteer.sync.buckets import pack_bucket, plan_buckets, unpack_bucket
 
     model = _hf_model(sharp_path)
     _redraw(model, 2)
@@ -270,25 +270,26 @@ def test_stop_string_absent_changes_nothing(engine, prompt_ids):
 
 def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, restore):
     """The path GPU engines take (receive inside each vLLM worker), here over gloo in-process."""
-    from selfsteer.actors import weight_sync as ws
+    from selfsteer.sync.buckets import fingerprint, pack_bucket, plan_buckets
+    from selfsteer.sync.collective import SyncGroup, open_store
 
     model = _hf_model(sharp_path)
     _redraw(model, 4)
     params = {n: p.detach() for n, p in model.named_parameters()}
-    buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
-    store, box = ws.open_store("127.0.0.1", 2, 60), {}
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
+    store, box = open_store("127.0.0.1", 2, 60), {}
     port = store.port
-    sender = threading.Thread(target=lambda: box.update(group=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60, store)))
+    sender = threading.Thread(target=lambda: box.update(group=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60, store)))
     sender.start()
     assert engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 60) == [1]
     sender.join()
 
     def send():
-        flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
+        flats = [pack_bucket(b, params, "cpu") for b in buckets]
         box["group"].rendezvous()  # as the trainer does before every sync
         for flat in flats:
             box["group"].broadcast(flat, src=0)
-        box["fingerprints"] = [ws.fingerprint(f) for f in flats]
+        box["fingerprints"] = [fingerprint(f) for f in flats]
 
     sender = threading.Thread(target=send)
     sender.start()
@@ -323,7 +324,8 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, threading, torch
         from transformers import AutoModelForCausalLM
-        from selfsteer.actors import weight_sync as ws
+        from selfsteer.sync.buckets import fingerprint, pack_bucket, plan_buckets
+        from selfsteer.sync.collective import SyncGroup, open_store
         from selfsteer.data.chat import encode_chat
         from selfsteer.engines.base import Sampling
         from selfsteer.engines.vllm_engine import VLLMBackend
@@ -337,15 +339,15 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
                 for p in model.parameters():
                     p.add_(torch.randn(p.shape, generator=gen) * 0.2)
             params = {{n: p.detach().clone() for n, p in model.named_parameters()}}
-            buckets = ws.plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
-            store, box = ws.open_store("127.0.0.1", 2, 120), {{}}
+            buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
+            store, box = open_store("127.0.0.1", 2, 120), {{}}
             port = store.port
-            t = threading.Thread(target=lambda: box.update(g=ws.SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120, store)))
+            t = threading.Thread(target=lambda: box.update(g=SyncGroup("127.0.0.1", port, 0, 2, "gloo", 120, store)))
             t.start(); engine.init_sync_group("127.0.0.1", port, 1, 2, "gloo", 120); t.join()
-            flats = [ws.pack_bucket(b, params, "cpu") for b in buckets]
+            flats = [pack_bucket(b, params, "cpu") for b in buckets]
             t = threading.Thread(target=lambda: [box["g"].rendezvous()] + [box["g"].broadcast(f, src=0) for f in flats])
             t.start(); fps = engine.receive_weights(buckets, verify=True); t.join()
-            assert fps == [ws.fingerprint(f) for f in flats]
+            assert fps == [fingerprint(f) for f in flats]
             weights = dict(engine.named_parameters())
             assert all(torch.equal(weights[n], params[n]) for n in params)
             ids = encode_chat(engine.tokenizer, "what is 3 plus 4 ?")

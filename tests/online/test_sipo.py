@@ -90,7 +90,7 @@ def test_two_online_rounds_with_rewrite(ray_local, tmp_path, toy_cache):
     import ray
     from safetensors.torch import load_file
 
-    from selfsteer.actors import weight_sync as ws
+    from selfsteer.sync.buckets import fingerprint, pack_bucket
     from selfsteer.config import load_config
     from selfsteer.driver import run
 
@@ -121,5 +121,5 @@ def test_two_online_rounds_with_rewrite(ray_local, tmp_path, toy_cache):
     buckets = seen[1][2]
     for which, ckpt_dir in ((0, "checkpoints"), (1, "checkpoints_b")):
         trained = load_file(str(out / ckpt_dir / "round_0001" / "model.safetensors"))
-        want = [ws.fingerprint(ws.pack_bucket(b, trained, "cpu")) for b in buckets]
+        want = [fingerprint(pack_bucket(b, trained, "cpu")) for b in buckets]
         assert seen[2][which] == want and seen[1][which] != want, ckpt_dir

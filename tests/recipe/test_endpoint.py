@@ -20,7 +20,7 @@ KEY = "sk-test-7c1e0f"  # a throwaway key for the local test server
 
 
 def _free_port() -> int:
-    from selfsteer.actors.weight_sync import free_port
+    from selfsteer.sync.collective import free_port
 
     return free_port("127.0.0.1")
 

@@ -1,0 +1,127 @@
+"""WeightSyncer: the driver-side role that moves the trainer's weights into the rollout engines.
+
+It plans the buckets once, (re)forms the broadcast group whenever the engine pool changes, runs
+each sync as Ray calls on trainer ranks and engines, and checks every engine's fingerprints against
+trainer rank 0's. The transport itself (buckets, the sync group, the object-store loader) is
+`selfsteer.sync`, which the engines use without knowing which actor hosts them.
+"""
+
+from __future__ import annotations
+
+from selfsteer.sync.buckets import plan_buckets
+from selfsteer.sync.collective import SyncPeerTimeoutError, engine_ranks, peer_name
+
+
+class SyncMismatchError(RuntimeError):
+    """An engine's weights differ from the trainer's after a sync."""
+
+
+class WeightSyncer:
+    """Driver-side coordinator: plans buckets once, (re)connects engines, runs and verifies syncs."""
+
+    def __init__(self, trainer, cfg):
+        import ray
+
+        self.trainer, self.cfg = trainer, cfg
+        layout = ray.get(trainer.rank0.weight_layout.remote())
+        self.buckets = plan_buckets(layout, int(cfg.sync.bucket_mb * 2**20))
+        self.total_bytes = sum(b.nbytes for b in self.buckets)
+        on_gpu = trainer.infos[0]["device"] == "cuda" and cfg.rollout.num_gpus > 0
+        self.backend = "nccl" if on_gpu else "gloo"
+        self._connected: tuple = ()
+        self.version = 0  # bumped by every sync; engines report the version they hold
+
+    def connect(self, engines: list) -> None:
+        """Form the broadcast group trainer rank 0 + engines (again whenever the pool changes)."""
+        import ray
+
+        if self.cfg.sync.method != "collective" or tuple(engines) == self._connected:
+            return
+        timeout = self.cfg.sync.timeout_s
+        world, starts = engine_ranks(ray.get([e.sync_group_size.remote() for e in engines], timeout=timeout))
+        host, port = ray.get(self.trainer.rank0.open_sync_store.remote(world, timeout), timeout=timeout)
+        calls = [r.init_sync_group.remote(host, port, world, self.backend, timeout) for r in self.trainer.ranks]
+        calls += [e.init_sync_group.remote(host, port, start, world, self.backend, timeout)
+                  for e, start in zip(engines, starts)]
+        ray.get(calls, timeout=timeout)
+        self._connected = tuple(engines)
+
+    def copy_into(self, actor, name: str, method: str = "load_buckets") -> float:
+        """The trainer's weights into one more actor's `method` (a refreshing reference; SIPO's
+        policy B in the engines), through the object store; verified like a sync. Returns seconds."""
+        import time
+
+        import ray
+
+        sc, start = self.cfg.sync, time.perf_counter()
+        pushes = [r.push_weights.remote(self.buckets, "object_store", sc.verify) for r in self.trainer.ranks]
+        sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
+        got = ray.get(getattr(actor, method).remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
+        if sc.verify and got != sent["fingerprints"]:
+            raise SyncMismatchError(f"{name}: weights differ from the trainer's after the copy")
+        return time.perf_counter() - start
+
+    def resync(self, engines: list) -> dict[str, float]:
+        """After an engine restart: rebuild the group (the restarted engine left it) and sync all."""
+        self._connected = ()
+        return self.sync(engines)
+
+    def sync(self, engines: list) -> dict[str, float]:
+        """Send the trainer's current weights into every engine; raise if any engine differs."""
+        import time
+
+        import ray
+
+        sc = self.cfg.sync
+        start = time.perf_counter()
+        self.connect(engines)
+        version = self.version + 1
+        pushes = [r.push_weights.remote(self.buckets, sc.method, sc.verify) for r in self.trainer.ranks]
+        try:
+            if sc.method == "collective":
+                received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]
+                names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
+                results = _wait_all(pushes + received, names, sc.timeout_s)
+                sent, got = results[0], results[len(pushes):]
+            else:
+                sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
+                got = _wait_all([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify, version) for e in engines],
+                                [peer_name(i + 1) for i in range(len(engines))], sc.timeout_s)
+        except (SyncPeerTimeoutError, ray.exceptions.RayError):
+            self._connected = ()  # a half-finished broadcast leaves the group unusable
+            raise
+        if sc.verify:
+            for i, fps in enumerate(got):
+                if fps != sent["fingerprints"]:
+                    raise SyncMismatchError(f"rollout engine {i}: weights differ from trainer rank 0 after sync")
+        self.version = version
+        seconds = time.perf_counter() - start
+        return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),
+                "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}
+
+
+# Peers report a stalled member themselves at `timeout_s` (SyncPeerTimeoutError); the driver waits
+# a little longer so that named error, not its own anonymous timeout, is what the user sees.
+_DRIVER_GRACE_S = 10.0
+
+
+def _wait_all(refs: list, names: list[str], timeout_s: float) -> list:
+    """Results of `refs`; the first failure is raised at once, a silent peer is named at the bound."""
+    import time
+
+    import ray
+
+    name_of = dict(zip(refs, names))
+    pending, deadline = list(refs), time.monotonic() + timeout_s + _DRIVER_GRACE_S
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise SyncPeerTimeoutError(f"weight sync did not finish within sync.timeout_s={timeout_s} s; "
+                                       f"still waiting on: {', '.join(name_of[r] for r in pending)}")
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, SyncPeerTimeoutError):
+                raise SyncPeerTimeoutError(str(exc.cause)) from exc
+            raise
+    return ray.get(refs)
