@@ -60,6 +60,7 @@ class Inputs:
     tokenizer: Any
     max_prompt_tokens: int
     extra: dict = field(default_factory=dict)  # an algorithm's own start-up outputs (SIPO's stage-0 models)
+    resumed_round: int = 0  # the last finished round a resumed run continues after (0: a fresh run)
 
     def drop_long(self, prompts, pairs):
         """Skip (and count) prompts whose longest principle context exceeds max_prompt_tokens."""

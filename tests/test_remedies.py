@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from selfsteer.pair_selection import ReplayBuffer
+from selfsteer.online.sso_pairs import ReplayBuffer
 
 
 def test_replay_draws_ratio_times_new_items_from_the_last_rounds_only():

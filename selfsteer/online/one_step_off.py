@@ -1,7 +1,7 @@
 """One-step-off pipelining (`async_rounds: true`): the next round samples while this one trains.
 
-The driver stays a plain loop; this helper owns the one background sampling call and the
-version of the weights the engines hold, so each round's pairs can be stamped with their
+SSO's round (`online.sso`) stays a plain sequence; this helper owns the one background sampling
+call and the version of the weights the engines hold, so each round's pairs can be stamped with their
 staleness (rounds of training the sampling weights lag behind the weights being trained).
 """
 
@@ -38,7 +38,7 @@ class Sampled:
 class OneStepOff:
     """At most one sampling call in flight, for the round after the one being trained.
 
-    `policy_round` is the round whose weights the engines hold; the driver moves it after each
+    `policy_round` is the round whose weights the engines hold; the round moves it after each
     sync. `wait()` must come before a sync: engines change weights only when idle.
     """
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from selfsteer.pipeline import OneStepOff, Sampled
+from selfsteer.online.one_step_off import OneStepOff, Sampled
 
 
 def _sampled(policy_round: int) -> Sampled:

@@ -4,7 +4,7 @@
 needs on the reference actor: the sampling policy itself in round 1, and every round with
 `reference.refresh_every: 1`; with a fixed reference it asks whether the *start* model sees the
 principles steer the pair. `pairs.replay` mixes earlier rounds' items into training, and
-`reference.refresh_every` moves the reference to the policy (see the driver).
+`reference.refresh_every` moves the reference to the policy (see `online.sso`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def rescore(roles, items: list[dict], keys: list[str]) -> list[dict]:
 class ReplayBuffer:
     """The last `rounds` rounds' training items; `draw` samples `ratio` x the new items' count.
 
-    Held in the driver's memory: a resumed run starts with an empty buffer.
+    Held in the driver process's memory: a resumed run starts with an empty buffer.
     """
 
     def __init__(self, ratio: float, rounds: int, seed: int):
