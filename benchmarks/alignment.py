@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selfsteer.alignment_report import pair_signal, plot, table  # noqa: E402
+from selfsteer.benchmark.report import pair_signal, plot, table  # noqa: E402
 from selfsteer.config import load_config  # noqa: E402
 
 # method -> config overrides (on top of configs/alignment_tiny.yaml). Offline methods keep the
@@ -85,11 +85,11 @@ def main(argv=None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from selfsteer import evaluation as E
+    from selfsteer.benchmark import evaluation as E
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per evaluated checkpoint drowns the log
     from selfsteer.roles import resolve_model
-    from selfsteer.toy import task as T
+    from selfsteer.benchmark import task as T
 
     settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)
     started = time.time()

@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selfsteer.alignment_report import pair_signal  # noqa: E402
+from selfsteer.benchmark.report import pair_signal  # noqa: E402
 
 GOLD = ("pair_accuracy", "good_adherence", "bad_adherence")
 PREFIXES = ("signal/", "train/rewards", "rollout/chosen_tokens", "rollout/rejected_tokens", "rollout/raw_tokens")

@@ -27,10 +27,10 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(REPO / "results" / "alignment"))
     ap.add_argument("--eval-prompts", type=int, default=96)
     args = ap.parse_args(argv)
-    from selfsteer import evaluation as E
+    from selfsteer.benchmark import evaluation as E
     from selfsteer.online.sipo_models import stage0
     from selfsteer.roles import resolve_model
-    from selfsteer.toy import task as T
+    from selfsteer.benchmark import task as T
 
     out, lines = {}, []
     for seed in args.seeds:

@@ -27,7 +27,7 @@ def _check_positive(section: str, name: str, value: float, allow_zero: bool = Fa
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The verifiable alignment task (selfsteer.toy.task), used where `model.policy`, `data.prompts`
+    """The verifiable alignment task (selfsteer.benchmark.task), used where `model.policy`, `data.prompts`
     or `principles.library_file` is "task". The start model's architecture and seed are `model.toy`'s."""
 
     split_seed: int = 0  # which prompts are held out

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def task_start_settings(cfg: RunConfig):
     """The alignment task's start-model settings: SFT knobs from `task`, architecture and seed from `model.toy`."""
-    from selfsteer.toy.start_model import StartModelSettings
+    from selfsteer.benchmark.start_model import StartModelSettings
 
     t, k = cfg.model.toy, cfg.task
     return StartModelSettings(seed=t.seed, examples=k.sft_examples, batch_size=k.sft_batch_size, lr=k.sft_lr,
@@ -33,7 +33,7 @@ def task_start_settings(cfg: RunConfig):
 
 def resolve_model(cfg: RunConfig) -> str:
     if cfg.model.policy == "task":
-        from selfsteer.toy.start_model import build_start_model
+        from selfsteer.benchmark.start_model import build_start_model
 
         return str(build_start_model(cfg.model.cache_dir, task_start_settings(cfg), split_seed=cfg.task.split_seed))
     if cfg.model.policy != "toy":
@@ -92,7 +92,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
         prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed, with_targets=bool(target_field))
         target_field = target_field and "response"
     elif prompts_path == "task":
-        from selfsteer.toy.task import write_task_prompts
+        from selfsteer.benchmark.task import write_task_prompts
 
         prompts_path = write_task_prompts(run_dir / "prompts.jsonl", cfg.task.train_prompts, cfg.task.split_seed,
                                           seed=cfg.seed, with_targets=bool(target_field))

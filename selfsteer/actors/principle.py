@@ -82,7 +82,7 @@ class PrincipleGenerator:
 def _library(library_file):
     """A library file, "task" (the alignment task's five rules), or the built-in v1 library."""
     if library_file == "task":
-        from selfsteer.toy.task import LIBRARY
+        from selfsteer.benchmark.task import LIBRARY
 
         return LIBRARY
     return load_library(library_file) if library_file else BUILTIN_LIBRARY

@@ -36,7 +36,7 @@ def toy_pairs(n: int = 64, seed: int = 0) -> list[dict]:
 def task_pairs(n: int = 64, seed: int = 0, split_seed: int = 0) -> list[dict]:
     """Alignment-task preferences from training prompts only: a response meeting every gold rule
     over one breaking a random non-empty subset of them (the gold reward orders every pair)."""
-    from selfsteer.toy import task as T
+    from selfsteer.benchmark import task as T
 
     rng = random.Random(f"sepo-task:{seed}")
     train, _ = T.split_prompts(split_seed)

@@ -60,7 +60,7 @@ def test_oracle_pairs_file_is_validated(tmp_path):
 @pytest.mark.slow
 def test_task_oracle_pairs_are_gold_ordered_training_prompts():
     from selfsteer.online.sepo_oracle import task_pairs
-    from selfsteer.toy import task as T
+    from selfsteer.benchmark import task as T
 
     pairs = task_pairs(40, seed=3)
     train, heldout = T.split_prompts(0)

@@ -60,7 +60,7 @@ def test_soup_interpolates_every_float_tensor():
 
 
 def test_stage0_pairs_conflict_on_exactly_the_two_objectives():
-    from selfsteer.toy import task as T
+    from selfsteer.benchmark import task as T
 
     pairs_a, pairs_b = task_stage0_pairs(30, seed=0, split_seed=0, objective_a="Politeness", objective_b="Length")
     by_text = {p.text: p for p in T.all_prompts()}

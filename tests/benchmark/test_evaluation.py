@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from selfsteer import evaluation as E
-from selfsteer.alignment_report import pair_signal, table
-from selfsteer.toy import task as T
+from selfsteer.benchmark import evaluation as E
+from selfsteer.benchmark import task as T
+from selfsteer.benchmark.report import pair_signal, table
 
 
 def _s(gold):

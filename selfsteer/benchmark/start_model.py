@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from selfsteer.benchmark import task as T
 from selfsteer.principles.library import compose_v1_system
-from selfsteer.toy import task as T
 
 logger = logging.getLogger(__name__)
 BUILDER_VERSION = 1
