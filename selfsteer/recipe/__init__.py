@@ -4,5 +4,5 @@
     principles.json + generator --dpo-data--> dpo_data.json --train dpo (original policy)--> final/
 
 Each phase reads and writes the recipe's JSON records byte for byte (`records`), resumes after an
-interruption (`resume`), and runs on the same Ray roles as the online loop (`phases`, `training`).
+interruption (`resume`), and runs on the same Ray roles as the online loop (`phases`, `training`, sharing `workbench`).
 """

@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from selfsteer.recipe import phases
     from selfsteer.recipe.settings import recipe_config
+    from selfsteer.recipe.workbench import Workbench
     from selfsteer.roles import resolve_model
 
     dpo = args.command == "train" and args.algo == "dpo"
@@ -141,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {phase}: " + " ".join(f"{k}={v:g}" for k, v in counts.items()))
         return 0
     policy = resolve_model(cfg)
-    bench = phases.Workbench(cfg)
+    bench = Workbench(cfg)
     try:
         if args.command == "principles":
             counts = phases.build_principles(bench, args.input, args.output, policy_path=policy,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import ray
 
@@ -26,65 +26,9 @@ from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.principles.library import compose_v2_system
 from selfsteer.recipe.records import dpo_record, principles_record, read_records, sso_record
 from selfsteer.recipe.resume import PhaseOutput
+from selfsteer.recipe.workbench import Progress, Workbench
 
 logger = logging.getLogger(__name__)
-
-# (phase, done, total) after every chunk; the CLI draws progress bars from it.
-Progress = Optional[Callable[[str, int, int], None]]
-
-
-class Workbench:
-    """The Ray roles the phases share, each started on first use (so bad input fails before Ray
-    starts): one rollout pool (one model) at a time, and the principle generator. Trainer groups
-    and the reference belong to `training`."""
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self._pool = None
-        self._pool_model: Optional[str] = None
-        self._principle_actor = None
-
-    def pool(self, model_path: str):
-        """Rollout engines serving `model_path` (an engine pool on another model is stopped first)."""
-        if self._pool is not None and self._pool_model == model_path:
-            return self._pool
-        from selfsteer.actors.rollout import RolloutPool
-        from selfsteer.roles import init_ray
-
-        init_ray(self.cfg)
-        self.release_pool()
-        self._pool = RolloutPool(model_path, self.cfg, torch_threads=self.cfg.ray.torch_threads)
-        self._pool_model = model_path
-        self._pool.resize(self.cfg.rollout.num_engines)
-        return self._pool
-
-    def principle_actor(self):
-        if self._principle_actor is None:
-            from selfsteer.actors.principle import PrincipleGenerator
-            from selfsteer.roles import init_ray
-            from selfsteer.runtime import actor_env
-
-            cfg = self.cfg
-            init_ray(cfg)
-            self._principle_actor = ray.remote(PrincipleGenerator).options(
-                num_cpus=0, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
-            ).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=cfg.ray.torch_threads)
-            ray.get(self._principle_actor.ready.remote(), timeout=cfg.ray.call_timeout_s)
-        return self._principle_actor
-
-    def release_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool, self._pool_model = None, None
-
-    def release_principle_actor(self) -> None:
-        if self._principle_actor is not None:
-            ray.kill(self._principle_actor)
-            self._principle_actor = None
-
-    def shutdown(self) -> None:
-        self.release_pool()
-        self.release_principle_actor()
 
 
 def build_principles(bench: Workbench, input_path: str | Path, output_path: str | Path, *, policy_path: str,

@@ -31,9 +31,9 @@ from selfsteer.data.chat import encode_chat
 from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
 from selfsteer.engines.base import Generation
 from selfsteer.metrics import weighted_mean
-from selfsteer.recipe.phases import Progress, Workbench
 from selfsteer.recipe.records import read_records
 from selfsteer.recipe.settings import trainer_config
+from selfsteer.recipe.workbench import Progress, Workbench
 
 logger = logging.getLogger(__name__)
 

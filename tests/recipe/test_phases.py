@@ -16,7 +16,8 @@ class Interrupt(Exception):
 
 
 def test_an_interrupted_sso_data_phase_resumes_where_it_stopped(ray_local, tmp_path, toy_cache):
-    from selfsteer.recipe.phases import Workbench, build_sso_data
+    from selfsteer.recipe.phases import build_sso_data
+    from selfsteer.recipe.workbench import Workbench
     from selfsteer.recipe.settings import recipe_config
     from selfsteer.roles import resolve_model
     from selfsteer.toy.prompts import toy_prompts

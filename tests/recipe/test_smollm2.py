@@ -18,7 +18,8 @@ QUERIES = ["how can i develop a habit of drawing daily", "Write a haiku about ra
 
 def test_smollm2_writes_principles_through_the_separate_model_source(ray_local, smollm2_dir, tmp_path, toy_cache,
                                                                      record_property):
-    from selfsteer.recipe.phases import Workbench, build_principles
+    from selfsteer.recipe.phases import build_principles
+    from selfsteer.recipe.workbench import Workbench
     from selfsteer.recipe.settings import recipe_config
 
     prompts = tmp_path / "prompts.json"
