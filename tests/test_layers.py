@@ -1,0 +1,121 @@
+"""The package's layers, read from the source with `ast` (nothing is imported).
+
+face (cli) -> driver -> roles -> actors -> engines / sync -> algorithms / data: a lower layer
+never imports an upper one, so a backend or the weight transport never knows which actor hosts
+it. Every import counts, the ones inside functions too (they run as surely, only later).
+
+An edge is the module an import names (`from selfsteer.sync import buckets` is an edge to
+`selfsteer.sync.buckets`; `from selfsteer.sync.buckets import Bucket` too). The parent packages
+Python executes first are not edges: a package's `__init__` re-exporting its own submodule
+(`toy/__init__.py` -> `toy.model`) would otherwise close a loop with every submodule. Modules
+loaded by name at run time (`online.ROUNDS`) are checked separately: each must exist.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "selfsteer"
+LOWER = ("selfsteer.engines", "selfsteer.algorithms", "selfsteer.data", "selfsteer.sync")
+UPPER = ("selfsteer.actors", "selfsteer.driver", "selfsteer.roles", "selfsteer.cli")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int]]:
+    """(imported selfsteer module, line) for every import statement anywhere in the file."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append((sub if sub in MODULES else base, node.lineno))
+    return [(name, line) for name, line in found if _within(name, ("selfsteer",))]
+
+
+def _resolve(name: str) -> str:
+    """The module itself, or the longest module prefix of `name` (`import a.b.c` of a package path)."""
+    while name not in MODULES and "." in name:
+        name = name.rpartition(".")[0]
+    if name not in MODULES:
+        raise AssertionError(f"import of {name!r}: no such module under selfsteer/")
+    return name
+
+
+GRAPH = {m: {(_resolve(n), line) for n, line in _imports(m, p)} for m, p in MODULES.items()}
+
+
+def test_the_walker_sees_top_level_and_function_level_imports():
+    # Guards the two tests below against passing on an empty graph.
+    assert any(t == "selfsteer.roles" for t, _ in GRAPH["selfsteer.driver"])  # module level
+    assert any(t == "selfsteer.sync.buckets" for t, _ in GRAPH["selfsteer.engines.hf_engine"])  # inside a method
+    assert any(t == "selfsteer.actors.syncer" for t, _ in GRAPH["selfsteer.roles"])  # inside a function
+
+
+@pytest.mark.parametrize("lower", LOWER)
+def test_lower_layers_never_import_actors_driver_roles_or_cli(lower):
+    bad = [f"{MODULES[m].relative_to(ROOT)}:{line} imports {t}"
+           for m, edges in GRAPH.items() if _within(m, (lower,))
+           for t, line in sorted(edges) if _within(t, UPPER)]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_inside_selfsteer():
+    edges = {m: sorted({t for t, _ in e if t != m}) for m, e in GRAPH.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    cycles = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for t in edges[m]:
+            if state.get(t) == 1:
+                cycles.append(path[path.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_algorithm_has_a_round_module():
+    from selfsteer.config import ALGOS
+    from selfsteer.online import ROUNDS
+
+    assert set(ROUNDS) == set(ALGOS)
+    missing = {algo: name for algo, name in ROUNDS.items() if name not in MODULES}
+    assert not missing, f"online.ROUNDS names modules that do not exist: {missing}"
+    for name in set(ROUNDS.values()):  # the interface the driver calls
+        tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+        defined = {n.name: [a.arg for a in n.args.args] for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert defined.get("start") == ["cfg", "roles", "inputs"], name
+        assert defined.get("run_round") == ["cfg", "roles", "inputs", "r", "run_dir"], name
