@@ -1,1 +1,1 @@
-"""One module per Ray role: rollout engines, principle generator, reference model, trainer group, weight sync."""
+"""One module per Ray role: rollout engines, principle generator, reference model, trainer group, weight syncer."""

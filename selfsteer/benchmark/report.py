@@ -14,7 +14,7 @@ def pair_signal(triples_path: Path) -> dict[str, float]:
 
     pair_accuracy = P(gold(y+) > gold(y-)) over the round's pairs, trained_pair_accuracy over those
     the trainer saw (pairs.filter may drop some); good/bad adherence = share of the named rules y+ meets
-    and y- breaks; identical_rate counts the pairs the driver dropped as identical.
+    and y- breaks; identical_rate counts the pairs the SSO round dropped as identical.
     """
     path = Path(triples_path)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
