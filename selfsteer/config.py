@@ -102,6 +102,9 @@ class LLMPrincipleConfig:
     timeout_s: float = 120.0  # per request
     http_retries: int = 3  # extra attempts after a connection error, timeout or HTTP 429/5xx
     max_concurrency: int = 8  # requests in flight
+    # source=model: the writer actor's resources (it loads the model itself; on a GPU when num_gpus > 0).
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
 
     def __post_init__(self):
         _check_choice("principles.llm", "source", self.source, ("policy", "model", "http"))
@@ -114,6 +117,8 @@ class LLMPrincipleConfig:
         _check_positive("principles.llm", "timeout_s", self.timeout_s)
         _check_positive("principles.llm", "http_retries", self.http_retries, allow_zero=True)
         _check_positive("principles.llm", "max_concurrency", self.max_concurrency)
+        _check_positive("principles.llm", "num_cpus", self.num_cpus, allow_zero=True)
+        _check_positive("principles.llm", "num_gpus", self.num_gpus, allow_zero=True)
 
 
 @dataclass(frozen=True)
