@@ -102,8 +102,9 @@ class LLMPrincipleConfig:
     timeout_s: float = 120.0  # per request
     http_retries: int = 3  # extra attempts after a connection error, timeout or HTTP 429/5xx
     max_concurrency: int = 8  # requests in flight
-    # source=model: the writer actor's resources (it loads the model itself; on a GPU when num_gpus > 0).
-    num_cpus: float = 1.0
+    # source=model: the writer actor's Ray resources; it loads the model on a GPU when num_gpus > 0.
+    # 0 CPUs: it shares the CPUs of the roles (the CPU default, where it mostly waits).
+    num_cpus: float = 0.0
     num_gpus: float = 0.0
 
     def __post_init__(self):

@@ -200,6 +200,10 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.actors.weight_sync import WeightSyncer
 
     init_ray(cfg)
+    # Before any actor: a config the cluster cannot place fails now, not after ray.startup_timeout_s.
+    from selfsteer.plan import check_cluster, nodes_from_ray
+
+    check_cluster(cfg, nodes_from_ray(ray.nodes()))
     env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
     trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))

@@ -137,3 +137,22 @@ def test_plan_of_a_cpu_config_fits_and_says_so(capsys):
     assert main(["plan", "configs/tiny_cpu.yaml", "--gpus-per-node", "0", "--cpus-per-node", "2"]) == 0
     out = capsys.readouterr().out
     assert "CPU only" in out and "sizes from model.toy settings" in out
+
+
+def test_start_roles_fails_at_once_when_the_local_ray_cannot_place_the_config(ray_local):
+    """The in-process Ray has 2 CPUs; 2 trainer ranks x 0.5 + 8 engines x 1 CPU cannot be placed."""
+    import time
+
+    from ray.util import placement_group_table
+
+    from selfsteer.roles import start_roles
+
+    cfg = load_config(REPO / "configs/tiny_cpu.yaml", ["rollout.num_engines=8", "rollout.num_cpus=1"])
+    assert cfg.ray.startup_timeout_s == 1800  # what a start-up without the check would wait
+    groups = len(placement_group_table())
+    start = time.monotonic()
+    with pytest.raises(ClusterTooSmallError, match=r"rollout engine 1 needs \{CPU 1\} on one node.*"
+                                                   r"the cluster has \S+: CPU 2, GPU 0"):
+        start_roles(cfg, None)  # the check comes before the inputs are touched
+    assert time.monotonic() - start < 10
+    assert len(placement_group_table()) == groups  # no trainer placement group was even asked for
