@@ -121,6 +121,13 @@ class LLMPrincipleConfig:
         _check_positive("principles.llm", "num_cpus", self.num_cpus, allow_zero=True)
         _check_positive("principles.llm", "num_gpus", self.num_gpus, allow_zero=True)
 
+    def actor_resources(self, mode: str) -> dict:
+        """Ray resources of the principle actor: a local writer model (source=model) gets num_cpus/num_gpus;
+        otherwise the actor only waits on the engines or an HTTP server."""
+        if mode == "llm" and self.source == "model":
+            return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        return {"num_cpus": 0.0, "num_gpus": 0.0}
+
 
 @dataclass(frozen=True)
 class PrincipleConfig:
@@ -164,6 +171,11 @@ class RolloutConfig:
             raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1]")
         if self.max_model_len is not None:
             _check_positive("rollout", "max_model_len", self.max_model_len)
+        _check_positive("rollout", "num_gpus", self.num_gpus, allow_zero=True)
+        if self.tensor_parallel_size > 1 and self.num_gpus and self.num_gpus != int(self.num_gpus):
+            raise ConfigError(f"rollout.num_gpus={self.num_gpus!r} with rollout.tensor_parallel_size="
+                              f"{self.tensor_parallel_size}: each tensor-parallel worker needs a whole GPU of its "
+                              f"own (num_gpus is per worker); use rollout.num_gpus=1")
 
     def vllm_args(self) -> dict:
         """The settings `vllm.LLM` takes as they are; unset ones are left to vLLM or the backend."""

@@ -58,8 +58,8 @@ def requirements(cfg) -> list[Bundle]:
     out += [Bundle("rollout", f"rollout engine {i}", rc.num_cpus, rc.num_gpus * rc.tensor_parallel_size)
             for i in range(rc.num_engines)]
     out.append(Bundle("reference", "reference", ref.num_cpus, ref.num_gpus))
-    writer = cfg.principles.mode == "llm" and llm.source == "model"
-    out.append(Bundle("principles", "principle writer", llm.num_cpus if writer else 0.0, llm.num_gpus if writer else 0.0))
+    writer = llm.actor_resources(cfg.principles.mode)
+    out.append(Bundle("principles", "principle writer", writer["num_cpus"], writer["num_gpus"]))
     extra = {"self_contrast": ("embedder", cfg.self_contrast.num_cpus), "sepo": ("SePO oracle", cfg.sepo.num_cpus),
              "sipo": ("SIPO scorer", ref.num_cpus)}.get(cfg.algo)
     if extra:

@@ -215,7 +215,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
     principle_actor = ray.remote(PrincipleGenerator).options(
-        num_cpus=0, runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+        **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
     ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
     return Roles(cfg, pool, principle_actor, reference, trainer, syncer)
