@@ -143,11 +143,10 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             budget = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization,
                                     tp=rc.tensor_parallel_size, max_model_len=rc.max_model_len or shape.max_positions,
                                     seq_len=width)
-            b.memory = {f"vLLM at gpu_memory_utilization {rc.gpu_memory_utilization:g}": budget.per_gpu}
-            b.note = (f"weights {budget.weights / gm.GIB:.2f} + reserve {budget.reserve / gm.GIB:.2f} + KV cache "
-                      f"{budget.kv_cache / gm.GIB:.2f} GiB = {budget.tokens:,} tokens at {budget.kv_bytes_per_token:,.0f} "
-                      f"B/token: max_model_len {budget.max_model_len:,}, {budget.sequences:.0f} sequences of "
-                      f"{width} tokens (max_batch_size {rc.max_batch_size})")
+            b.memory = {f"vLLM {rc.gpu_memory_utilization:g} x GPU": budget.per_gpu}
+            b.note = (f"= weights {budget.weights / gm.GIB:.2f} + reserve {budget.reserve / gm.GIB:.2f} + KV cache "
+                      f"{budget.kv_cache / gm.GIB:.2f}: {budget.tokens:,} tokens at {budget.kv_bytes_per_token:,.0f} B, "
+                      f"max_model_len {budget.max_model_len:,}, {budget.sequences:.0f} x {width}-token sequences")
             if not budget.fits:
                 b.problem = (f"vLLM's KV cache holds {budget.tokens:,} tokens, less than max_model_len "
                              f"{budget.max_model_len:,}; lower rollout.max_model_len or raise tensor_parallel_size")
@@ -252,7 +251,7 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
         b = bundles[group[0]]
         label = b.label if len(group) == 1 else f"{b.label.rsplit(' ', 1)[0]}s {b.label.rsplit(' ', 1)[1]}-{bundles[group[-1]].label.rsplit(' ', 1)[1]}"
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in b.memory.items())
-        detail = "; ".join(x for x in (parts, b.note) if x) or ("CPU only" if not b.gpus else "")
+        detail = " ".join(x for x in (parts, b.note) if x) or ("CPU only" if not b.gpus else "")
         total = _gib(b.gpu_bytes) if b.memory else "-"
         lines.append(f"{label:<22} {b.describe():<16} {_where(cluster, placement, group):<18} {total:>8}  {detail}")
     used = sum(b.gpus for b in bundles)
