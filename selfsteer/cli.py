@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from selfsteer.driver import run as run_online
 
-        run_dir = run_online(cfg, resume=bool(args.resume))
+        from selfsteer.plan import ClusterTooSmallError
+
+        try:
+            run_dir = run_online(cfg, resume=bool(args.resume))
+        except ClusterTooSmallError as exc:
+            print(f"selfsteer: {exc}", file=sys.stderr)
+            return 2
         print(f"selfsteer: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0
 

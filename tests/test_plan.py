@@ -163,3 +163,18 @@ def test_readme_shows_the_plan_as_it_prints(capsys):
     assert main(["plan", "configs/qwen2_7b_instruct.yaml", "--nodes", "1", "--gpus-per-node", "8",
                  "--gpu-memory-gib", "80", "--cpus-per-node", "64"]) == 0
     assert capsys.readouterr().out in (REPO / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_selfsteer_run_exits_2_with_the_placement_message(tmp_path, toy_cache):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "selfsteer.cli", "run", "configs/tiny_cpu.yaml", "ray.num_cpus=1",
+           "rollout.num_cpus=1", f"output_dir={tmp_path / 'run'}", f"model.cache_dir={toy_cache}", "tensorboard=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "rollout engine 0 needs {CPU 1} on one node" in proc.stderr
+    assert "the cluster has" in proc.stderr and "CPU 1, GPU 0" in proc.stderr
