@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsteer.algorithms.logprobs import score_sequences
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences
 from selfsteer.algorithms.sso import REQUIRED_KEYS, sso_loss
 
 pytestmark = pytest.mark.gpu
@@ -38,6 +38,15 @@ def test_logprobs_on_cuda_equal_cpu(toy_model_path, rows, cpu_reference, packed)
     bf16, _ = _scores(toy_model_path, rows, "cuda", torch.bfloat16, packed)
     per_token = (bf16 - expected).abs() / counts
     assert per_token.max().item() < BF16_NATS_PER_TOKEN, per_token.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packing_check_passes_on_cuda(toy_model_path, dtype):
+    """The trainer and reference pack rows only if this start-up check passes; on CUDA it must."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(toy_model_path, dtype=dtype).cuda().eval()
+    assert packing_supported(model, pad_id=0, device="cuda", vocab_size=model.config.vocab_size, mask_dtype=dtype)
 
 
 def _loss_inputs(sums, counts, device):
