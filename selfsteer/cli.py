@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("run_dir")
     scale.add_argument("--engines", type=int, required=True)
     plan = sub.add_parser("plan", help="where each role goes and its GPU memory estimate; exit 2 if it does not fit",
-                          description="selfsteer plan CONFIG [key=value ...] [--nodes N --gpus-per-node G --gpu-memory-gib M]")
+                          description="selfsteer plan CONFIG [key=value ...] "
+                                      "[--nodes N --gpus-per-node G --gpu-memory-gib M]")
     plan.add_argument("config")
     plan.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
     plan.add_argument("--nodes", type=int, default=1)

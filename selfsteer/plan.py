@@ -211,8 +211,8 @@ def _groups(bundles: list[Bundle]) -> list[list[int]]:
     out: list[list[int]] = []
     for i, b in enumerate(bundles):
         prev = bundles[out[-1][-1]] if out else None
-        same = prev is not None and (prev.role, prev.cpus, prev.gpus, prev.memory, prev.note) == (b.role, b.cpus, b.gpus, b.memory, b.note)
-        if same:
+        key = lambda x: (x.role, x.cpus, x.gpus, x.memory, x.note)  # noqa: E731
+        if prev is not None and key(prev) == key(b):
             out[-1].append(i)
         else:
             out.append([i])
@@ -226,7 +226,8 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     cluster = [Node(f"node{i}", cpus_per_node, gpus_per_node, gpu_bytes) for i in range(nodes)]
     shape = gm.model_shape(cfg.model.policy, cfg.model.toy)
     llm = cfg.principles.llm
-    writer = gm.model_shape(llm.model_path) if cfg.principles.mode == "llm" and llm.source == "model" and llm.num_gpus else None
+    writer_gpus = llm.actor_resources(cfg.principles.mode)["num_gpus"]
+    writer = gm.model_shape(llm.model_path) if writer_gpus else None
     bundles = requirements(cfg)
     attach_memory(cfg, bundles, shape, gpu_bytes, writer)
     placement = place(bundles, cluster)
@@ -249,7 +250,10 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     lines.append(f"{'role':<22} {'bundle':<16} {'placement':<18} {'GiB/GPU':>8}  estimate")
     for group in _groups(bundles):
         b = bundles[group[0]]
-        label = b.label if len(group) == 1 else f"{b.label.rsplit(' ', 1)[0]}s {b.label.rsplit(' ', 1)[1]}-{bundles[group[-1]].label.rsplit(' ', 1)[1]}"
+        label = b.label
+        if len(group) > 1:  # "trainer rank 1" .. "trainer rank 5" -> "trainer ranks 1-5"
+            (kind, first), last = b.label.rsplit(" ", 1), bundles[group[-1]].label.rsplit(" ", 1)[1]
+            label = f"{kind}s {first}-{last}"
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in b.memory.items())
         detail = " ".join(x for x in (parts, b.note) if x) or ("CPU only" if not b.gpus else "")
         total = _gib(b.gpu_bytes) if b.memory else "-"

@@ -11,7 +11,7 @@ import pytest
 from selfsteer import gpu_memory as gm
 from selfsteer.cli import main
 from selfsteer.config import load_config
-from selfsteer.plan import Bundle, ClusterTooSmallError, Node, check_cluster, make_plan, place, requirements
+from selfsteer.plan import Bundle, ClusterTooSmallError, Node, check_cluster, place, requirements
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
