@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"online_sso: {exc}", file=sys.stderr)
         return 2
-    run_dir = run(cfg)
+    from selfsteer.plan import ClusterTooSmallError
+
+    try:
+        run_dir = run(cfg)
+    except ClusterTooSmallError as exc:  # before any actor started: the message says what to change
+        print(f"online_sso: {exc}", file=sys.stderr)
+        return 2
     print(f"online_sso: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0
 

@@ -19,12 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     scale = sub.add_parser("scale", help="resize a running job's rollout pool before its next round")
     scale.add_argument("run_dir")
     scale.add_argument("--engines", type=int, required=True)
+    plan = sub.add_parser("plan", help="where each role goes and its GPU memory estimate; exit 2 if it does not fit",
+                          description="selfsteer plan CONFIG [key=value ...] "
+                                      "[--nodes N --gpus-per-node G --gpu-memory-gib M]")
+    plan.add_argument("config")
+    plan.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
+    plan.add_argument("--nodes", type=int, default=1)
+    plan.add_argument("--gpus-per-node", type=int, default=8)
+    plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    plan.add_argument("--cpus-per-node", type=float, default=None, help="checked only when given")
     from selfsteer.recipe import cli as recipe_cli
 
     recipe_cli.add_subcommands(sub)  # the seed recipe's five phases, pipeline, converter, serve
     args = parser.parse_args(argv)
     if args.command in recipe_cli.COMMANDS:
         return recipe_cli.dispatch(args)
+    if args.command == "plan":
+        from selfsteer.plan import main as plan_main
+
+        return plan_main(args)
     if args.command == "scale":
         from selfsteer.driver import request_scale
 
@@ -49,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from selfsteer.driver import run as run_online
 
-        run_dir = run_online(cfg, resume=bool(args.resume))
+        from selfsteer.plan import ClusterTooSmallError
+
+        try:
+            run_dir = run_online(cfg, resume=bool(args.resume))
+        except ClusterTooSmallError as exc:
+            print(f"selfsteer: {exc}", file=sys.stderr)
+            return 2
         print(f"selfsteer: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0
 

@@ -102,6 +102,10 @@ class LLMPrincipleConfig:
     timeout_s: float = 120.0  # per request
     http_retries: int = 3  # extra attempts after a connection error, timeout or HTTP 429/5xx
     max_concurrency: int = 8  # requests in flight
+    # source=model: the writer actor's Ray resources; it loads the model on a GPU when num_gpus > 0.
+    # 0 CPUs: it shares the CPUs of the roles (the CPU default, where it mostly waits).
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
 
     def __post_init__(self):
         _check_choice("principles.llm", "source", self.source, ("policy", "model", "http"))
@@ -114,6 +118,15 @@ class LLMPrincipleConfig:
         _check_positive("principles.llm", "timeout_s", self.timeout_s)
         _check_positive("principles.llm", "http_retries", self.http_retries, allow_zero=True)
         _check_positive("principles.llm", "max_concurrency", self.max_concurrency)
+        _check_positive("principles.llm", "num_cpus", self.num_cpus, allow_zero=True)
+        _check_positive("principles.llm", "num_gpus", self.num_gpus, allow_zero=True)
+
+    def actor_resources(self, mode: str) -> dict:
+        """Ray resources of the principle actor: a local writer model (source=model) gets num_cpus/num_gpus;
+        otherwise the actor only waits on the engines or an HTTP server."""
+        if mode == "llm" and self.source == "model":
+            return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        return {"num_cpus": 0.0, "num_gpus": 0.0}
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,11 @@ class RolloutConfig:
             raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1]")
         if self.max_model_len is not None:
             _check_positive("rollout", "max_model_len", self.max_model_len)
+        _check_positive("rollout", "num_gpus", self.num_gpus, allow_zero=True)
+        if self.tensor_parallel_size > 1 and self.num_gpus and self.num_gpus != int(self.num_gpus):
+            raise ConfigError(f"rollout.num_gpus={self.num_gpus!r} with rollout.tensor_parallel_size="
+                              f"{self.tensor_parallel_size}: each tensor-parallel worker needs a whole GPU of its "
+                              f"own (num_gpus is per worker); use rollout.num_gpus=1")
 
     def vllm_args(self) -> dict:
         """The settings `vllm.LLM` takes as they are; unset ones are left to vLLM or the backend."""

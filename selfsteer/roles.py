@@ -201,6 +201,10 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.actors.syncer import WeightSyncer
 
     init_ray(cfg)
+    # Before any actor: a config the cluster cannot place fails now, not after ray.startup_timeout_s.
+    from selfsteer.plan import check_cluster, nodes_from_ray
+
+    check_cluster(cfg, nodes_from_ray(ray.nodes()))
     env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
     trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))
@@ -212,7 +216,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
     principle_actor = ray.remote(PrincipleGenerator).options(
-        num_cpus=0, runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+        **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
     ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
     return Roles(cfg, pool, principle_actor, reference, trainer, syncer)

@@ -16,6 +16,35 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def gpu_index(assigned: list, cuda_visible: str | None) -> int:
+    """This process's CUDA device index for the GPU Ray assigned it (`assigned`: Ray's GPU ids).
+
+    Ray normally sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the index is their position in
+    it (0); under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES every GPU stays visible and the index is
+    the GPU's own id, or its position in a CUDA_VISIBLE_DEVICES the user set.
+    """
+    if not assigned:
+        return 0
+    gpu = str(assigned[0])
+    visible = [v.strip() for v in cuda_visible.split(",")] if cuda_visible else []
+    if gpu in visible:
+        return visible.index(gpu)
+    if visible:
+        raise RuntimeError(f"Ray assigned GPU {gpu}, which CUDA_VISIBLE_DEVICES={cuda_visible!r} does not list")
+    return int(gpu)
+
+
+def bind_ray_gpu() -> int:
+    """Make the GPU Ray assigned to this actor the current CUDA device; returns its index."""
+    import ray
+    import torch
+
+    index = gpu_index(ray.get_runtime_context().get_accelerator_ids().get("GPU", []),
+                      os.environ.get("CUDA_VISIBLE_DEVICES"))
+    torch.cuda.set_device(index)
+    return index
+
+
 def resolve_dtype(name: str):
     import torch
 

@@ -27,7 +27,12 @@ class PrincipleGenerator:
         if cfg.mode == "llm" and cfg.llm.source == "model":
             from selfsteer.engines.hf_engine import HFBackend
 
-            self.local_backend = HFBackend(cfg.llm.model_path, device=resolve_device("auto"),
+            device = resolve_device("auto")  # CUDA when principles.llm.num_gpus gave this actor a GPU
+            if device == "cuda":
+                from selfsteer.runtime import bind_ray_gpu
+
+                bind_ray_gpu()
+            self.local_backend = HFBackend(cfg.llm.model_path, device=device,
                                            dtype=resolve_dtype(model_cfg.dtype if model_cfg else "float32"),
                                            trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code))
         self.endpoint = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, token_logprobs
-from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+from selfsteer.runtime import bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 
 
 class ReferenceModel:
@@ -14,6 +14,8 @@ class ReferenceModel:
 
         limit_threads(torch_threads)
         self.device = resolve_device(ref_cfg.device)
+        if self.device == "cuda":
+            bind_ray_gpu()  # under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES "cuda" alone would mean GPU 0
         self.micro_batch_size = ref_cfg.micro_batch_size
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

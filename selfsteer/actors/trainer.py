@@ -17,7 +17,7 @@ import torch
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences
-from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+from selfsteer.runtime import actor_env, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class TrainerRank:
         limit_threads(torch_threads)
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
+        # DeepSpeed reads LOCAL_RANK as the CUDA device; it is the GPU Ray gave this rank, not always 0.
+        self.local_rank = bind_ray_gpu() if self.device == "cuda" else 0
         self.sync_group: Optional[SyncGroup] = None
         self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
         self._master_store = None  # rank 0: the training process group's store (open_master_store)
@@ -64,7 +66,7 @@ class TrainerRank:
         tc, mc = self.cfg.trainer, self.cfg.model
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          LOCAL_RANK="0", WORLD_SIZE=str(self.world_size))
+                          LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size))
         timeout = datetime.timedelta(seconds=self.cfg.sync.timeout_s)
         store = self._master_store if self.rank == 0 else dist.TCPStore(
             master_addr, master_port, self.world_size, False, timeout=timeout)

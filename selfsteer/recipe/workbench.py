@@ -50,7 +50,7 @@ class Workbench:
             cfg = self.cfg
             init_ray(cfg)
             self._principle_actor = ray.remote(PrincipleGenerator).options(
-                num_cpus=0, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
+                **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
             ).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=cfg.ray.torch_threads)
             ray.get(self._principle_actor.ready.remote(), timeout=cfg.ray.call_timeout_s)
         return self._principle_actor

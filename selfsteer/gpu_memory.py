@@ -1,0 +1,197 @@
+"""GPU memory estimates for `selfsteer plan`: model sizes, ZeRO states, activations, vLLM's KV cache.
+
+Pure arithmetic (no torch, no Ray), in bytes. Ψ = parameters, p = bytes per element of model.dtype,
+N = trainer ranks, T = tokens in one forward pass.
+
+- Model states, DeepSpeed ZeRO (Rajbhandari et al. 2020, mixed-precision Adam): weights pΨ, gradients pΨ,
+  optimizer KΨ with K = 12 (fp32 master + m + v) for 16-bit weights, 8 (m + v) for fp32. Stage 1 shards
+  the optimizer over N ranks, stage 2 also the gradients, stage 3 also the weights. ZeRO's own buffers at
+  DeepSpeed's defaults: stage 3 gathers up to min(Ψ, 1e9) parameters (stage3_max_live_parameters),
+  stages 1-2 hold a reduce and an all-gather bucket of 5e8 elements each. The torch backend keeps full
+  replicas: weights, gradients, AdamW m+v in the weights' dtype, and one flat all-reduce copy (5pΨ).
+- Activations per token and decoder layer, SwiGLU attention block with SDPA (no T x T scores kept):
+  (6h + 2·kv_dim + 4I)·p (norm inputs and outputs, q, k, v, attention output, gate, up, silu, product).
+  With gradient checkpointing only each layer's input is kept (L·h·p per token) plus one layer
+  recomputed; without it all L layers are kept.
+- Logits: HF computes them for every position in the model's dtype; the loss takes an fp32 copy and
+  its log-softmax: T·V·(p + 8) forward, T·V·(2p + 8) in training (the logits' gradient too). Packed rows
+  add their 4D attention mask, rows·W²·p (W = the row width).
+- vLLM: it claims gpu_memory_utilization x the GPU; from that, weights (pΨ/TP per GPU) and a fixed
+  allowance for its activation peak, CUDA graphs and non-torch memory (VLLM_RESERVE; vLLM measures the
+  real figure at start) leave the KV cache. KV bytes per token = 2·L·kv_heads·head_dim·p (per GPU:
+  kv heads split over TP, at least one each). vLLM refuses to start unless one max_model_len sequence fits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ZERO3_MAX_LIVE = 1e9  # DeepSpeed's stage3_max_live_parameters default
+ZERO12_BUCKET = 5e8  # DeepSpeed's reduce_bucket_size / allgather_bucket_size default (elements)
+VLLM_RESERVE = 2 * GIB
+HF_GENERATE_BATCH = 64  # HFBackend's max_batch_size default (the principle writer's batch)
+
+# Shapes (config.json fields) of the shipped configs' models, for a plan made away from the model files.
+BUILTIN = {
+    "Qwen2-7B": {"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
+                 "tie_word_embeddings": False, "max_position_embeddings": 32768},
+    "Llama-3.1-8B": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+                     "tie_word_embeddings": False, "max_position_embeddings": 131072},
+}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[-_.\s]", "", name.lower())
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A dense decoder's sizes, and where they came from (said in the plan's output)."""
+
+    name: str
+    source: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, config: dict, name: str, source: str) -> "ModelShape":
+        c = config.get("text_config") or config
+        if c.get("num_experts") or c.get("num_local_experts"):
+            raise ValueError(f"{name}: a mixture-of-experts model; plan estimates dense decoders only")
+        heads = c["num_attention_heads"]
+        return cls(name=name, source=source, hidden=c["hidden_size"], layers=c["num_hidden_layers"], heads=heads,
+                   kv_heads=c.get("num_key_value_heads") or heads, head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+                   intermediate=c["intermediate_size"], vocab=c["vocab_size"],
+                   tied=bool(c.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+                   qkv_bias=bool(c.get("attention_bias", c.get("model_type", config.get("model_type")) == "qwen2")),
+                   max_positions=c.get("max_position_embeddings", 4096))
+
+    @property
+    def params(self) -> int:
+        h, d = self.hidden, self.head_dim
+        attention = 2 * h * self.heads * d + 2 * h * self.kv_heads * d  # q, o; k, v
+        bias = (self.heads + 2 * self.kv_heads) * d if self.qkv_bias else 0
+        per_layer = attention + bias + 3 * h * self.intermediate + 2 * h  # + gate/up/down, two norms
+        return self.layers * per_layer + self.vocab * h * (1 if self.tied else 2) + h  # + embeddings, final norm
+
+    def kv_bytes_per_token(self, p: int, tp: int = 1) -> float:
+        """KV cache bytes per token on one GPU of a TP group (kv heads split, at least one per GPU)."""
+        return 2 * self.layers * max(self.kv_heads / tp, 1) * self.head_dim * p
+
+    def layer_activation_elems(self) -> int:
+        """Elements kept per token by one decoder layer for backward (see the module docstring)."""
+        return 6 * self.hidden + 2 * self.kv_heads * self.head_dim + 4 * self.intermediate
+
+
+def model_shape(path: str, toy=None) -> ModelShape:
+    """Sizes from `path`/config.json; else from BUILTIN by name; "toy"/"task" from `model.toy`."""
+    if path in ("toy", "task"):
+        from selfsteer.toy.model import build_tokenizer
+
+        t = toy
+        return ModelShape(path, "model.toy settings", t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads,
+                          t.hidden_size // t.num_heads, t.intermediate_size, len(build_tokenizer()),
+                          t.tie_word_embeddings, False, t.max_position_embeddings)
+    config_file = Path(path) / "config.json"
+    if config_file.is_file():
+        return ModelShape.from_config(json.loads(config_file.read_text()), path, f"{config_file}")
+    for name, config in BUILTIN.items():
+        if _squash(name) in _squash(Path(path).name):
+            return ModelShape.from_config(config, path, f"built-in table for {name} (no config.json at {path})")
+    raise FileNotFoundError(f"{path}: no config.json there and the name matches none of the built-in shapes "
+                            f"{sorted(BUILTIN)}; plan on a machine that has the model directory")
+
+
+def zero_states(psi: int, p: int, stage: int, n: int) -> dict[str, float]:
+    """Per-rank model states and ZeRO buffers under DeepSpeed ZeRO `stage` over `n` ranks."""
+    k = 12 if p < 4 else 8
+    out = {"weights": p * psi / (n if stage >= 3 else 1), "gradients": p * psi / (n if stage >= 2 else 1),
+           "optimizer": k * psi / (n if stage >= 1 else 1)}
+    if stage == 3:
+        out["zero buffers"] = min(psi, ZERO3_MAX_LIVE) * p
+    elif stage in (1, 2):
+        out["zero buffers"] = 2 * ZERO12_BUCKET * p
+    return out
+
+
+def torch_states(psi: int, p: int) -> dict[str, float]:
+    return {"weights": p * psi, "gradients": p * psi, "optimizer": 2 * p * psi, "all-reduce buffer": p * psi}
+
+
+def activations(shape: ModelShape, p: int, tokens: int, checkpointing: bool) -> float:
+    layer = shape.layer_activation_elems() * p * tokens
+    if checkpointing:
+        return shape.layers * shape.hidden * p * tokens + layer
+    return shape.layers * layer
+
+
+def trainer_memory(shape: ModelShape, tc, p: int, *, rows: int, width: int, packing: bool,
+                   sync_bytes: float = 0.0) -> dict[str, float]:
+    """One trainer rank: model states, activations and logits for `rows` rows of `width` tokens."""
+    psi = shape.params
+    out = torch_states(psi, p) if tc.backend == "torch" else zero_states(psi, p, tc.zero_stage, tc.num_ranks)
+    tokens = rows * width
+    out["activations"] = activations(shape, p, tokens, tc.gradient_checkpointing)
+    out["logits"] = tokens * shape.vocab * (2 * p + 8)
+    if packing:
+        out["attention mask"] = rows * width * width * p
+    if sync_bytes:
+        out["sync buffers"] = sync_bytes
+    return out
+
+
+def forward_memory(shape: ModelShape, p: int, *, rows: int, width: int, packing: bool) -> dict[str, float]:
+    """The reference model: weights and one scoring forward (no grad: one layer's activations live)."""
+    tokens = rows * width
+    out = {"weights": p * shape.params, "activations": shape.layer_activation_elems() * p * tokens,
+           "logits": tokens * shape.vocab * (p + 8)}
+    if packing:
+        out["attention mask"] = rows * width * width * p
+    return out
+
+
+def hf_generate_memory(shape: ModelShape, p: int, *, batch: int, width: int) -> dict[str, float]:
+    """An HF generator: weights, the KV cache of `batch` sequences of `width` tokens, fp32 logits."""
+    return {"weights": p * shape.params, "kv cache": batch * width * shape.kv_bytes_per_token(p),
+            "logits": batch * shape.vocab * 4}
+
+
+@dataclass(frozen=True)
+class VLLMBudget:
+    per_gpu: float  # what vLLM claims on each of its GPUs
+    weights: float
+    reserve: float
+    kv_cache: float
+    kv_bytes_per_token: float
+    tokens: int  # KV cache capacity in tokens
+    max_model_len: int
+    sequences: float  # concurrent sequences of the run's length that fit
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_cache > 0 and self.tokens >= self.max_model_len
+
+
+def vllm_budget(shape: ModelShape, p: int, gpu_bytes: float, *, utilization: float, tp: int,
+                max_model_len: int, seq_len: int) -> VLLMBudget:
+    per_gpu = utilization * gpu_bytes
+    weights = p * shape.params / tp
+    kv = per_gpu - weights - VLLM_RESERVE
+    per_token = shape.kv_bytes_per_token(p, tp)
+    tokens = max(int(kv // per_token), 0)
+    return VLLMBudget(per_gpu, weights, VLLM_RESERVE, kv, per_token, tokens, max_model_len, tokens / seq_len)
