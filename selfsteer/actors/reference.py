@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences, token_logprobs
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
 
 
@@ -24,6 +24,9 @@ class ReferenceModel:
         self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
                                                             vocab_size=self.model.config.vocab_size,
                                                             mask_dtype=self.model.dtype)
+        # lm_head per chunk of scored tokens: the [tokens, vocab] logits of a row never exist.
+        self.split_head = split_head_supported(self.model, pad_id=self.pad_id, device=self.device,
+                                               vocab_size=self.model.config.vocab_size)
 
     def ready(self) -> str:
         return self.device
@@ -46,11 +49,11 @@ class ReferenceModel:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
                                        device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
-                                       mask_dtype=self.model.dtype)
+                                       mask_dtype=self.model.dtype, split_head=self.split_head)
         return sums.tolist(), counts.tolist()
 
     @torch.no_grad()
     def token_scores(self, contexts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """Per-token response log-probs, one list per row (SePO's token rewards read these)."""
         return token_logprobs(self.model, contexts, responses, pad_id=self.pad_id, device=self.device,
-                              micro_batch_size=self.micro_batch_size)
+                              micro_batch_size=self.micro_batch_size, split_head=self.split_head)

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from selfsteer.actors import weight_sync as ws
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ class TrainerRank:
         self.module = self.backend.module
         self.loss_fn = _loss_fn(self.cfg.algo)
         self.packed = tc.packing and self._packing_supported(model.config.vocab_size)
-        return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed}
+        # The torch backend's module is the plain HF model: its lm_head can run per chunk of tokens
+        # (recomputed in backward). A DeepSpeed engine is only called whole: full logits, chunked softmax.
+        self.split_head = tc.backend == "torch" and split_head_supported(
+            self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
+        return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
+                "split_head": self.split_head}
 
     def _packing_supported(self, vocab_size: int) -> bool:
         self.module.eval()  # no dropout in the check
@@ -138,9 +143,10 @@ class TrainerRank:
         responses = [ex[k]["response"] for k in keys for ex in batch]
         # All (response, context) rows of the micro-batch in one forward pass, packed unless unsupported.
         masks = [ex[k].get("mask") for k in keys for ex in batch]  # SePO: only the selected tokens count
-        logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts), packed=self.packed,
-                                        mask_dtype=self.dtype, masks=masks if any(m is not None for m in masks) else None)
+        logps, counts = score_sequences(self.module if self.split_head else self.backend.forward, contexts, responses,
+                                        pad_id=self.pad_id, device=self.device, micro_batch_size=len(contexts),
+                                        packed=self.packed, mask_dtype=self.dtype, split_head=self.split_head,
+                                        masks=masks if any(m is not None for m in masks) else None)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
