@@ -73,14 +73,46 @@ def gathered_logps(source: torch.Tensor, row: torch.Tensor, pos: torch.Tensor, t
         picked = source[row, pos]
         logits = picked if head is None else head(picked)
         return -F.cross_entropy(_upcast(logits), target, reduction="none")
-    # Under grad each chunk is recomputed in backward: autograd keeps `source` (alive anyway)
-    # and the indices, not every chunk's float32 logits.
-    grad = torch.is_grad_enabled() and (source.requires_grad or head is not None)
+    if head is None and torch.is_grad_enabled() and source.requires_grad:
+        return _ChunkedLogps.apply(source, row, pos, target, chunk_size)
+    # Under grad each chunk's lm_head is recomputed in backward: autograd keeps the [c, H] hidden
+    # states (and the indices), not every chunk's float32 logits.
+    grad = torch.is_grad_enabled() and head is not None
     parts = []
     for s in range(0, row.numel(), chunk_size):
         args = (source, row[s:s + chunk_size], pos[s:s + chunk_size], target[s:s + chunk_size], head)
         parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if grad else _chunk_logps(*args))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=_upcast(source).dtype, device=source.device)
+
+
+class _ChunkedLogps(torch.autograd.Function):
+    """Chunked log-probs of full logits with a hand-written backward (d/dx = onehot - softmax).
+
+    Per-chunk autograd would give every chunk its own full-size zero-filled gradient of the
+    logits; here one gradient tensor takes every chunk's rows in place.
+    """
+
+    @staticmethod
+    def forward(ctx, source, row, pos, target, chunk_size):
+        ctx.save_for_backward(source, row, pos, target)
+        ctx.chunk_size = chunk_size
+        with torch.no_grad():
+            parts = [_chunk_logps(source, row[s:s + chunk_size], pos[s:s + chunk_size], target[s:s + chunk_size], None)
+                     for s in range(0, row.numel(), chunk_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=_upcast(source).dtype, device=source.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        source, row, pos, target = ctx.saved_tensors
+        grad = torch.zeros_like(source)
+        for s in range(0, row.numel(), ctx.chunk_size):
+            r, p, t = row[s:s + ctx.chunk_size], pos[s:s + ctx.chunk_size], target[s:s + ctx.chunk_size]
+            g = torch.softmax(_upcast(source[r, p]), -1).neg_()
+            g[torch.arange(len(t), device=g.device), t] += 1
+            g *= grad_out[s:s + ctx.chunk_size, None]
+            # accumulate: a packed context's last position predicts every sibling response's first token.
+            grad.index_put_((r, p), g.to(grad.dtype), accumulate=True)
+        return grad, None, None, None, None
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ def _scored(dtype, requires_grad=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
     source = torch.randn(3, 9, 50, generator=gen, dtype=dtype) * 4
     row = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0, 1])
-    pos = torch.tensor([1, 2, 3, 0, 8, 4, 5, 6, 7, 8, 3])
+    pos = torch.tensor([1, 2, 3, 0, 8, 4, 5, 6, 7, 8, 8])  # (1, 8) twice: a shared context end
     target = torch.randint(0, 50, (11,), generator=gen)
     return source.requires_grad_(requires_grad), row, pos, target
 
