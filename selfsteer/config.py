@@ -176,9 +176,13 @@ class ReferenceConfig:
     # 0: the start model, fixed for the whole run (the spec). k: after every k-th round's sync the
     # reference takes the policy's weights, so the loss's anchor (and pairs.filter) follows the policy.
     refresh_every: int = 0
+    # Data-parallel reference: each call's rows are dealt out to this many actors (each with
+    # num_cpus/num_gpus above), contexts kept together, results in request order.
+    num_actors: int = 1
 
     def __post_init__(self):
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
+        _check_positive("reference", "num_actors", self.num_actors)
 
 
 @dataclass(frozen=True)

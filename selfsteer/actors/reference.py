@@ -1,4 +1,7 @@
-"""ReferenceModel: the frozen start model, scoring responses under every context the loss reads."""
+"""ReferenceModel: the frozen start model, scoring responses under every context the loss reads.
+
+`reference.num_actors` > 1 runs several, data-parallel: shard_rows deals a call's rows out to them.
+"""
 
 from __future__ import annotations
 
@@ -57,3 +60,23 @@ class ReferenceModel:
         """Per-token response log-probs, one list per row (SePO's token rewards read these)."""
         return token_logprobs(self.model, contexts, responses, pad_id=self.pad_id, device=self.device,
                               micro_batch_size=self.micro_batch_size, split_head=self.split_head)
+
+
+def shard_rows(contexts: list[list[int]], responses: list[list[int]], num_shards: int) -> list[list[int]]:
+    """Row indices for each of `num_shards` reference actors, balanced by tokens.
+
+    Rows sharing a context stay together (the packed scorer runs a context once per micro-batch);
+    context groups go largest first to the least-loaded shard. Each shard lists its rows in
+    request order, so results are put back by index.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, ctx in enumerate(contexts):
+        groups.setdefault(tuple(ctx), []).append(i)
+    sized = sorted(groups.items(), key=lambda g: -(len(g[0]) + sum(len(responses[i]) for i in g[1])))
+    shards: list[list[int]] = [[] for _ in range(num_shards)]
+    load = [0] * num_shards
+    for ctx, rows in sized:
+        k = min(range(num_shards), key=lambda j: (load[j], j))
+        shards[k] += rows
+        load[k] += len(ctx) + sum(len(responses[i]) for i in rows)
+    return [sorted(rows) for rows in shards]

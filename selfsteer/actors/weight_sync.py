@@ -309,8 +309,9 @@ class WeightSyncer:
         self._connected = tuple(engines)
 
     def copy_into(self, actor, name: str, method: str = "load_buckets") -> float:
-        """The trainer's weights into one more actor's `method` (a refreshing reference; SIPO's
-        policy B in the engines), through the object store; verified like a sync. Returns seconds."""
+        """The trainer's weights into one more actor's (or a list of actors') `method` (a refreshing
+        reference; SIPO's policy B in the engines), through the object store, pushed once; verified
+        like a sync. Returns seconds."""
         import time
 
         import ray
@@ -318,9 +319,13 @@ class WeightSyncer:
         sc, start = self.cfg.sync, time.perf_counter()
         pushes = [r.push_weights.remote(self.buckets, "object_store", sc.verify) for r in self.trainer.ranks]
         sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
-        got = ray.get(getattr(actor, method).remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
-        if sc.verify and got != sent["fingerprints"]:
-            raise SyncMismatchError(f"{name}: weights differ from the trainer's after the copy")
+        actors = actor if isinstance(actor, list) else [actor]
+        got = ray.get([getattr(a, method).remote(self.buckets, sent["refs"], sc.verify) for a in actors],
+                      timeout=sc.timeout_s)
+        for i, fingerprints in enumerate(got):
+            if sc.verify and fingerprints != sent["fingerprints"]:
+                who = name if len(actors) == 1 else f"{name} {i}"
+                raise SyncMismatchError(f"{who}: weights differ from the trainer's after the copy")
         return time.perf_counter() - start
 
     def resync(self, engines: list) -> dict[str, float]:
