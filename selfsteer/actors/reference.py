@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
-from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+from selfsteer.runtime import attention_implementation, limit_threads, resolve_device, resolve_dtype
 
 
 class ReferenceModel:
@@ -20,13 +20,17 @@ class ReferenceModel:
         self.micro_batch_size = ref_cfg.micro_batch_size
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        dtype = resolve_dtype(model_cfg.dtype)
+        attn = attention_implementation(self.device, dtype)
+        self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code
+            model_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+            **({"attn_implementation": attn} if attn else {})
         ).to(self.device).eval()
         self.model.requires_grad_(False)
         self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
                                                             vocab_size=self.model.config.vocab_size,
-                                                            mask_dtype=self.model.dtype)
+                                                            mask_dtype=self.model.dtype, varlen=self.varlen)
         # lm_head per chunk of scored tokens: the [tokens, vocab] logits of a row never exist.
         self.split_head = split_head_supported(self.model, pad_id=self.pad_id, device=self.device,
                                                vocab_size=self.model.config.vocab_size)
@@ -52,7 +56,7 @@ class ReferenceModel:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
                                        device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
-                                       mask_dtype=self.model.dtype, split_head=self.split_head)
+                                       mask_dtype=self.model.dtype, split_head=self.split_head, varlen=self.varlen)
         return sums.tolist(), counts.tolist()
 
     @torch.no_grad()

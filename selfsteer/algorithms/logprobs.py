@@ -131,11 +131,17 @@ class PackedRows:
 
     input_ids: torch.Tensor  # [R, W]
     position_ids: torch.Tensor  # [R, W]
-    allowed: torch.Tensor  # [R, 1, W, W] bool: query may attend key
+    allowed: torch.Tensor | None  # [R, 1, W, W] bool: query may attend key; None: varlen (position ids only)
     row: torch.Tensor  # [M] per scored token: row, position of the logit that predicts it,
     pos: torch.Tensor  # the token itself and the sequence it belongs to
     target: torch.Tensor
     owner: torch.Tensor
+
+    def model_inputs(self, mask_dtype: torch.dtype) -> dict:
+        inputs = dict(input_ids=self.input_ids, position_ids=self.position_ids)
+        if self.allowed is not None:
+            inputs["attention_mask"] = self.attention_mask(mask_dtype)
+        return inputs
 
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive float mask (0 / dtype min): what sdpa and eager attention both take as given."""
@@ -209,15 +215,40 @@ def pack_rows(contexts: list[list[int]], responses: list[list[int]], pad_id: int
                       as_tensor(owner))
 
 
+def pack_varlen(contexts: list[list[int]], responses: list[list[int]]) -> PackedRows:
+    """Every (context, response) as its own sequence, all in one row, positions restarting at 0.
+
+    The layout flash-attention's varlen kernel takes (HF derives the sequence boundaries from the
+    position ids when no attention mask is given; SDPA then builds the block-diagonal mask). A
+    context shared by several responses is repeated: varlen sequences cannot share a prefix.
+    """
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+    ids, positions, row, pos, target, owner = [], [], [], [], [], []
+    for i, (ctx, resp) in enumerate(zip(contexts, responses)):
+        if not ctx:
+            raise ValueError(f"row {i}: empty context (nothing to predict the response's first token from)")
+        at, seq = len(ids), list(ctx) + list(resp)
+        ids += seq
+        positions += range(len(seq))
+        pos += range(at + len(ctx) - 1, at + len(seq) - 1)  # logit at t predicts token t + 1
+        target += resp
+        owner += [i] * len(resp)
+    as_row = lambda xs: torch.tensor(xs, dtype=torch.long)[None]  # noqa: E731
+    return PackedRows(as_row(ids), as_row(positions), None, torch.zeros(len(pos), dtype=torch.long),
+                      as_row(pos)[0], as_row(target)[0], as_row(owner)[0])
+
+
 def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16,
                     packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None,
-                    split_head: bool = False, chunk_size: int = DEFAULT_CHUNK):
+                    split_head: bool = False, chunk_size: int = DEFAULT_CHUNK, varlen: bool = False):
     """Forward `model` over (context, response) rows in micro-batches; grads flow if enabled.
 
     `packed` shares contexts and fills rows (see pack_rows) under a 4D attention mask of
     `mask_dtype` (the model's dtype); results match the padded path to float32 rounding. Rows are
     then grouped by context first, so rows sharing one land in the same micro-batch. `masks`
-    (SePO's selected tokens, see pack_sequences) are scored on padded rows. `split_head` runs the
+    (SePO's selected tokens, see pack_sequences) are scored on padded rows. `varlen` packs as
+    pack_varlen does (flash-attention) instead of pack_rows. `split_head` runs the
     HF model's decoder and applies its lm_head per chunk (see split_head_supported); `chunk_size`
     as in gathered_logps.
     """
@@ -230,8 +261,8 @@ def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_ba
     for start in range(0, len(contexts), micro_batch_size):
         ctx, resp = contexts[start:start + micro_batch_size], responses[start:start + micro_batch_size]
         if packed:
-            p = pack_rows(ctx, resp, pad_id)
-            inputs = dict(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=p.attention_mask(mask_dtype))
+            p = pack_varlen(ctx, resp) if varlen else pack_rows(ctx, resp, pad_id)
+            inputs = p.model_inputs(mask_dtype)
             row, pos, target, owner = p.row, p.pos, p.target, p.owner
             c = torch.tensor([float(len(r)) for r in resp])
         else:
@@ -269,16 +300,18 @@ def _probe_rows(vocab_size: int):
 
 
 @torch.no_grad()
-def packing_supported(model, *, pad_id: int, device, vocab_size: int, mask_dtype: torch.dtype = torch.float32) -> bool:
+def packing_supported(model, *, pad_id: int, device, vocab_size: int, mask_dtype: torch.dtype = torch.float32,
+                      varlen: bool = False) -> bool:
     """True if `model` honours the packed layout (scores packed sequences as it scores them padded).
 
-    A model (or attention kernel) that ignores a custom 4D mask would let packed sequences attend
-    to each other; callers fall back to padded rows then. All ZeRO-3 ranks must call this together.
+    A model (or attention kernel) that ignores a custom 4D mask (or, `varlen`, the sequence
+    boundaries in the position ids) would let packed sequences attend to each other; callers fall
+    back to padded rows then. All ZeRO-3 ranks must call this together.
     """
     contexts, responses = _probe_rows(vocab_size)
     padded, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4)
     packed, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4,
-                                packed=True, mask_dtype=mask_dtype)
+                                packed=True, mask_dtype=mask_dtype, varlen=varlen)
     return torch.allclose(packed.float(), padded.float(), rtol=1e-3, atol=1e-3)
 
 

@@ -136,3 +136,36 @@ def test_split_head_check_rejects_a_model_that_rescales_its_logits(toy):
 
     assert not split_head_supported(Scaled(), **kw)
     assert not split_head_supported(lambda **batch: model(**batch), **kw)  # a bare callable: no submodules
+
+
+def test_pack_varlen_puts_every_sequence_in_one_row_with_restarting_positions():
+    from selfsteer.algorithms.logprobs import pack_varlen
+
+    p = pack_varlen([[5, 6], [5, 6], [7]], [[8, 9], [10], [11, 12]])
+    assert p.input_ids.tolist() == [[5, 6, 8, 9, 5, 6, 10, 7, 11, 12]]  # the shared context is repeated
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]]
+    assert p.pos.tolist() == [1, 2, 5, 7, 8] and p.target.tolist() == [8, 9, 10, 11, 12]
+    assert p.owner.tolist() == [0, 0, 1, 2, 2] and p.row.tolist() == [0] * 5
+    assert "attention_mask" not in p.model_inputs(torch.float32)
+    with pytest.raises(ValueError, match="row 1: empty context"):
+        pack_varlen([[1], []], [[2], [3]])
+
+
+def test_varlen_rows_score_as_padded_rows_under_sdpa(toy):
+    """On CPU the varlen layout runs through SDPA's block-diagonal mask (the flash kernel: tests/gpu)."""
+    from selfsteer.algorithms.logprobs import packing_supported
+
+    model, contexts, responses = toy
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.linspace(-1, 1, len(contexts))
+
+    def run(**kw):
+        model.zero_grad(set_to_none=True)
+        sums, _ = score_sequences(model, contexts, responses, pad_id=0, device="cpu", micro_batch_size=7, **kw)
+        (sums * weights).sum().backward()
+        return [sums.detach()] + [p.grad.clone() for p in params]
+
+    for got, want in zip(run(packed=True, varlen=True, split_head=True), run()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert packing_supported(model.eval(), pad_id=0, device="cpu", vocab_size=model.config.vocab_size, varlen=True)
