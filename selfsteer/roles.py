@@ -172,9 +172,9 @@ class Roles:
                 out[i] = v
         return out
 
-    def refresh_reference(self, actors=None) -> None:
+    def refresh_reference(self, actors=None, verify=None) -> None:
         """Every reference actor (or `actors`) takes the policy's current weights (reference.refresh_every)."""
-        self.syncer.copy_into(list(actors or self.references), "reference model")
+        self.syncer.copy_into(list(actors or self.references), "reference model", verify=verify)
         self.reference_refreshed = True
 
     def generate(self, requests, sampling):
@@ -208,7 +208,8 @@ class Roles:
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 wait_until_alive(actor, role, timeout)
                 if any(actor is a for a in self.references) and self.reference_refreshed:
-                    self.refresh_reference([actor])  # it restarted on the start weights (exact for refresh_every=1)
+                    # It restarted on the start weights (exact for refresh_every=1); checked unless sync.verify=never.
+                    self.refresh_reference([actor], verify=self.cfg.sync.verify != "never")
 
     def resize_engines(self, num_engines: int) -> None:
         """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""
