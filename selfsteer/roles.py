@@ -196,7 +196,7 @@ class Roles:
         timeout = self.cfg.ray.call_timeout_s
         for attempt in range(self.cfg.ray.max_restarts + 1):
             try:
-                ref, first = (first, None) if first is not None else (submit(), None)
+                ref, first = first if first is not None else submit(), None
                 return ray.get(ref, timeout=timeout)
             except GetTimeoutError as exc:
                 raise TimeoutError(f"{role} did not answer within ray.call_timeout_s={timeout} s") from exc

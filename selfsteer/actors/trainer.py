@@ -91,8 +91,10 @@ class TrainerRank:
         self.packed = tc.packing and self._packing_supported(model.config.vocab_size)
         # The torch backend's module is the plain HF model: its lm_head can run per chunk of tokens
         # (recomputed in backward). A DeepSpeed engine is only called whole: full logits, chunked softmax.
+        self.module.eval()  # no dropout in the check
         self.split_head = tc.backend == "torch" and split_head_supported(
             self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
+        self.module.train()
         return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
                 "split_head": self.split_head, "attention": attn or "default"}
 
