@@ -194,9 +194,13 @@ class ReferenceConfig:
     # 0: the start model, fixed for the whole run (the spec). k: after every k-th round's sync the
     # reference takes the policy's weights, so the loss's anchor (and pairs.filter) follows the policy.
     refresh_every: int = 0
+    # Data-parallel reference: each call's rows are dealt out to this many actors (each with
+    # num_cpus/num_gpus above), contexts kept together, results in request order.
+    num_actors: int = 1
 
     def __post_init__(self):
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
+        _check_positive("reference", "num_actors", self.num_actors)
 
 
 @dataclass(frozen=True)
@@ -259,9 +263,16 @@ class SyncConfig:
     method: str = "collective"  # collective (gloo/nccl broadcast) | object_store
     bucket_mb: float = 256.0
     timeout_s: float = 600.0
-    verify: bool = True  # compare weight checksums of trainer and engines after each sync
+    # Weight checksums, trainer vs receivers: "first" checks a run's first sync, any sync after an
+    # engine restart or a pool change, and the first copy into each other actor (a refreshing
+    # reference); "always" every one; "never" none. true/false (older configs) mean always/never.
+    verify: str = "first"
 
     def __post_init__(self):
+        legacy = {"true": "always", "false": "never"}.get(str(self.verify).lower())
+        if legacy:
+            object.__setattr__(self, "verify", legacy)
+        _check_choice("sync", "verify", self.verify, ("first", "always", "never"))
         _check_choice("sync", "method", self.method, ("collective", "object_store"))
         _check_positive("sync", "bucket_mb", self.bucket_mb)
 

@@ -127,23 +127,55 @@ class Roles:
     cfg: RunConfig
     pool: Any
     principle_actor: Any
-    reference: Any
+    references: list  # reference.num_actors ReferenceModel actors
     trainer: Any
     syncer: Any
     restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
     extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
     reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
 
+    @property
+    def reference(self):
+        """The first reference actor (the only one unless reference.num_actors > 1)."""
+        return self.references[0]
+
     def principles(self, prompts, round_index: int):
         engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
         return self._call("principle generator", self.principle_actor, lambda: self.principle_actor.generate.remote(prompts, round_index, engines))
 
-    def reference_scores(self, contexts, responses):
-        return self._call("reference model", self.reference, lambda: self.reference.score.remote(contexts, responses))
+    def reference_scores(self, contexts, responses) -> tuple[list[float], list[float]]:
+        """Summed log-probs and token counts per row, from every reference actor at once."""
+        parts = self._reference_calls("score", contexts, responses)
+        return self._in_order(len(contexts), [(rows, sums) for rows, (sums, _) in parts]), \
+            self._in_order(len(contexts), [(rows, counts) for rows, (_, counts) in parts])
 
-    def refresh_reference(self) -> None:
-        """The reference takes the policy's current weights (reference.refresh_every)."""
-        self.syncer.copy_into(self.reference, "reference model")
+    def reference_token_scores(self, contexts, responses) -> list[list[float]]:
+        """Per-token log-probs per row (SePO), from every reference actor at once."""
+        return self._in_order(len(contexts), self._reference_calls("token_scores", contexts, responses))
+
+    def _reference_calls(self, method: str, contexts, responses) -> list[tuple[list[int], Any]]:
+        from selfsteer.actors.reference import shard_rows
+
+        shards = [rows for rows in shard_rows(contexts, responses, len(self.references)) if rows]
+        calls = []
+        for actor, rows in zip(self.references, shards):
+            ctx, resp = [contexts[i] for i in rows], [responses[i] for i in rows]
+            submit = lambda a=actor, c=ctx, r=resp: getattr(a, method).remote(c, r)  # noqa: E731
+            calls.append((actor, submit, submit()))  # all submitted before any is awaited
+        return [(rows, self._call("reference model", actor, submit, first=ref))
+                for rows, (actor, submit, ref) in zip(shards, calls)]
+
+    @staticmethod
+    def _in_order(n: int, parts) -> list:
+        out = [None] * n
+        for rows, values in parts:
+            for i, v in zip(rows, values):
+                out[i] = v
+        return out
+
+    def refresh_reference(self, actors=None, verify=None) -> None:
+        """Every reference actor (or `actors`) takes the policy's current weights (reference.refresh_every)."""
+        self.syncer.copy_into(list(actors or self.references), "reference model", verify=verify)
         self.reference_refreshed = True
 
     def generate(self, requests, sampling):
@@ -153,8 +185,11 @@ class Roles:
         return self.pool.generate(requests, sampling, on_engine_restart=lambda: self.syncer.resync(self.pool.engines),
                                   expected_version=lambda: self.syncer.version)
 
-    def _call(self, role: str, actor, submit):
-        """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor."""
+    def _call(self, role: str, actor, submit, first=None):
+        """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor.
+
+        `first`: the call's result ref when already submitted (several actors working at once).
+        """
         from ray.exceptions import GetTimeoutError, RayActorError
 
         from selfsteer.actors.liveness import wait_until_alive
@@ -162,7 +197,8 @@ class Roles:
         timeout = self.cfg.ray.call_timeout_s
         for attempt in range(self.cfg.ray.max_restarts + 1):
             try:
-                return ray.get(submit(), timeout=timeout)
+                ref, first = first if first is not None else submit(), None
+                return ray.get(ref, timeout=timeout)
             except GetTimeoutError as exc:
                 raise TimeoutError(f"{role} did not answer within ray.call_timeout_s={timeout} s") from exc
             except RayActorError as exc:
@@ -172,8 +208,9 @@ class Roles:
                 key = role.replace(" ", "_") + "_restarts"
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 wait_until_alive(actor, role, timeout)
-                if actor is self.reference and self.reference_refreshed:
-                    self.refresh_reference()  # it restarted on the start weights (exact for refresh_every=1)
+                if any(actor is a for a in self.references) and self.reference_refreshed:
+                    # It restarted on the start weights (exact for refresh_every=1); checked unless sync.verify=never.
+                    self.refresh_reference([actor], verify=self.cfg.sync.verify != "never")
 
     def resize_engines(self, num_engines: int) -> None:
         """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""
@@ -189,7 +226,7 @@ class Roles:
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.trainer.shutdown()
-        for actor in (self.principle_actor, self.reference, *self.extra_actors):
+        for actor in (self.principle_actor, *self.references, *self.extra_actors):
             ray.kill(actor)
 
 
@@ -211,12 +248,13 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
-    reference = ray.remote(ReferenceModel).options(
+    references = [ray.remote(ReferenceModel).options(
         num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": env},
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
-    ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
+    ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads) for _ in range(rc.num_actors)]
     principle_actor = ray.remote(PrincipleGenerator).options(
         **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
-    ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.ray.startup_timeout_s)
+    ray.get([*(r.ready.remote() for r in references), principle_actor.ready.remote()],
+            timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
-    return Roles(cfg, pool, principle_actor, reference, trainer, syncer)
+    return Roles(cfg, pool, principle_actor, references, trainer, syncer)

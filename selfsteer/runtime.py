@@ -45,6 +45,20 @@ def bind_ray_gpu() -> int:
     return index
 
 
+def attention_implementation(device: str, dtype) -> str | None:
+    """"flash_attention_2" where it can run (flash_attn imports, CUDA, a 16-bit dtype), else None
+    (the model's default, SDPA). Flash-attention takes packed rows as position ids (varlen)."""
+    import torch
+
+    if not str(device).startswith("cuda") or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # ImportError, or a wheel built for another torch/CUDA
+        return None
+    return "flash_attention_2"
+
+
 def resolve_dtype(name: str):
     import torch
 

@@ -29,8 +29,8 @@ def test_async_rounds_stale_by_one_then_resume(ray_local, tmp_path, toy_cache):
     from selfsteer.driver import run
 
     out = tmp_path / "async"
-    # sync.verify (on by default) fails the round if any engine's weights differ from the trainer's.
-    cfg = load_config("configs/tiny_cpu.yaml", ["rounds=3", "async_rounds=true", "rollout.num_engines=1",
+    # sync.verify=always fails the round if any engine's weights differ from the trainer's.
+    cfg = load_config("configs/tiny_cpu.yaml", ["rounds=3", "async_rounds=true", "rollout.num_engines=1", "sync.verify=always",
                                                 f"output_dir={out}", f"model.cache_dir={toy_cache}",
                                                 "tensorboard=false"])
 

@@ -46,14 +46,15 @@ def test_every_remedy_on_in_one_run(ray_local, tmp_path, toy_cache):
         "rounds=3", f"output_dir={out}", f"model.cache_dir={toy_cache}", "tensorboard=false",
         "task.sft_examples=2000", "data.prompts_per_round=24",
         "pairs.filter=v1", "pairs.drop_similar=0.9", "pairs.replay=1.0", "pairs.replay_rounds=2",
-        "reference.refresh_every=1"])
+        "reference.refresh_every=1", "reference.num_actors=2"])
     prints = {}
 
     def look(round_index, roles):
         buckets = roles.syncer.buckets
-        ref = ray.get(roles.reference.weights_fingerprint.remote(buckets))
+        refs = ray.get([a.weights_fingerprint.remote(buckets) for a in roles.references])
         engine = ray.get(roles.pool.engines[0].weights_fingerprint.remote(buckets))
-        prints[round_index] = (ref, engine)
+        assert len(refs) == 2 and refs[0] == refs[1], round_index  # every reference actor refreshed
+        prints[round_index] = (refs[0], engine)
 
     run(cfg, on_round_start=look)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -32,7 +32,7 @@ def test_profile_times_every_stage(bench, toy_model_path):
 def test_bench_config_is_a_valid_run_config(bench, toy_model_path):
     args = bench.parse_args(["--sizes", "tiny", "--bucket-mb", "0.5,2", "--engines", "2", "--verify"])
     cfg = bench.bench_config(str(toy_model_path), args, 2.0)
-    assert (cfg.sync.bucket_mb, cfg.sync.verify, cfg.rollout.num_engines, cfg.trainer.backend) == (2.0, True, 2, "torch")
+    assert (cfg.sync.bucket_mb, cfg.sync.verify, cfg.rollout.num_engines, cfg.trainer.backend) == (2.0, "always", 2, "torch")
     assert args.sizes == ["tiny"] and args.bucket_mb == [0.5, 2.0]
 
 

@@ -1,11 +1,14 @@
-"""ReferenceModel: the frozen start model, scoring responses under every context the loss reads."""
+"""ReferenceModel: the frozen start model, scoring responses under every context the loss reads.
+
+`reference.num_actors` > 1 runs several, data-parallel: shard_rows deals a call's rows out to them.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences, token_logprobs
-from selfsteer.runtime import bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
+from selfsteer.runtime import attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 
 
 class ReferenceModel:
@@ -19,13 +22,20 @@ class ReferenceModel:
         self.micro_batch_size = ref_cfg.micro_batch_size
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        dtype = resolve_dtype(model_cfg.dtype)
+        attn = attention_implementation(self.device, dtype)
+        self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code
+            model_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+            **({"attn_implementation": attn} if attn else {})
         ).to(self.device).eval()
         self.model.requires_grad_(False)
         self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
                                                             vocab_size=self.model.config.vocab_size,
-                                                            mask_dtype=self.model.dtype)
+                                                            mask_dtype=self.model.dtype, varlen=self.varlen)
+        # lm_head per chunk of scored tokens: the [tokens, vocab] logits of a row never exist.
+        self.split_head = split_head_supported(self.model, pad_id=self.pad_id, device=self.device,
+                                               vocab_size=self.model.config.vocab_size)
 
     def ready(self) -> str:
         return self.device
@@ -49,11 +59,31 @@ class ReferenceModel:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
                                        device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
-                                       mask_dtype=self.model.dtype)
+                                       mask_dtype=self.model.dtype, split_head=self.split_head, varlen=self.varlen)
         return sums.tolist(), counts.tolist()
 
     @torch.no_grad()
     def token_scores(self, contexts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """Per-token response log-probs, one list per row (SePO's token rewards read these)."""
         return token_logprobs(self.model, contexts, responses, pad_id=self.pad_id, device=self.device,
-                              micro_batch_size=self.micro_batch_size)
+                              micro_batch_size=self.micro_batch_size, split_head=self.split_head)
+
+
+def shard_rows(contexts: list[list[int]], responses: list[list[int]], num_shards: int) -> list[list[int]]:
+    """Row indices for each of `num_shards` reference actors, balanced by tokens.
+
+    Rows sharing a context stay together (the packed scorer runs a context once per micro-batch);
+    context groups go largest first to the least-loaded shard. Each shard lists its rows in
+    request order, so results are put back by index.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, ctx in enumerate(contexts):
+        groups.setdefault(tuple(ctx), []).append(i)
+    sized = sorted(groups.items(), key=lambda g: -(len(g[0]) + sum(len(responses[i]) for i in g[1])))
+    shards: list[list[int]] = [[] for _ in range(num_shards)]
+    load = [0] * num_shards
+    for ctx, rows in sized:
+        k = min(range(num_shards), key=lambda j: (load[j], j))
+        shards[k] += rows
+        load[k] += len(ctx) + sum(len(responses[i]) for i in rows)
+    return [sorted(rows) for rows in shards]

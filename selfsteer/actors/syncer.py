@@ -16,6 +16,11 @@ class SyncMismatchError(RuntimeError):
     """An engine's weights differ from the trainer's after a sync."""
 
 
+def should_verify(mode: str, target, verified) -> bool:
+    """sync.verify: "always", "never", or "first" (only a target no verified transfer reached yet)."""
+    return mode == "always" or (mode == "first" and target not in verified)
+
+
 class WeightSyncer:
     """Driver-side coordinator: plans buckets once, (re)connects engines, runs and verifies syncs."""
 
@@ -30,6 +35,8 @@ class WeightSyncer:
         self.backend = "nccl" if on_gpu else "gloo"
         self._connected: tuple = ()
         self.version = 0  # bumped by every sync; engines report the version they hold
+        self._verified_engines: tuple | None = None  # the pool the last verified sync reached
+        self._copied: set[str] = set()  # actors (by name) a verified copy_into reached
 
     def connect(self, engines: list) -> None:
         """Form the broadcast group trainer rank 0 + engines (again whenever the pool changes)."""
@@ -46,24 +53,34 @@ class WeightSyncer:
         ray.get(calls, timeout=timeout)
         self._connected = tuple(engines)
 
-    def copy_into(self, actor, name: str, method: str = "load_buckets") -> float:
-        """The trainer's weights into one more actor's `method` (a refreshing reference; SIPO's
-        policy B in the engines), through the object store; verified like a sync. Returns seconds."""
+    def copy_into(self, actor, name: str, method: str = "load_buckets", verify: bool | None = None) -> float:
+        """The trainer's weights into one more actor's (or a list of actors') `method` (a refreshing
+        reference; SIPO's policy B in the engines), through the object store, pushed once; verified
+        like a sync (`verify` None: per sync.verify, the first copy for each name). Returns seconds."""
         import time
 
         import ray
 
         sc, start = self.cfg.sync, time.perf_counter()
-        pushes = [r.push_weights.remote(self.buckets, "object_store", sc.verify) for r in self.trainer.ranks]
+        if verify is None:
+            verify = should_verify(sc.verify, name, self._copied)
+        pushes = [r.push_weights.remote(self.buckets, "object_store", verify) for r in self.trainer.ranks]
         sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
-        got = ray.get(getattr(actor, method).remote(self.buckets, sent["refs"], sc.verify), timeout=sc.timeout_s)
-        if sc.verify and got != sent["fingerprints"]:
-            raise SyncMismatchError(f"{name}: weights differ from the trainer's after the copy")
+        actors = actor if isinstance(actor, list) else [actor]
+        got = ray.get([getattr(a, method).remote(self.buckets, sent["refs"], verify) for a in actors],
+                      timeout=sc.timeout_s)
+        for i, fingerprints in enumerate(got):
+            if verify and fingerprints != sent["fingerprints"]:
+                who = name if len(actors) == 1 else f"{name} {i}"
+                raise SyncMismatchError(f"{who}: weights differ from the trainer's after the copy")
+        if verify:
+            self._copied.add(name)
         return time.perf_counter() - start
 
     def resync(self, engines: list) -> dict[str, float]:
         """After an engine restart: rebuild the group (the restarted engine left it) and sync all."""
         self._connected = ()
+        self._verified_engines = None  # sync.verify=first checks the restarted engine
         return self.sync(engines)
 
     def sync(self, engines: list) -> dict[str, float]:
@@ -76,24 +93,26 @@ class WeightSyncer:
         start = time.perf_counter()
         self.connect(engines)
         version = self.version + 1
-        pushes = [r.push_weights.remote(self.buckets, sc.method, sc.verify) for r in self.trainer.ranks]
+        verify = should_verify(sc.verify, tuple(engines), [self._verified_engines])
+        pushes = [r.push_weights.remote(self.buckets, sc.method, verify) for r in self.trainer.ranks]
         try:
             if sc.method == "collective":
-                received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]
+                received = [e.receive_weights.remote(self.buckets, verify, version) for e in engines]
                 names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
                 results = _wait_all(pushes + received, names, sc.timeout_s)
                 sent, got = results[0], results[len(pushes):]
             else:
                 sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
-                got = _wait_all([e.load_buckets.remote(self.buckets, sent["refs"], sc.verify, version) for e in engines],
+                got = _wait_all([e.load_buckets.remote(self.buckets, sent["refs"], verify, version) for e in engines],
                                 [peer_name(i + 1) for i in range(len(engines))], sc.timeout_s)
         except (SyncPeerTimeoutError, ray.exceptions.RayError):
             self._connected = ()  # a half-finished broadcast leaves the group unusable
             raise
-        if sc.verify:
+        if verify:
             for i, fps in enumerate(got):
                 if fps != sent["fingerprints"]:
                     raise SyncMismatchError(f"rollout engine {i}: weights differ from trainer rank 0 after sync")
+            self._verified_engines = tuple(engines)
         self.version = version
         seconds = time.perf_counter() - start
         return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),

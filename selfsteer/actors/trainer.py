@@ -16,8 +16,8 @@ import torch
 
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences
-from selfsteer.runtime import actor_env, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
+from selfsteer.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ class TrainerRank:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         dtype = self.dtype = resolve_dtype(mc.dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code)
+        attn = attention_implementation(self.device, dtype)
+        self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code,
+                                                     **({"attn_implementation": attn} if attn else {}))
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -89,12 +92,19 @@ class TrainerRank:
         self.module = self.backend.module
         self.loss_fn = _loss_fn(self.cfg.algo)
         self.packed = tc.packing and self._packing_supported(model.config.vocab_size)
-        return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed}
+        # The torch backend's module is the plain HF model: its lm_head can run per chunk of tokens
+        # (recomputed in backward). A DeepSpeed engine is only called whole: full logits, chunked softmax.
+        self.module.eval()  # no dropout in the check
+        self.split_head = tc.backend == "torch" and split_head_supported(
+            self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
+        self.module.train()
+        return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
+                "split_head": self.split_head, "attention": attn or "default"}
 
     def _packing_supported(self, vocab_size: int) -> bool:
         self.module.eval()  # no dropout in the check
         ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
-                               mask_dtype=self.dtype)
+                               mask_dtype=self.dtype, varlen=self.varlen)
         self.module.train()
         if not ok:
             logger.warning("trainer.packing: this model lets packed sequences attend to each other; using padded rows")
@@ -141,9 +151,11 @@ class TrainerRank:
         responses = [ex[k]["response"] for k in keys for ex in batch]
         # All (response, context) rows of the micro-batch in one forward pass, packed unless unsupported.
         masks = [ex[k].get("mask") for k in keys for ex in batch]  # SePO: only the selected tokens count
-        logps, counts = score_sequences(self.backend.forward, contexts, responses, pad_id=self.pad_id,
-                                        device=self.device, micro_batch_size=len(contexts), packed=self.packed,
-                                        mask_dtype=self.dtype, masks=masks if any(m is not None for m in masks) else None)
+        logps, counts = score_sequences(self.module if self.split_head else self.backend.forward, contexts, responses,
+                                        pad_id=self.pad_id, device=self.device, micro_batch_size=len(contexts),
+                                        packed=self.packed, mask_dtype=self.dtype, split_head=self.split_head,
+                                        varlen=self.varlen,
+                                        masks=masks if any(m is not None for m in masks) else None)
         n = len(batch)
         policy = {k: logps[i * n:(i + 1) * n] for i, k in enumerate(keys)}
         lengths = {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}

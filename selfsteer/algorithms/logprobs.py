@@ -4,6 +4,10 @@ Two layouts for one forward pass: right-padded rows (one sequence per row), or p
 (each distinct context once, followed by every response scored under it, several such units
 per row, under a 4D mask that keeps units and sibling responses apart). Packing saves the
 padding and the repeated contexts: DPO's chosen/rejected share x, SSO's six rows share three.
+
+Log-probs are taken chunk by chunk over the scored tokens (target logit minus logsumexp, upcast
+to float32 one chunk at a time), so no [tokens, vocab] float32 tensor exists; with `split_head`
+the lm_head itself runs per chunk on the final hidden states, so full logits never exist either.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Scored tokens per log-softmax chunk: 512 x 152k vocab x 4 B = 311 MB of float32 logits at a time.
+DEFAULT_CHUNK = 512
 
 
 def pack_sequences(contexts: list[list[int]], responses: list[list[int]], pad_id: int, masks=None):
@@ -45,20 +53,76 @@ def pack_sequences(contexts: list[list[int]], responses: list[list[int]], pad_id
     return input_ids, attention, labels
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p(label) over labelled positions, per row, in float32.
+def gathered_logps(source: torch.Tensor, row: torch.Tensor, pos: torch.Tensor, target: torch.Tensor, *,
+                   head=None, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """log p(target) for each scored token, at least float32, `chunk_size` tokens at a time.
 
     Args:
-        logits: [N, T, V] next-token logits.
-        labels: [N, T] target ids, -100 where unscored.
+        source: [R, W, V] logits, or [R, W, H] final hidden states when `head` is given.
+        row, pos, target: [M] where each scored token's logit sits (row, position) and the token.
+        head: the lm_head ([c, H] -> [c, V]), applied per chunk so [M, V] logits never exist.
+        chunk_size: tokens per chunk; 0 takes all M at once through one float32 log-softmax (the
+            unchunked path, kept as the memory benchmark's baseline).
     Returns:
-        (summed log-probs [N] float32, scored token counts [N] float32)
+        [M] log-probs in float32 (float64 for float64 logits); differentiable w.r.t. `source` and
+        the head's weights.
     """
-    n, t, v = logits.shape
-    token_logps = -F.cross_entropy(logits.reshape(n * t, v).float(), labels.reshape(n * t),
-                                   ignore_index=-100, reduction="none").view(n, t)
-    mask = labels != -100
-    return (token_logps * mask).sum(-1), mask.sum(-1).float()
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
+    if chunk_size == 0:
+        picked = source[row, pos]
+        logits = picked if head is None else head(picked)
+        return -F.cross_entropy(_upcast(logits), target, reduction="none")
+    if head is None and torch.is_grad_enabled() and source.requires_grad:
+        return _ChunkedLogps.apply(source, row, pos, target, chunk_size)
+    # Under grad each chunk's lm_head is recomputed in backward: autograd keeps the [c, H] hidden
+    # states (and the indices), not every chunk's float32 logits.
+    grad = torch.is_grad_enabled() and head is not None
+    parts = []
+    for s in range(0, row.numel(), chunk_size):
+        args = (source, row[s:s + chunk_size], pos[s:s + chunk_size], target[s:s + chunk_size], head)
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if grad else _chunk_logps(*args))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=_upcast(source).dtype, device=source.device)
+
+
+class _ChunkedLogps(torch.autograd.Function):
+    """Chunked log-probs of full logits with a hand-written backward (d/dx = onehot - softmax).
+
+    Per-chunk autograd would give every chunk its own full-size zero-filled gradient of the
+    logits; here one gradient tensor takes every chunk's rows in place.
+    """
+
+    @staticmethod
+    def forward(ctx, source, row, pos, target, chunk_size):
+        ctx.save_for_backward(source, row, pos, target)
+        ctx.chunk_size = chunk_size
+        with torch.no_grad():
+            parts = [_chunk_logps(source, row[s:s + chunk_size], pos[s:s + chunk_size], target[s:s + chunk_size], None)
+                     for s in range(0, row.numel(), chunk_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=_upcast(source).dtype, device=source.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        source, row, pos, target = ctx.saved_tensors
+        grad = torch.zeros_like(source)
+        for s in range(0, row.numel(), ctx.chunk_size):
+            r, p, t = row[s:s + ctx.chunk_size], pos[s:s + ctx.chunk_size], target[s:s + ctx.chunk_size]
+            g = torch.softmax(_upcast(source[r, p]), -1).neg_()
+            g[torch.arange(len(t), device=g.device), t] += 1
+            g *= grad_out[s:s + ctx.chunk_size, None]
+            # accumulate: a packed context's last position predicts every sibling response's first token.
+            grad.index_put_((r, p), g.to(grad.dtype), accumulate=True)
+        return grad, None, None, None, None
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _chunk_logps(source, row, pos, target, head):
+    picked = source[row, pos]
+    logits = _upcast(picked if head is None else head(picked))
+    return logits.gather(-1, target[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 @dataclass
@@ -67,11 +131,17 @@ class PackedRows:
 
     input_ids: torch.Tensor  # [R, W]
     position_ids: torch.Tensor  # [R, W]
-    allowed: torch.Tensor  # [R, 1, W, W] bool: query may attend key
+    allowed: torch.Tensor | None  # [R, 1, W, W] bool: query may attend key; None: varlen (position ids only)
     row: torch.Tensor  # [M] per scored token: row, position of the logit that predicts it,
     pos: torch.Tensor  # the token itself and the sequence it belongs to
     target: torch.Tensor
     owner: torch.Tensor
+
+    def model_inputs(self, mask_dtype: torch.dtype) -> dict:
+        inputs = dict(input_ids=self.input_ids, position_ids=self.position_ids)
+        if self.allowed is not None:
+            inputs["attention_mask"] = self.attention_mask(mask_dtype)
+        return inputs
 
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive float mask (0 / dtype min): what sdpa and eager attention both take as given."""
@@ -145,14 +215,42 @@ def pack_rows(contexts: list[list[int]], responses: list[list[int]], pad_id: int
                       as_tensor(owner))
 
 
+def pack_varlen(contexts: list[list[int]], responses: list[list[int]]) -> PackedRows:
+    """Every (context, response) as its own sequence, all in one row, positions restarting at 0.
+
+    The layout flash-attention's varlen kernel takes (HF derives the sequence boundaries from the
+    position ids when no attention mask is given; SDPA then builds the block-diagonal mask). A
+    context shared by several responses is repeated: varlen sequences cannot share a prefix.
+    """
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+    ids, positions, row, pos, target, owner = [], [], [], [], [], []
+    for i, (ctx, resp) in enumerate(zip(contexts, responses)):
+        if not ctx:
+            raise ValueError(f"row {i}: empty context (nothing to predict the response's first token from)")
+        at, seq = len(ids), list(ctx) + list(resp)
+        ids += seq
+        positions += range(len(seq))
+        pos += range(at + len(ctx) - 1, at + len(seq) - 1)  # logit at t predicts token t + 1
+        target += resp
+        owner += [i] * len(resp)
+    as_row = lambda xs: torch.tensor(xs, dtype=torch.long)[None]  # noqa: E731
+    return PackedRows(as_row(ids), as_row(positions), None, torch.zeros(len(pos), dtype=torch.long),
+                      as_row(pos)[0], as_row(target)[0], as_row(owner)[0])
+
+
 def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16,
-                    packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None):
+                    packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None,
+                    split_head: bool = False, chunk_size: int = DEFAULT_CHUNK, varlen: bool = False):
     """Forward `model` over (context, response) rows in micro-batches; grads flow if enabled.
 
     `packed` shares contexts and fills rows (see pack_rows) under a 4D attention mask of
     `mask_dtype` (the model's dtype); results match the padded path to float32 rounding. Rows are
     then grouped by context first, so rows sharing one land in the same micro-batch. `masks`
-    (SePO's selected tokens, see pack_sequences) are scored on padded rows.
+    (SePO's selected tokens, see pack_sequences) are scored on padded rows. `varlen` packs as
+    pack_varlen does (flash-attention) instead of pack_rows. `split_head` runs the
+    HF model's decoder and applies its lm_head per chunk (see split_head_supported); `chunk_size`
+    as in gathered_logps.
     """
     packed = packed and masks is None
     order = list(range(len(contexts)))
@@ -163,56 +261,91 @@ def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_ba
     for start in range(0, len(contexts), micro_batch_size):
         ctx, resp = contexts[start:start + micro_batch_size], responses[start:start + micro_batch_size]
         if packed:
-            p = pack_rows(ctx, resp, pad_id)
-            logits = model(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device),
-                           attention_mask=p.attention_mask(mask_dtype).to(device), use_cache=False).logits
-            picked = logits[p.row.to(device), p.pos.to(device)].float()  # [M, V]: only the scored positions
-            token_logps = -F.cross_entropy(picked, p.target.to(device), reduction="none")
-            s = torch.zeros(len(ctx), dtype=torch.float32, device=logits.device).index_add(0, p.owner.to(device), token_logps)
-            c = torch.tensor([float(len(r)) for r in resp], device=logits.device)
+            p = pack_varlen(ctx, resp) if varlen else pack_rows(ctx, resp, pad_id)
+            inputs = p.model_inputs(mask_dtype)
+            row, pos, target, owner = p.row, p.pos, p.target, p.owner
+            c = torch.tensor([float(len(r)) for r in resp])
         else:
             ids, attn, labels = pack_sequences(ctx, resp, pad_id,
                                                None if masks is None else masks[start:start + micro_batch_size])
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
-            s, c = sequence_logprobs(logits, labels.to(device))
-        sums.append(s)
-        counts.append(c)
+            inputs = dict(input_ids=ids, attention_mask=attn)
+            row, pos = (labels != -100).nonzero(as_tuple=True)  # row-major: each row's tokens in order
+            target, owner = labels[row, pos], row
+            c = (labels != -100).sum(-1).float()
+        source, head = _forward(model, inputs, device, split_head)
+        token_logps = gathered_logps(source, row.to(device), pos.to(device), target.to(device), head=head,
+                                     chunk_size=chunk_size)
+        sums.append(torch.zeros(len(ctx), dtype=token_logps.dtype, device=token_logps.device)
+                    .index_add(0, owner.to(token_logps.device), token_logps))
+        counts.append(c.to(token_logps.device))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     sums, counts = torch.cat(sums), torch.cat(counts)
     return sums[inverse.to(sums.device)], counts[inverse.to(counts.device)]
 
 
-@torch.no_grad()
-def packing_supported(model, *, pad_id: int, device, vocab_size: int, mask_dtype: torch.dtype = torch.float32) -> bool:
-    """True if `model` honours the packed layout (scores packed sequences as it scores them padded).
+def _forward(model, inputs: dict, device, split_head: bool):
+    """(logits, None), or (final hidden states, lm_head) when `split_head`."""
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if split_head:
+        return model.get_decoder()(**inputs, use_cache=False).last_hidden_state, model.get_output_embeddings()
+    return model(**inputs, use_cache=False).logits, None
 
-    A model (or attention kernel) that ignores a custom 4D mask would let packed sequences attend
-    to each other; callers fall back to padded rows then. All ZeRO-3 ranks must call this together.
-    """
+
+def _probe_rows(vocab_size: int):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(4, max(vocab_size, 5), (22,), generator=gen).tolist()
     # Lengths 12, 5, 5, 5: the short ones share a row of the long one's width; two share a context.
-    contexts = [ids[:8], ids[8:11], ids[11:14], ids[11:14]]
-    responses = [ids[14:18], ids[18:20], ids[20:22], ids[8:10]]
+    return [ids[:8], ids[8:11], ids[11:14], ids[11:14]], [ids[14:18], ids[18:20], ids[20:22], ids[8:10]]
+
+
+@torch.no_grad()
+def packing_supported(model, *, pad_id: int, device, vocab_size: int, mask_dtype: torch.dtype = torch.float32,
+                      varlen: bool = False) -> bool:
+    """True if `model` honours the packed layout (scores packed sequences as it scores them padded).
+
+    A model (or attention kernel) that ignores a custom 4D mask (or, `varlen`, the sequence
+    boundaries in the position ids) would let packed sequences attend to each other; callers fall
+    back to padded rows then. All ZeRO-3 ranks must call this together.
+    """
+    contexts, responses = _probe_rows(vocab_size)
     padded, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4)
     packed, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4,
-                                packed=True, mask_dtype=mask_dtype)
+                                packed=True, mask_dtype=mask_dtype, varlen=varlen)
     return torch.allclose(packed.float(), padded.float(), rtol=1e-3, atol=1e-3)
 
 
 @torch.no_grad()
-def token_logprobs(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16) -> list[list[float]]:
+def split_head_supported(model, *, pad_id: int, device, vocab_size: int) -> bool:
+    """True if decoder-then-lm_head scores as the full forward does.
+
+    A model that scales or soft-caps its logits after the lm_head (Gemma 2, Granite, Cohere) would
+    be scored wrong by the split path; callers keep full logits then (still chunked). Calls the
+    submodules directly, so only for a plain HF model (not a DeepSpeed engine).
+    """
+    try:
+        if not (callable(model.get_decoder()) and isinstance(model.get_output_embeddings(), torch.nn.Module)):
+            return False
+    except (AttributeError, NotImplementedError):
+        return False
+    contexts, responses = _probe_rows(vocab_size)
+    full, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4)
+    split, _ = score_sequences(model, contexts, responses, pad_id=pad_id, device=device, micro_batch_size=4,
+                               split_head=True)
+    return torch.allclose(split.float(), full.float(), rtol=1e-3, atol=1e-3)
+
+
+@torch.no_grad()
+def token_logprobs(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16,
+                   split_head: bool = False, chunk_size: int = DEFAULT_CHUNK) -> list[list[float]]:
     """Per-token log p(y_t | x, y_<t) of every response token (EOS included), one list per row."""
     out = []
     for start in range(0, len(contexts), micro_batch_size):
         resp = responses[start:start + micro_batch_size]
         ids, attn, labels = pack_sequences(contexts[start:start + micro_batch_size], resp, pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
-        n, t, v = logits.shape
-        logps = -F.cross_entropy(logits.reshape(n * t, v).float(), labels.to(device).reshape(n * t),
-                                 ignore_index=-100, reduction="none").view(n, t)
-        for row, r in enumerate(resp):
-            keep = labels[row] != -100
-            out.append(logps[row][keep.to(logps.device)].tolist()[:len(r)])
+        row, pos = (labels != -100).nonzero(as_tuple=True)  # row-major: each row's tokens in order
+        source, head = _forward(model, dict(input_ids=ids, attention_mask=attn), device, split_head)
+        logps = gathered_logps(source, row.to(device), pos.to(device), labels[row, pos].to(device), head=head,
+                               chunk_size=chunk_size)
+        out += [part.tolist() for part in logps.cpu().split([len(r) for r in resp])]
     return out

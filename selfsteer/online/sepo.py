@@ -66,7 +66,7 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
             ctxs = [g.prompt_ids for _, a, b in pairs for g in (a, b)]
             resps = [g.token_ids for _, a, b in pairs for g in (a, b)]
             oracle = roles._call("sepo oracle", roles.oracle, lambda: roles.oracle.token_scores.remote(ctxs, resps))
-            ref = roles._call("reference model", roles.reference, lambda: roles.reference.token_scores.remote(ctxs, resps))
+            ref = roles.reference_token_scores(ctxs, resps)
             o, mask = _padded(oracle)
             rewards = token_rewards(o, _padded(ref)[0], mask)
             seq = sequence_reward(rewards, mask)
