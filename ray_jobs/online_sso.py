@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"online_sso: {exc}", file=sys.stderr)
         return 2
-    run_dir = run(cfg)
+    from selfsteer.preflight import InputError
+
+    try:
+        run_dir = run(cfg)
+    except InputError as exc:
+        print(f"online_sso: {exc}", file=sys.stderr)
+        return 2
     print(f"online_sso: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0
 
