@@ -78,9 +78,34 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
     return restored
 
 
-def pause_point(name: str, run_dir: Path) -> None:
-    """With SELFSTEER_TEST_PAUSE_AT=name, mark `run_dir/.paused-<name>` and wait to be killed."""
-    if os.environ.get(PAUSE_ENV) == name:
+def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:
+    """The learning-rate schedule's segment ends, in rounds (schedule.json; call before config.yaml
+    is rewritten). A resumed run asking for more rounds than planned gets a new segment
+    (trainer.extend_schedule=restart) or keeps the old one, whose end value then holds (keep_end)."""
+    path = run_dir / "schedule.json"
+    if not resume:
+        bounds = [cfg.rounds]
+    else:
+        if path.is_file():
+            bounds = json.loads(path.read_text())["rounds"]
+        else:  # a run from before schedule.json: its planned rounds are in its config.yaml
+            import yaml
+
+            bounds = [int(yaml.safe_load((run_dir / "config.yaml").read_text())["rounds"])]
+        planned = bounds[-1]
+        if cfg.rounds > planned:
+            restart = cfg.trainer.extend_schedule == "restart"
+            bounds = bounds + [cfg.rounds] if restart else bounds
+            logger.warning("extending the run from %d to %d rounds: trainer.extend_schedule=%s (%s)", planned,
+                           cfg.rounds, cfg.trainer.extend_schedule, "a new warmup and decay over the added rounds"
+                           if restart else "the rate stays where the old schedule ended")
+    _write_durably(path, json.dumps({"rounds": bounds}))
+    return bounds
+
+
+def pause_point(name: str, run_dir: Path, round_index: int) -> None:
+    """With SELFSTEER_TEST_PAUSE_AT=name@round, mark `run_dir/.paused-<name>` and wait to be killed."""
+    if os.environ.get(PAUSE_ENV) == f"{name}@{round_index}":
         (run_dir / f".paused-{name}").write_text(str(os.getpid()))
         while True:
             time.sleep(60)

@@ -216,6 +216,9 @@ class TrainerConfig:
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
     lr_scheduler: str = "cosine"  # cosine | constant (over the whole run's steps)
+    # `--resume rounds=N` past the run's planned rounds: restart = the added rounds get their own
+    # warmup + decay from trainer.lr; keep_end = the rate stays where the old schedule ended (0 for cosine).
+    extend_schedule: str = "restart"
     warmup_ratio: float = 0.1
     micro_batch_size: int = 1  # triples per rank per forward/backward
     grad_accum: int = 16
@@ -234,6 +237,7 @@ class TrainerConfig:
         _check_choice("trainer", "device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("trainer", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _check_choice("trainer", "lr_scheduler", self.lr_scheduler, ("cosine", "constant"))
+        _check_choice("trainer", "extend_schedule", self.extend_schedule, ("restart", "keep_end"))
         _check_positive("trainer", "lr", self.lr)
         _check_positive("trainer", "micro_batch_size", self.micro_batch_size)
         _check_positive("trainer", "grad_accum", self.grad_accum)

@@ -43,8 +43,10 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     cfg, state = preflight.prepare_run(cfg, resume, overwrite)
     run_dir = Path(cfg.output_dir)
     logger.info("run directory: %s", run_dir)
+    schedule = checkpoint.lr_schedule(run_dir, cfg, resume)  # reads the old config.yaml on an extension
     save_config(cfg, run_dir / "config.yaml")
     inputs = prepare_inputs(cfg, run_dir)
+    inputs.schedule = schedule
     roles = start_roles(cfg, inputs)
     writer = None
     # The engines start from the trainer's weights (resumed ones too): that round's policy.
@@ -73,9 +75,10 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             if on_round_start is not None:
                 on_round_start(round_index, roles)
             metrics = step(cfg, roles, inputs, round_index, run_dir)
+            checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round
             metrics.update(watch.update(metrics))
             writer.write(round_index, metrics)  # durable before state.json marks the round finished
-            checkpoint.pause_point("after_metrics", run_dir)
+            checkpoint.pause_point("after_metrics", run_dir, round_index)
             checkpoint.commit_round(run_dir)
             logger.info("round %d | %s", round_index, _summary(metrics))
             if watch.alerting:

@@ -62,6 +62,7 @@ class Inputs:
     max_prompt_tokens: int
     extra: dict = field(default_factory=dict)  # an algorithm's own start-up outputs (SIPO's stage-0 models)
     run_dir: Optional[Path] = None  # where skipped prompts are recorded (rounds/round_NNNN/skipped.jsonl)
+    schedule: Optional[list] = None  # lr schedule segment ends in rounds (checkpoint.lr_schedule); None: [rounds]
 
     def drop_long(self, prompts, pairs, round_index: Optional[int] = None):
         """Skip prompts whose longest principle context exceeds max_prompt_tokens; each is logged
@@ -142,6 +143,12 @@ def init_ray(cfg: RunConfig) -> None:
     from selfsteer import reaper
 
     reaper.start()  # no Ray process outlives the driver, even after kill -9
+
+
+def schedule_steps(cfg: RunConfig, bounds: Optional[list] = None) -> list[int]:
+    """Optimizer steps per lr-schedule segment, from its segment ends in rounds."""
+    starts = [0, *(bounds or [cfg.rounds])]
+    return [(end - start) * steps_per_round(cfg) for start, end in zip(starts, starts[1:])]
 
 
 def steps_per_round(cfg: RunConfig) -> int:
@@ -231,7 +238,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     init_ray(cfg)
     env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
-    trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule))
     pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
