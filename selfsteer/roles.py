@@ -136,10 +136,20 @@ def init_ray(cfg: RunConfig) -> None:
         return
     import ray._private.ray_constants as ray_constants
 
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # for Ray's child processes
+    # Set for the start only: Ray's processes inherit it as they are spawned (workers get the
+    # raylet's environment), and a later `ray start` from this process is not affected.
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves the node address
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-             _node_ip_address="127.0.0.1")
+    try:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
     from selfsteer import reaper
 
     reaper.start()  # no Ray process outlives the driver, even after kill -9

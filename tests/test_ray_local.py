@@ -12,8 +12,6 @@ import time
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def _listening(procs):
     out = []
@@ -33,6 +31,17 @@ def _is_loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
+def test_a_store_listens_only_on_its_host():
+    """torch's TCPStore binds every interface unless handed a bound socket (open_store does)."""
+    from selfsteer.actors.weight_sync import open_store
+
+    store = open_store("127.0.0.1", 2, 10)
+    mine = [c.laddr for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == store.port]
+    assert mine and all(_is_loopback(addr.ip) for addr in mine), mine
+
+
+@pytest.mark.slow
 def test_listeners_on_loopback_and_none_outlive_a_killed_driver(tmp_path, toy_cache):
     home = tmp_path / "home"
     home.mkdir()
