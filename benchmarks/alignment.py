@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
             if METHODS[method] is not None:
                 with _locked(args.lock):
                     run_dir = out / "runs" / method / f"seed{seed}"
+                    shutil.rmtree(run_dir, ignore_errors=True)  # redone from scratch: `selfsteer run` refuses a used output_dir
                     run_s = _run(args.config, [*common, *METHODS[method], f"output_dir={run_dir}", "tensorboard=false"])
                     ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
                     for ckpt in ckpts:

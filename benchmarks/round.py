@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def has_vllm() -> bool:
 
 def run(mode: str, args, backend: str, work: Path) -> tuple[list[dict], float]:
     out = work / mode
+    shutil.rmtree(out, ignore_errors=True)  # a reused --work-dir: `selfsteer run` refuses a used output_dir
     config = ROOT / "configs" / ("tiny_cpu_vllm.yaml" if backend == "vllm" else "tiny_cpu.yaml")
     overrides = [
         f"output_dir={out}", f"model.cache_dir={work / 'models'}", f"rounds={args.rounds}", "tensorboard=false",

@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"online_sso: {exc}", file=sys.stderr)
         return 2
     from selfsteer.plan import ClusterTooSmallError
+    from selfsteer.preflight import InputError
 
     try:
         run_dir = run(cfg)
-    except ClusterTooSmallError as exc:  # before any actor started: the message says what to change
+    except (ClusterTooSmallError, InputError) as exc:  # before any actor started: the message says what to change
         print(f"online_sso: {exc}", file=sys.stderr)
         return 2
     print(f"online_sso: finished {cfg.rounds} round(s); outputs in {run_dir}")

@@ -1,29 +1,44 @@
 """Round checkpoints for `--resume`: trainer state, data cursor and round index, written atomically.
 
-state.json is written last, so it always names a complete trainer state: a run killed at any
-point resumes from the last round whose state.json landed, and re-runs the unfinished round
-with the same prompts (the cursor) and the same seeds (derived from seed and round).
+A round is finished when state.json names it, and that is written last: `save_round` stages the
+state, the driver writes the round's metrics (fsynced), then `commit_round` moves the staged state
+into place. A run killed at any point resumes from the last round whose state.json landed, with
+that round's metrics on disk, and re-runs the unfinished round with the same prompts (the cursor)
+and the same seeds (derived from seed and round).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
+logger = logging.getLogger(__name__)
+
 STATE_FILE = "state.json"
+STAGED_FILE = ".state.staged.json"  # the finished round's state, until its metrics are on disk
 TRAINER_DIR = "trainer_state"
+PAUSE_ENV = "SELFSTEER_TEST_PAUSE_AT"  # tests: stop at a named point so a kill lands in that window
 
 
 def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict) -> None:
+    """Save the trainer's state and stage the round's state.json; `commit_round` makes it count."""
     tag = f"round_{round_index:04d}"
     trainer.save_state(str(run_dir / TRAINER_DIR), tag)
-    state = {"round": round_index, "cursor": cursor_state, "trainer_tag": tag}
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, run_dir / STATE_FILE)
+    _write_durably(run_dir / STAGED_FILE, json.dumps({"round": round_index, "cursor": cursor_state, "trainer_tag": tag}, indent=2))
+
+
+def commit_round(run_dir: Path) -> None:
+    """The staged round becomes the last finished one (call after its metrics are written)."""
+    staged = run_dir / STAGED_FILE
+    if not staged.is_file():
+        return
+    tag = json.loads(staged.read_text())["trainer_tag"]
+    os.replace(staged, run_dir / STATE_FILE)
     for old in (run_dir / TRAINER_DIR).glob("round_*"):  # keep only the state that state.json names
         if old.name != tag:
             shutil.rmtree(old, ignore_errors=True)
@@ -34,12 +49,72 @@ def load_state(run_dir: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def truncate_metrics(run_dir: Path, last_round: int) -> None:
-    """Drop metric lines of rounds after `last_round` (an interrupted round is re-run)."""
+def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
+    """metrics.jsonl holds exactly one line per finished round, in order, on resume.
+
+    Lines of rounds after `last_round` go (an interrupted round is re-run), as do repeated ones; a
+    finished round without a line (a run written before metrics were saved ahead of state.json)
+    gets it back from its `rounds/round_NNNN/metrics.json`. Returns the rounds restored that way.
+    """
+    (run_dir / STAGED_FILE).unlink(missing_ok=True)  # a round that never finished
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= last_round]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
+    lines: dict[int, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)["round"]
+                if r <= last_round and r not in lines:
+                    lines[r] = line
+    restored = {}
+    for r in range(1, last_round + 1):
+        saved = run_dir / "rounds" / f"round_{r:04d}" / "metrics.json"
+        if r not in lines and saved.is_file():
+            restored[r] = json.loads(saved.read_text())
+            lines[r] = json.dumps({"round": r, **restored[r]})
+    missing = [r for r in range(1, last_round + 1) if r not in lines]
+    if missing:
+        logger.warning("%s: no metrics for finished round(s) %s (neither metrics.jsonl nor metrics.json)", run_dir, missing)
+    _write_durably(path, "".join(lines[r] + "\n" for r in sorted(lines)))
+    return restored
+
+
+def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:
+    """The learning-rate schedule's segment ends, in rounds (schedule.json; call before config.yaml
+    is rewritten). A resumed run asking for more rounds than planned gets a new segment
+    (trainer.extend_schedule=restart) or keeps the old one, whose end value then holds (keep_end)."""
+    path = run_dir / "schedule.json"
+    if not resume:
+        bounds = [cfg.rounds]
+    else:
+        if path.is_file():
+            bounds = json.loads(path.read_text())["rounds"]
+        else:  # a run from before schedule.json: its planned rounds are in its config.yaml
+            import yaml
+
+            bounds = [int(yaml.safe_load((run_dir / "config.yaml").read_text())["rounds"])]
+        planned = bounds[-1]
+        if cfg.rounds > planned:
+            restart = cfg.trainer.extend_schedule == "restart"
+            bounds = bounds + [cfg.rounds] if restart else bounds
+            logger.warning("extending the run from %d to %d rounds: trainer.extend_schedule=%s (%s)", planned,
+                           cfg.rounds, cfg.trainer.extend_schedule, "a new warmup and decay over the added rounds"
+                           if restart else "the rate stays where the old schedule ended")
+    _write_durably(path, json.dumps({"rounds": bounds}))
+    return bounds
+
+
+def pause_point(name: str, run_dir: Path, round_index: int) -> None:
+    """With SELFSTEER_TEST_PAUSE_AT=name@round, mark `run_dir/.paused-<name>` and wait to be killed."""
+    if os.environ.get(PAUSE_ENV) == f"{name}@{round_index}":
+        (run_dir / f".paused-{name}").write_text(str(os.getpid()))
+        while True:
+            time.sleep(60)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", nargs="?", help="YAML config (e.g. configs/tiny_cpu.yaml); omit with --resume")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=5 rollout.num_engines=2")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last finished round")
+    run.add_argument("--overwrite", action="store_true",
+                     help="output_dir holds a run: move it aside to OUTPUT_DIR.old-<time> and start afresh")
     run.add_argument("--log-level", default="INFO")
     scale = sub.add_parser("scale", help="resize a running job's rollout pool before its next round")
     scale.add_argument("run_dir")
@@ -61,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         from selfsteer.driver import run as run_online
+        from selfsteer.preflight import InputError
 
         from selfsteer.plan import ClusterTooSmallError
 
+        if args.resume and args.overwrite:
+            parser.error("--resume continues the run in RUN_DIR; --overwrite moves it aside: give one")
         try:
-            run_dir = run_online(cfg, resume=bool(args.resume))
-        except ClusterTooSmallError as exc:
+            run_dir = run_online(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+        except (ClusterTooSmallError, InputError) as exc:
             print(f"selfsteer: {exc}", file=sys.stderr)
             return 2
         print(f"selfsteer: finished {cfg.rounds} round(s); outputs in {run_dir}")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.config_sections import (  # noqa: F401  (re-exported: `from selfsteer.config import ...`)
-    ConfigError, PairsConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_positive, _key,
+    ConfigError, PairsConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
 
 
@@ -199,6 +199,7 @@ class ReferenceConfig:
     num_actors: int = 1
 
     def __post_init__(self):
+        _check_choice("reference", "device", self.device, ("auto", "cpu", "cuda"))
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
         _check_positive("reference", "num_actors", self.num_actors)
 
@@ -220,6 +221,8 @@ class LossConfig:
         _check_choice("loss", "variant", self.variant, ("v1", "v2"))
         _check_choice("loss", "base", self.base, ("ipo", "dpo"))
         _check_positive("loss", "beta", self.beta)
+        for name in ("g_beta", "w_alpha", "sft_gamma"):
+            _check_finite("loss", name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,9 @@ class TrainerConfig:
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
     lr_scheduler: str = "cosine"  # cosine | constant (over the whole run's steps)
+    # `--resume rounds=N` past the run's planned rounds: restart = the added rounds get their own
+    # warmup + decay from trainer.lr; keep_end = the rate stays where the old schedule ended (0 for cosine).
+    extend_schedule: str = "restart"
     warmup_ratio: float = 0.1
     micro_batch_size: int = 1  # triples per rank per forward/backward
     grad_accum: int = 16
@@ -253,9 +259,15 @@ class TrainerConfig:
         _check_choice("trainer", "device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("trainer", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _check_choice("trainer", "lr_scheduler", self.lr_scheduler, ("cosine", "constant"))
+        _check_choice("trainer", "extend_schedule", self.extend_schedule, ("restart", "keep_end"))
         _check_positive("trainer", "lr", self.lr)
         _check_positive("trainer", "micro_batch_size", self.micro_batch_size)
         _check_positive("trainer", "grad_accum", self.grad_accum)
+        _check_positive("trainer", "epochs_per_round", self.epochs_per_round)
+        _check_positive("trainer", "grad_clip", self.grad_clip, allow_zero=True)  # 0: no clipping
+        _check_positive("trainer", "weight_decay", self.weight_decay, allow_zero=True)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -275,6 +287,7 @@ class SyncConfig:
         _check_choice("sync", "verify", self.verify, ("first", "always", "never"))
         _check_choice("sync", "method", self.method, ("collective", "object_store"))
         _check_positive("sync", "bucket_mb", self.bucket_mb)
+        _check_positive("sync", "timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -290,6 +303,14 @@ class RayConfig:
     # Stateless roles (rollout engines, reference, principle generator) are restarted by Ray this
     # many times; an engine is re-synced and its requests re-issued. Trainer ranks are not restarted.
     max_restarts: int = 3
+
+    def __post_init__(self):
+        _check_positive("ray", "call_timeout_s", self.call_timeout_s)
+        _check_positive("ray", "startup_timeout_s", self.startup_timeout_s)
+        if self.num_cpus is not None:
+            _check_positive("ray", "num_cpus", self.num_cpus)
+        if self.max_restarts < 0:  # Ray's -1 (no limit) too: the driver re-issues a call at most max_restarts times
+            raise ConfigError(f"ray.max_restarts={self.max_restarts!r} must be >= 0 (-1, Ray's 'no limit', is not supported)")
 
 
 ALGOS = ("sso", "dpo", "self_contrast", "sepo", "sipo")  # dpo: RLCD-style pairs (y+ good principle, y- bad) under plain DPO
@@ -328,6 +349,7 @@ class RunConfig:
         if self.async_rounds and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
+        _check_positive("", "save_every", self.save_every)
         if self.algo == "sipo" and self.rollout.backend != "hf_mod":
             raise ConfigError(f"algo=sipo decodes with two fused policies, which needs rollout.backend=hf_mod (got "
                               f"{self.rollout.backend!r}): vLLM cannot run a second model inside its decoding step")

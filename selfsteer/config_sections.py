@@ -3,6 +3,7 @@ validation helpers every section uses. `selfsteer.config` re-exports all of them
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -20,7 +21,13 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{_key(section, name)}={value!r} is not one of {list(choices)}")
 
 
+def _check_finite(section: str, name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{_key(section, name)}={value!r} must be a finite number")
+
+
 def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
+    _check_finite(section, name, value)  # nan compares false with everything and would pass below
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{_key(section, name)}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
-from selfsteer import checkpoint, online
+from selfsteer import checkpoint, online, preflight
 from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.metrics import MetricsWriter, SignalWatch
 from selfsteer.roles import Roles, prepare_inputs, start_roles
@@ -23,21 +23,22 @@ from selfsteer.roles import Roles, prepare_inputs, start_roles
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] = None, resume: bool = False) -> Path:
+def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] = None, resume: bool = False,
+        overwrite: bool = False) -> Path:
     """Run `cfg.rounds` online rounds (continuing after the last saved round if `resume`).
 
     `on_round_start(round, roles)` may act between rounds (e.g. `roles.resize_engines(n)`); a
     `control.json` written into the run directory (`selfsteer scale`) is applied the same way.
+    Bad input raises `preflight.InputError` before Ray starts; an output_dir that already holds a
+    run is refused unless `resume` (continue it) or `overwrite` (move it aside).
     """
+    cfg, state = preflight.prepare_run(cfg, resume, overwrite)
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("run directory: %s", run_dir)
+    schedule = checkpoint.lr_schedule(run_dir, cfg, resume)  # reads the old config.yaml on an extension
     save_config(cfg, run_dir / "config.yaml")
-    state = checkpoint.load_state(run_dir) if resume else None
-    if resume and cfg.algo == "sipo":
-        raise ValueError("--resume is not supported for algo=sipo (policy B's trainer state is not checkpointed)")
-    if resume and state is None:
-        raise FileNotFoundError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
     inputs = prepare_inputs(cfg, run_dir)
+    inputs.schedule = schedule
     roles = start_roles(cfg, inputs)
     writer = None
     try:
@@ -45,9 +46,12 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             inputs.resumed_round = state["round"]
             inputs.cursor.load_state_dict(state["cursor"])
             roles.trainer.load_state(str(run_dir / checkpoint.TRAINER_DIR), state["trainer_tag"])
-            checkpoint.truncate_metrics(run_dir, state["round"])
+            restored = checkpoint.repair_metrics(run_dir, state["round"])
             logger.info("resuming %s after round %d", run_dir, state["round"])
-        writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg))
+        writer = MetricsWriter(run_dir, cfg.tensorboard, cfg.wandb_project, to_dict(cfg),
+                               purge_from=state["round"] + 1 if state else None)
+        if state is not None:
+            writer.restore(restored)
         watch = SignalWatch(cfg.signal)
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
@@ -61,8 +65,11 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             if on_round_start is not None:
                 on_round_start(round_index, roles)
             metrics = step(cfg, roles, inputs, round_index, run_dir)
+            checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round
             metrics.update(watch.update(metrics))
-            writer.write(round_index, metrics)
+            writer.write(round_index, metrics)  # durable before state.json marks the round finished
+            checkpoint.pause_point("after_metrics", run_dir, round_index)
+            checkpoint.commit_round(run_dir)
             logger.info("round %d | %s", round_index, _summary(metrics))
             if watch.alerting:
                 logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "

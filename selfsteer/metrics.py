@@ -1,10 +1,11 @@
-"""Round metrics: appended to metrics.jsonl (flushed every round), TensorBoard, optionally W&B."""
+"""Round metrics: round_NNNN/metrics.json, a metrics.jsonl line (fsynced every round), TensorBoard, optionally W&B."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,13 +27,19 @@ class PhaseTimer:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_project: Optional[str] = None, config: dict | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    """One round's metrics to `rounds/round_NNNN/metrics.json`, a `metrics.jsonl` line (both fsynced),
+    TensorBoard (flushed) and W&B. `purge_from` (a resumed run's first round) hides TensorBoard
+    events a killed run wrote for rounds it is about to re-run."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_project: Optional[str] = None, config: dict | None = None,
+                 purge_from: Optional[int] = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_from)
         self.wandb = None
         if wandb_project:
             import wandb  # optional dependency: pip install wandb
@@ -40,21 +47,47 @@ class MetricsWriter:
             self.wandb = wandb.init(project=wandb_project, config=config or {}, dir=str(run_dir))
 
     def write(self, round_index: int, metrics: dict[str, float]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        clean = _numbers(metrics)
+        round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
+        if round_dir.is_dir():
+            tmp = round_dir / ".metrics.json.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(_json_safe(clean), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, round_dir / "metrics.json")
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"round": round_index, **{k: (v if math.isfinite(v) else None) for k, v in clean.items()}}) + "\n")
+            fh.write(json.dumps({"round": round_index, **_json_safe(clean)}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._tensorboard(round_index, clean)
+        if self.wandb is not None:
+            self.wandb.log(clean, step=round_index)
+
+    def restore(self, rounds: dict[int, dict]) -> None:
+        """TensorBoard events of rounds whose metrics.jsonl line was restored on resume."""
+        for r in sorted(rounds):
+            self._tensorboard(r, _numbers(rounds[r]))
+
+    def _tensorboard(self, round_index: int, clean: dict[str, float]) -> None:
         if self.tb is not None:
             for k, v in clean.items():
                 self.tb.add_scalar(k, v, round_index)
             self.tb.flush()
-        if self.wandb is not None:
-            self.wandb.log(clean, step=round_index)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _json_safe(clean: dict[str, float]) -> dict:
+    return {k: (v if math.isfinite(v) else None) for k, v in clean.items()}
 
 
 def weighted_mean(results: list[dict], key: str = "metrics", weight: str = "examples") -> dict[str, float]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import ray
 
@@ -61,16 +62,29 @@ class Inputs:
     max_prompt_tokens: int
     extra: dict = field(default_factory=dict)  # an algorithm's own start-up outputs (SIPO's stage-0 models)
     resumed_round: int = 0  # the last finished round a resumed run continues after (0: a fresh run)
+    run_dir: Optional[Path] = None  # where skipped prompts are recorded (rounds/round_NNNN/skipped.jsonl)
+    schedule: Optional[list] = None  # lr schedule segment ends in rounds (checkpoint.lr_schedule); None: [rounds]
 
-    def drop_long(self, prompts, pairs):
-        """Skip (and count) prompts whose longest principle context exceeds max_prompt_tokens."""
-        kept_p, kept_pairs = [], []
+    def drop_long(self, prompts, pairs, round_index: Optional[int] = None):
+        """Skip prompts whose longest principle context exceeds max_prompt_tokens; each is logged
+        with its uuid and, given the round, recorded in that round's skipped.jsonl. Returns
+        (kept prompts, kept pairs, skipped count)."""
+        kept_p, kept_pairs, skipped = [], [], []
         for p, pair in zip(prompts, pairs):
             longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in (pair["good_system"], pair["bad_system"]))
             if longest <= self.max_prompt_tokens:
                 kept_p.append(p)
                 kept_pairs.append(pair)
-        return kept_p, kept_pairs, len(prompts) - len(kept_p)
+            else:
+                skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": longest,
+                                "max_prompt_tokens": self.max_prompt_tokens})
+                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens with its principles > "
+                               "data.max_prompt_tokens=%d", round_index, p.uid, p.index, longest, self.max_prompt_tokens)
+        if skipped and self.run_dir is not None and round_index is not None:
+            round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
+            round_dir.mkdir(parents=True, exist_ok=True)
+            (round_dir / "skipped.jsonl").write_text("".join(json.dumps(row) + "\n" for row in skipped))
+        return kept_p, kept_pairs, len(skipped)
 
 
 def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
@@ -98,22 +112,54 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
                                           seed=cfg.seed, with_targets=bool(target_field))
         target_field = target_field and "response"
     records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field, target_field)
+    from selfsteer.preflight import check_prompt_count
+
+    check_prompt_count(cfg, len(records), str(prompts_path))  # toy/task prompts are counted only here
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
-                  cfg.data.max_prompt_tokens, extra)
+                  cfg.data.max_prompt_tokens, extra, run_dir)
 
 
 def init_ray(cfg: RunConfig) -> None:
-    """Attach to a cluster (`ray.address`), or start Ray in-process bound to loopback."""
+    """Attach to a cluster (`ray.address`), or start Ray in-process with every listener on loopback.
+
+    On Linux Ray resolves the node address `127.0.0.1` to the machine's address, and then its GCS,
+    raylet, workers and agents listen on all interfaces; with Ray's single-machine mode (the one it
+    uses on macOS) the node address stays 127.0.0.1 and each of them binds to it.
+    """
     if ray.is_initialized():
         return
-    # Explicit, so an embedded run never writes an auth token into the user's home.
+    # Explicit, so an embedded run never writes an auth token into the user's home. (Ray reads the
+    # mode when it is imported, so a per-run token set here would not reach this process.)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
-    else:
+        return
+    import ray._private.ray_constants as ray_constants
+
+    # Set for the start only: Ray's processes inherit it as they are spawned (workers get the
+    # raylet's environment), and a later `ray start` from this process is not affected.
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves the node address
+    try:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                  _node_ip_address="127.0.0.1")
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+    from selfsteer import reaper
+
+    reaper.start()  # no Ray process outlives the driver, even after kill -9
+
+
+def schedule_steps(cfg: RunConfig, bounds: Optional[list] = None) -> list[int]:
+    """Optimizer steps per lr-schedule segment, from its segment ends in rounds."""
+    starts = [0, *(bounds or [cfg.rounds])]
+    return [(end - start) * steps_per_round(cfg) for start, end in zip(starts, starts[1:])]
 
 
 def steps_per_round(cfg: RunConfig) -> int:
@@ -244,7 +290,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     check_cluster(cfg, nodes_from_ray(ray.nodes()))
     env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
-    trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule))
     pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference

@@ -65,6 +65,55 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_model_path)
     assert [p.uid for p in kept] == ["a"] and len(kept_pairs) == 1 and skipped == 1
 
 
+def test_a_skipped_long_prompt_is_logged_and_recorded_with_its_uuid(tmp_path, toy_model_path, caplog):
+    from transformers import AutoTokenizer
+
+    from selfsteer.data.prompts import PromptCursor, PromptRecord
+    from selfsteer.roles import Inputs
+
+    tok = AutoTokenizer.from_pretrained(toy_model_path)
+    prompts = [PromptRecord("short", 0, "what is 1 plus 2 ?"), PromptRecord("long-one", 1, "tea " * 400)]
+    pairs = [{"good_system": "be helpful", "bad_system": "be vague"}] * 2
+    inputs = Inputs(str(toy_model_path), str(toy_model_path), PromptCursor(prompts, 0), tok, max_prompt_tokens=64,
+                    run_dir=tmp_path)
+    with caplog.at_level("WARNING"):
+        inputs.drop_long(prompts, pairs, 3)
+    assert "long-one" in caplog.text
+    rows = [json.loads(line) for line in (tmp_path / "rounds" / "round_0003" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["uuid"], r["row"], r["reason"]) for r in rows] == [("long-one", 1, "too_long")]
+    assert rows[0]["tokens"] > 64 == rows[0]["max_prompt_tokens"]
+
+
+@pytest.mark.parametrize("n, size", [(5, 4), (7, 3), (10, 10), (9, 8)])
+def test_a_batch_never_holds_a_prompt_twice(n, size):
+    from selfsteer.data.prompts import PromptCursor, PromptRecord
+
+    cursor = PromptCursor([PromptRecord(str(i), i, f"p{i}") for i in range(n)], seed=0)
+    seen = []
+    for _ in range(12):  # crosses several epoch boundaries
+        batch = [p.uid for p in cursor.next_batch(size)]
+        assert len(batch) == size and len(set(batch)) == size, batch
+        seen += batch
+    assert set(seen) == {str(i) for i in range(n)}  # no prompt is starved
+    resumed = PromptCursor([PromptRecord(str(i), i, f"p{i}") for i in range(n)], seed=0)
+    resumed.load_state_dict(cursor.state_dict())
+    assert [p.uid for p in resumed.next_batch(size)] == [p.uid for p in cursor.next_batch(size)]
+
+
+def test_a_batch_larger_than_the_dataset_is_refused():
+    from selfsteer.data.prompts import PromptCursor, PromptRecord
+
+    with pytest.raises(PromptDataError, match="4 distinct prompts; there are 3"):
+        PromptCursor([PromptRecord(str(i), i, f"p{i}") for i in range(3)], seed=0).next_batch(4)
+
+
+def test_non_utf8_prompts_name_file_and_row(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptDataError, match=r"prompts.jsonl: line 3 \(row 1\): not UTF-8"):
+        load_prompts(path)
+
+
 @pytest.mark.parametrize("reply", [
     "",                                                        # empty
     "   \n\t ",                                                # whitespace only

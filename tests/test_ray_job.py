@@ -65,6 +65,13 @@ def test_ray_job_submit_runs_online_sso(tmp_path, toy_cache):
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         assert JobSubmissionClient(address).get_job_status("selfsteer-test") == JobStatus.SUCCEEDED
+        assert f"run directory: {out}" in job.stdout + job.stderr  # printed at start, absolute
+        # A relative output_dir would land in Ray's temporary copy of the working dir: refused at start.
+        relative = [w if not w.startswith("output_dir=") else "output_dir=runs/job-relative" for w in submit]
+        relative[relative.index("selfsteer-test")] = "selfsteer-relative"
+        bad = subprocess.run(relative, env=env, capture_output=True, text=True, timeout=900)
+        assert bad.returncode != 0 and "output_dir=/absolute/path" in bad.stdout + bad.stderr, bad.stdout[-3000:]
+        assert JobSubmissionClient(address).get_job_status("selfsteer-relative") == JobStatus.FAILED
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)

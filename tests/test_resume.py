@@ -57,3 +57,31 @@ def test_kill_driver_mid_round_then_resume(tmp_path, toy_cache):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("point", ["before_metrics", "after_metrics"])
+def test_kill_around_the_metrics_write_loses_no_round(tmp_path, toy_cache, point):
+    """Killed after round 2 trained, before or after its metrics were written: after --resume
+    every round has exactly one metrics line, equal to its rounds/round_NNNN/metrics.json."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "SELFSTEER_TEST_PAUSE_AT": f"{point}@2"}
+    victim = subprocess.Popen(_cli("configs/tiny_cpu.yaml", "rounds=3", f"model.cache_dir={toy_cache}",
+                                   "tensorboard=false", "trainer.num_ranks=1", "rollout.num_engines=1",
+                                   f"output_dir={run_dir}"),
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker, deadline = run_dir / f".paused-{point}", time.time() + 600
+    while not marker.exists():
+        assert victim.poll() is None, "run ended before the pause point"
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert json.loads((run_dir / "state.json").read_text())["round"] == 1  # round 2 is not finished yet
+    proc = subprocess.run(_cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in lines] == [1, 2, 3]
+    for m in lines:
+        saved = json.loads((run_dir / "rounds" / f"round_{m['round']:04d}" / "metrics.json").read_text())
+        assert {k: v for k, v in m.items() if k != "round"} == saved
+

@@ -57,7 +57,7 @@ class TrainerRank:
         self._master_store = open_store(host, self.world_size, self.cfg.ray.startup_timeout_s)
         return host, self._master_store.port
 
-    def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int) -> dict:
+    def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int | list[int]) -> dict:
         import datetime
 
         import torch.distributed as dist
@@ -235,7 +235,7 @@ class TrainerRank:
 class TrainerGroup:
     """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
 
-    def __init__(self, cfg, model_path: str, total_steps: int, *, env: Optional[dict] = None):
+    def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None):
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

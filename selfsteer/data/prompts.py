@@ -37,7 +37,7 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
     # Spec §8: if the first record has no id, every record gets its row index.
     has_ids = id_field in ds.column_names and ds[0][id_field] not in (None, "")
     records, seen = [], {}
-    for row, example in enumerate(ds):
+    for row, example in enumerate(_rows(ds, path)):
         prompt = example[prompt_field]
         if not isinstance(prompt, str):
             raise PromptDataError(f"{path}: row {row}: field {prompt_field!r} must be a string, got {type(prompt).__name__}")
@@ -57,6 +57,15 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
     return records
 
 
+def _rows(ds, path: Path):
+    """The table's rows; a string that is not UTF-8 (parquet does not check) names its row."""
+    for row in range(len(ds)):
+        try:
+            yield ds[row]
+        except UnicodeDecodeError as exc:
+            raise PromptDataError(f"{path}: row {row}: not UTF-8 text (byte {exc.start} of a field: {exc.reason})") from None
+
+
 class PromptCursor:
     """Walks the prompts in per-epoch shuffled order; its state is two integers, saved per round."""
 
@@ -74,13 +83,21 @@ class PromptCursor:
         return order
 
     def next_batch(self, size: int) -> list[PromptRecord]:
-        batch = []
+        """`size` distinct prompts. A batch that runs into the next epoch passes over the prompts it
+        already holds (they come round again in the epoch after)."""
+        if size > len(self.records):
+            raise PromptDataError(f"a batch of {size} prompts needs at least {size} distinct prompts; there are "
+                                  f"{len(self.records)}")
+        batch, taken = [], set()
         while len(batch) < size:
             if self.position >= len(self._order):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._epoch_order(self.epoch)
-            batch.append(self.records[self._order[self.position]])
+            index = self._order[self.position]
             self.position += 1
+            if index not in taken:
+                taken.add(index)
+                batch.append(self.records[index])
         return batch
 
     def state_dict(self) -> dict:

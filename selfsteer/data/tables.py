@@ -22,6 +22,16 @@ def read_table(path: Path, error: type[Exception], *, missing: str = "file not f
         raise error(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(FORMATS)}")
     if path.stat().st_size == 0:
         raise error(f"{path}: file is empty")
+    if builder == "json":  # `datasets` reads bad UTF-8 into its table; it fails only when a row is read
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            rows_before = sum(1 for x in data[:exc.start].split(b"\n")[:-1] if x.strip())
+            row = f" (row {rows_before})" if path.suffix.lower() == ".jsonl" else ""
+            raise error(f"{path}: line {line}{row}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                        "save the file as UTF-8") from None
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors in several exception types

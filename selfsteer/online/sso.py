@@ -49,7 +49,7 @@ def sample_round(cfg, roles, inputs, r: int, policy_round: int) -> Sampled:
     with timer("principles"):
         prompts = inputs.cursor.next_batch(cfg.data.prompts_per_round)
         pairs, principle_stats = roles.principles(prompts, r)
-        prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs)
+        prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs, r)
     with timer("generation"):
         generations = roles.generate(_requests(cfg, prompts, pairs), sampling(cfg, r))
         triples, drops = _triples(prompts, pairs, generations, cfg.pairs.drop_similar)

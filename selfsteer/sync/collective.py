@@ -47,13 +47,21 @@ class SyncPeerTimeoutError(TimeoutError):
 
 
 def open_store(host: str, world_size: int, timeout_s: float) -> dist.TCPStore:
-    """The group's store server, listening on a port the OS picks as it binds.
+    """The group's store server, on a socket bound to `host` (port picked by the OS as it binds).
 
     Picking a free port first and binding it later races with every outgoing connection on the
-    node (they take ephemeral ports from the same range): CI saw EADDRINUSE exactly there.
+    node (they take ephemeral ports from the same range): CI saw EADDRINUSE exactly there. And a
+    TCPStore left to bind on its own listens on every interface, whatever `host` says.
     """
-    return dist.TCPStore(host, 0, world_size, True, timeout=datetime.timedelta(seconds=timeout_s),
-                         wait_for_workers=False)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    store = dist.TCPStore(host, sock.getsockname()[1], world_size, True,
+                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
+                          master_listen_fd=sock.fileno())
+    sock.detach()  # the store serves on this descriptor from now on; Python must not close it
+    return store
 
 
 class SyncGroup:

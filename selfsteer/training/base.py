@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from typing import ContextManager, Iterator, Protocol
 
 import torch
@@ -36,9 +37,16 @@ class TrainBackend(Protocol):
     def load_state(self, directory: str, tag: str) -> None: ...
 
 
-def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int):
-    """AdamW with decoupled weight decay off for norms/biases, and warmup + cosine/constant."""
-    from transformers import get_scheduler
+def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int | list[int]):
+    """AdamW with decoupled weight decay off for norms/biases, and warmup + cosine/constant.
+
+    `total_steps` may be a list of segment lengths (a run extended with `--resume rounds=N` under
+    trainer.extend_schedule=restart): each segment has its own warmup and decay. Past the last
+    segment the rate stays at that segment's end value.
+    """
+    import functools
+
+    from torch.optim.lr_scheduler import LambdaLR
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -46,10 +54,29 @@ def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int):
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    name = "cosine" if cfg.lr_scheduler == "cosine" else "constant_with_warmup"
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
-    return optimizer, scheduler
+    segments = [max(int(n), 1) for n in (total_steps if isinstance(total_steps, (list, tuple)) else [total_steps])]
+    # A partial, not a closure: LambdaLR's state_dict then carries no segments, so a resumed run's
+    # new segments are not overwritten by the checkpoint's.
+    factor = functools.partial(lr_factor, segments=tuple(segments), warmup_ratio=cfg.warmup_ratio,
+                               cosine=cfg.lr_scheduler == "cosine")
+    return optimizer, LambdaLR(optimizer, factor)
+
+
+def lr_factor(step: int, *, segments: tuple[int, ...], warmup_ratio: float, cosine: bool) -> float:
+    """Multiplier of trainer.lr at optimizer step `step` (transformers' warmup + cosine/constant per segment)."""
+    start = 0
+    for i, length in enumerate(segments):
+        if step < start + length or i == len(segments) - 1:
+            local = min(step - start, length)
+            warmup = int(round(warmup_ratio * length))
+            if local < warmup:
+                return local / max(1, warmup)
+            if not cosine:
+                return 1.0
+            progress = (local - warmup) / max(1, length - warmup)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        start += length
+    raise AssertionError("unreachable")
 
 
 def make_train_backend(name: str, model: torch.nn.Module, cfg, *, total_steps: int, device: str,

@@ -209,8 +209,7 @@ def test_cursor_is_deterministic_per_seed():
 @pytest.mark.parametrize("seed", [0, 1, 5])
 def test_each_epoch_is_a_permutation(seed):
     cursor = PromptCursor(RECORDS, seed=seed)
-    stream = _uids(cursor.next_batch(4 * len(RECORDS)))  # exactly 4 epochs, crossing batch boundaries
-    epochs = [stream[i:i + len(RECORDS)] for i in range(0, len(stream), len(RECORDS))]
+    epochs = _walk(cursor, [len(RECORDS)] * 4)  # exactly 4 epochs, one batch each
     for epoch in epochs:
         assert sorted(epoch) == sorted(r.uid for r in RECORDS)
     assert len({tuple(e) for e in epochs}) > 1  # reshuffled per epoch, not one fixed order
@@ -220,15 +219,20 @@ def test_each_epoch_is_a_permutation(seed):
 def test_batches_cross_epoch_boundaries():
     cursor = PromptCursor(RECORDS, seed=0)
     first = _uids(cursor.next_batch(5))
-    second = _uids(cursor.next_batch(5))  # 2 from epoch 0, then 3 from epoch 1
-    assert cursor.state_dict() == {"epoch": 1, "position": 3}
+    second = _uids(cursor.next_batch(5))  # 2 from epoch 0, then 3 from epoch 1 not already in this batch
     assert sorted(first + second[:2]) == sorted(r.uid for r in RECORDS)
+    epoch1 = [RECORDS[i].uid for i in cursor._epoch_order(1)]
+    taken = [u for u in epoch1 if u not in second[:2]][:3]
+    assert second[2:] == taken  # epoch 1's order, passing over the two this batch already holds
+    assert cursor.state_dict() == {"epoch": 1, "position": epoch1.index(taken[-1]) + 1}
 
 
-def test_batch_larger_than_dataset_spans_epochs():
+def test_batch_larger_than_dataset_is_refused():
+    """A round never holds one prompt twice (issue 14): more than the dataset is an error."""
     cursor = PromptCursor(RECORDS[:2], seed=0, shuffle=False)
-    assert _uids(cursor.next_batch(5)) == ["u0", "u1", "u0", "u1", "u0"]
-    assert cursor.state_dict() == {"epoch": 2, "position": 1}
+    with pytest.raises(PromptDataError, match="5 distinct prompts; there are 2"):
+        cursor.next_batch(5)
+    assert _uids(cursor.next_batch(2)) == ["u0", "u1"]
 
 
 def test_shuffle_false_keeps_file_order():
@@ -253,7 +257,7 @@ def test_state_dict_at_epoch_boundary_resumes():
     original.next_batch(len(RECORDS))  # epoch 0 exhausted, epoch 1 not yet drawn
     resumed = PromptCursor(RECORDS, seed=4)
     resumed.load_state_dict(original.state_dict())
-    assert _walk(resumed, [3, 9]) == _walk(original, [3, 9])
+    assert _walk(resumed, [3, 7]) == _walk(original, [3, 7])
 
 
 def test_load_state_dict_accepts_string_integers():
@@ -261,7 +265,7 @@ def test_load_state_dict_accepts_string_integers():
     cursor.load_state_dict({"epoch": "2", "position": "1"})
     assert cursor.state_dict() == {"epoch": 2, "position": 1}
     reference = PromptCursor(RECORDS, seed=2)
-    reference.next_batch(2 * len(RECORDS) + 1)
+    _walk(reference, [len(RECORDS), len(RECORDS), 1])
     assert _uids(cursor.next_batch(3)) == _uids(reference.next_batch(3))
 
 
