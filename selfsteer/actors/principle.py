@@ -8,6 +8,7 @@ OpenAI-compatible server (`selfsteer.principles.endpoint`).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, replace
 from typing import Optional
@@ -16,6 +17,8 @@ from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
 from selfsteer.principles.prompt import generate_principles
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
 
 
 class PrincipleGenerator:
@@ -44,7 +47,8 @@ class PrincipleGenerator:
         if self.cfg.mode == "library":
             pairs = [sample_library_pair(self.library, random.Random(f"{self.seed}:{p.uid}:{round_index}"),
                                          num_dimensions=self.cfg.num_dimensions,
-                                         concision_prob=self.cfg.concision_prob) for p in prompts]
+                                         concision_prob=self.cfg.concision_prob,
+                                         template=self.cfg.system_template) for p in prompts]
             return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
         llm = self.cfg.llm
         # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
@@ -52,7 +56,11 @@ class PrincipleGenerator:
         sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
                             stop=("\n###",), seed=self.seed * 7919 + round_index)
         pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling),
-                                           max_retries=llm.max_retries)
+                                           max_retries=llm.max_retries, min_words=llm.min_words,
+                                           reject_answers=llm.reject_answers)
+        warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
+        if warning:
+            logger.warning(warning)
         return [asdict(p) for p in pairs], stats
 
     def _completer(self, engines: Optional[list], sampling: Sampling):
@@ -77,6 +85,21 @@ class PrincipleGenerator:
             return [g.text for g in generate_on_engines(engines, requests, s)]
 
         return complete
+
+
+def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index: int) -> str | None:
+    """The loud line for a principle writer whose share of fallback pairs passed `threshold`."""
+    if not n_prompts:
+        return None
+    rate = stats.get("fallbacks", 0) / n_prompts
+    if rate <= threshold:
+        return None
+    reasons = ", ".join(f"{k[len('rejected_'):]}={v}" for k, v in stats.items() if k.startswith("rejected_") and v)
+    return (f"PRINCIPLE WRITER FAILING: round {round_index}: {rate:.0%} of {n_prompts} prompts fell back to the "
+            f"Helpfulness pair (principles.llm.fallback_warn_rate={threshold:g}); rejected replies: {reasons or 'none'}, "
+            f"empty: {stats.get('parse_failures', 0) - sum(v for k, v in stats.items() if k.startswith('rejected_'))}. "
+            f"A small policy rarely writes usable guidelines: use a larger writer (principles.llm.source=model|http) "
+            f"or principles.mode=library")
 
 
 def _library(library_file):
