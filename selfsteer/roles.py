@@ -98,6 +98,9 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
         target_field = target_field and "response"
     records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field, target_field)
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
+    from selfsteer.startup_checks import startup_warnings
+
+    startup_warnings(cfg, policy, tokenizer)  # before any actor starts: lr vs model size, unknown template words
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
                   cfg.data.max_prompt_tokens, extra)
 
