@@ -19,6 +19,7 @@ from selfsteer.principles.prompt import generate_principles
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
+PROGRESS_CHUNK = 16  # principle requests per completion batch
 
 
 class PrincipleGenerator:
@@ -55,18 +56,32 @@ class PrincipleGenerator:
         # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
         sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
                             stop=("\n###",), seed=self.seed * 7919 + round_index)
-        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling),
+        from selfsteer.progress import ProgressLine
+
+        # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
+        bar = ProgressLine("principles", 2 * len(prompts), "requests")
+        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar),
                                            max_retries=llm.max_retries, min_words=llm.min_words,
                                            reject_answers=llm.reject_answers)
+        bar.close()
         warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
         if warning:
             logger.warning(warning)
         return [asdict(p) for p in pairs], stats
 
-    def _completer(self, engines: Optional[list], sampling: Sampling):
+    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None):
         calls = {"n": 0}
 
         def complete(texts: list[str]) -> list[str]:
+            """In chunks of PROGRESS_CHUNK, so a long call shows progress (batching within a chunk)."""
+            out: list[str] = []
+            for i in range(0, len(texts), PROGRESS_CHUNK):
+                out += complete_chunk(texts[i:i + PROGRESS_CHUNK])
+                if bar is not None:
+                    bar.update(len(texts[i:i + PROGRESS_CHUNK]))
+            return out
+
+        def complete_chunk(texts: list[str]) -> list[str]:
             # A fresh seed per call, or a retry would repeat the same failed sample.
             calls["n"] += 1
             s = replace(sampling, seed=sampling.seed * 31 + calls["n"])

@@ -146,13 +146,14 @@ def pack_rows(contexts: list[list[int]], responses: list[list[int]], pad_id: int
 
 
 def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16,
-                    packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None):
+                    packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None, progress=None):
     """Forward `model` over (context, response) rows in micro-batches; grads flow if enabled.
 
     `packed` shares contexts and fills rows (see pack_rows) under a 4D attention mask of
     `mask_dtype` (the model's dtype); results match the padded path to float32 rounding. Rows are
     then grouped by context first, so rows sharing one land in the same micro-batch. `masks`
-    (SePO's selected tokens, see pack_sequences) are scored on padded rows.
+    (SePO's selected tokens, see pack_sequences) are scored on padded rows. `progress(n)`, if
+    given, is called with each micro-batch's row count after its forward pass.
     """
     packed = packed and masks is None
     order = list(range(len(contexts)))
@@ -177,6 +178,8 @@ def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_ba
             s, c = sequence_logprobs(logits, labels.to(device))
         sums.append(s)
         counts.append(c)
+        if progress is not None:
+            progress(len(ctx))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     sums, counts = torch.cat(sums), torch.cat(counts)

@@ -94,7 +94,7 @@ def test_fallback_rate_above_the_threshold_is_reported_loudly(caplog):
     # The actor logs it after a round whose writer only echoed headers (a scripted writer stands in for the LLM).
     cfg = load_config(None, ["principles.mode=llm", "principles.llm.max_retries=0"])
     actor = PrincipleGenerator(cfg.principles, seed=0)
-    actor._completer = lambda engines, sampling: (lambda texts: ["1. **"] * len(texts))
+    actor._completer = lambda engines, sampling, bar=None: (lambda texts: ["1. **"] * len(texts))
     prompts = [PromptRecord(uid=f"q{i}", index=i, prompt=f"question {i}?") for i in range(2)]
     with caplog.at_level(logging.WARNING, logger="selfsteer.actors.principle"):
         pairs, stats = actor.generate(prompts, round_index=1)
