@@ -31,7 +31,7 @@ def add_subcommands(subparsers) -> None:
     ev.add_argument("--scorer", default="auto", choices=("auto", "none", "task"),
                     help="gold scorer: auto (the alignment task's when every prompt is one of its prompts), none, task")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--out", help="JSONL to write (default: stdout summary only, rows to eval.jsonl beside nothing)")
+    ev.add_argument("--out", help="JSONL to write, one row per prompt (and OUT.summary.json); omitted: summary only")
     ev.add_argument("--log-level", default="INFO")
 
     ex = subparsers.add_parser("export", help="generations -> a judge's input format (AlpacaEval)",
