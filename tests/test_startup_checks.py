@@ -67,3 +67,10 @@ def test_unknown_template_words_are_warned_with_their_share(toy_model_path, tmp_
     assert template_warning(cfg, tokenizer) is None
     cfg = load_config(None, [f"principles.library_file={library}"]).principles  # "Your response should be ..."
     assert template_warning(cfg, tokenizer) is not None  # "Short:" / "Clear:" headers and "Never reveal, quote ..."
+
+
+def test_the_smollm2_config_is_sane_for_a_135m_model():
+    cfg = load_config("configs/smollm2_135m_cpu.yaml")
+    assert 5e-7 <= cfg.trainer.lr <= 1e-6 and lr_warning(cfg.trainer.lr, 134_515_008) is None
+    assert cfg.model.dtype == "float32" and cfg.rollout.num_engines == 1 and cfg.trainer.num_ranks == 1
+    assert cfg.model.policy == "models/smollm2-135m-instruct"  # made by `selfsteer import-gguf` (the YAML's header)
