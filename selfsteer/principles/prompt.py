@@ -6,8 +6,8 @@ Two completion calls per query, each sent as one user turn with stop string `"\\
     call 2: principle_prompt(q) + bad + header  ends at "### Good Guideline"  -> good text
 
 Unlike the official code (spec §10 item 15) we strip replies, retry empty and degenerate ones
-(`selfsteer.principles.screen`: too short, header echoes, good equal to bad, an answer instead of a
-guideline), accept a single reply that holds both headers, cap reply length, and fall back to the
+(`selfsteer.principles.screen`: too short, header echoes, good equal to bad, a copied worked example,
+an answer instead of a guideline), accept a single reply that holds both headers, cap reply length, and fall back to the
 Helpfulness pair.
 """
 
@@ -67,6 +67,9 @@ _EXAMPLES = (
         "such as arrays of objects that must be compared by a key, and explain how to check the result.",
     ),
 )
+
+
+EXAMPLE_GUIDELINES = tuple(text for _, bad, good in _EXAMPLES for text in (bad, good))
 
 
 def _block(query: str) -> str:
@@ -183,7 +186,8 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
         if text is None:
             return None
         text = strip_leading_echo(text)
-        reason = reject_reason(text, other=other, min_words=min_words, reject_answers=reject_answers)
+        reason = reject_reason(text, other=other, min_words=min_words, reject_answers=reject_answers,
+                               examples=EXAMPLE_GUIDELINES)
         if reason is not None:
             stats[f"rejected_{reason}"] += 1
             return None

@@ -9,7 +9,7 @@ The answer-vs-guideline test is a heuristic, and says so: a guideline talks abou
 reply passes when it names the answer or its reader (answer, response, user, query, student, tone,
 ...), uses an instruction word (should, must, avoid, ...), or opens a sentence with an imperative
 verb (Explain, Begin, Keep, Treat, ...); it fails when it opens like a chat answer ("Sure", "Here
-is", "I ..."), or has none of those cues. It misses answers phrased as advice ("You should pack
+is", "I ...", "The answer to ..."), or has none of those cues. It misses answers phrased as advice ("You should pack
 a tent"), and can reject a terse guideline that uses none of the cue words.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-REASONS = ("too_short", "header_echo", "same_as_bad", "answers_query")
+REASONS = ("too_short", "header_echo", "same_as_bad", "copies_example", "answers_query")
 
 # Header-like scaffolding a small model echoes instead of writing a guideline.
 _SCAFFOLD = re.compile(
@@ -31,7 +31,7 @@ _LEADING_ECHO = re.compile(
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 _CHAT_OPENER = re.compile(
     r"^\s*(?:sure\b|certainly\b|of course\b|here(?:'s| is| are)\b|i(?:'m|'d|'ll| am| would| will| can| think)?\b"
-    r"|as an ai\b|hello\b|hi\b|yes\b|no,|great question)", re.IGNORECASE)
+    r"|as an ai\b|hello\b|hi\b|yes\b|no,|great question|the answer (?:to|is)\b|answer\s*:|a\s*:)", re.IGNORECASE)
 _META = frozenset("""answer answers answering response responses respond reply user users query queries question
 questions student reader request instruction instructions tone guideline guidelines should must avoid avoiding
 explanation detail details concise vague specific example examples""".split())
@@ -71,8 +71,14 @@ def looks_like_guideline(text: str) -> bool:
     return False
 
 
-def reject_reason(text: str, *, other: str | None = None, min_words: int = 4,
-                  reject_answers: bool = True) -> str | None:
+def _copies(text: str, examples: tuple[str, ...], words: int = 8) -> bool:
+    """True when the text repeats the opening `words` words of a worked example's guideline."""
+    normal = _normal(text)
+    return any(len(e.split()) >= words and " ".join(e.split()[:words]) in normal for e in map(_normal, examples))
+
+
+def reject_reason(text: str, *, other: str | None = None, min_words: int = 4, reject_answers: bool = True,
+                  examples: tuple[str, ...] = ()) -> str | None:
     """Why `text` is no usable guideline (one of REASONS), or None when it is one.
 
     Args:
@@ -80,6 +86,7 @@ def reject_reason(text: str, *, other: str | None = None, min_words: int = 4,
         other: the pair's bad text when `text` is the good one: an equal good text is rejected.
         min_words: fewer words than this (after removing header-like scaffolding) is too short.
         reject_answers: apply the answer-vs-guideline heuristic.
+        examples: the prompt's worked-example guidelines; a reply repeating one is rejected.
 
     Examples (min_words=4):
         "1. **"                              -> "header_echo"
@@ -94,6 +101,8 @@ def reject_reason(text: str, *, other: str | None = None, min_words: int = 4,
         return "header_echo" if echoed else "too_short"
     if other is not None and _normal(text) == _normal(other):
         return "same_as_bad"
+    if examples and _copies(text, examples):
+        return "copies_example"
     if reject_answers and not looks_like_guideline(text):
         return "answers_query"
     return None

@@ -9,7 +9,8 @@ from selfsteer.principles.prompt import (BAD_HEADER, GOOD_HEADER, generate_princ
                                          parse_completion, principle_prompt)
 
 ZERO = {"requests": 0, "retries": 0, "parse_failures": 0, "fallbacks": 0, "truncated": 0, "both_in_one": 0,
-        "rejected_too_short": 0, "rejected_header_echo": 0, "rejected_same_as_bad": 0, "rejected_answers_query": 0}
+        "rejected_too_short": 0, "rejected_header_echo": 0, "rejected_same_as_bad": 0, "rejected_copies_example": 0,
+        "rejected_answers_query": 0}
 OFF = {"min_words": 1, "reject_answers": False}  # screen off: these tests are about parsing and cutting
 
 

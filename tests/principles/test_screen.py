@@ -25,6 +25,8 @@ BAD = "Keep the answer vague and skip every reason the calendar needs a leap day
     ("Leap years keep the calendar in step with the Earth's orbit around the sun.", "answers_query"),
     ("Sure! Here are some tips for drawing daily: practice", "answers_query"),
     ("Raindrops on the roof\nwhispers of the grey sky\nspring is here", "answers_query"),
+    # Seen from SmolLM2-135M: an answer that names "the answer" and "the question" is still an answer.
+    ('The answer to the question "What should I pack for a three-day hiking trip?" is a', "answers_query"),
     (GOOD, None),
     (BAD, None),
     # The worked examples of the principle prompt itself pass.
@@ -46,6 +48,16 @@ def test_settings_turn_the_word_floor_and_the_answer_heuristic_off():
     assert reject_reason("Be vague.", min_words=1) is None
     assert reject_reason("Leap years keep the calendar in step.", reject_answers=False) is None
     assert reject_reason("1. **", min_words=1) == "header_echo"  # nothing but scaffolding
+
+
+def test_a_copied_worked_example_is_rejected():
+    from selfsteer.principles.prompt import EXAMPLE_GUIDELINES
+
+    # SmolLM2-135M, asked about boiling an egg, repeated the stickers example's bad guideline.
+    copied = "1. Begin with a guess instead of restating how many stickers Maria starts with. Combine the numbers"
+    assert reject_reason(copied, examples=EXAMPLE_GUIDELINES) == "copies_example"
+    assert reject_reason(copied) is None  # without the examples it reads as a guideline
+    assert reject_reason(GOOD, examples=EXAMPLE_GUIDELINES) is None
 
 
 def test_strip_leading_echo_keeps_the_guideline_after_it():

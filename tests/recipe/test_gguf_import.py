@@ -22,7 +22,7 @@ def _greedy(model, tokenizer, prompt: str, n: int = 6) -> list[int]:
 
 
 @pytest.mark.slow
-def test_import_gguf_round_trip_is_tied_and_generates_like_the_gguf_model(smollm2_dir, capsys):
+def test_import_gguf_round_trip_is_tied_and_generates_like_the_gguf_model(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     names = saved_tensor_names(smollm2_dir)
