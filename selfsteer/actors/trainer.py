@@ -221,7 +221,7 @@ class TrainerRank:
         with self.backend.full_parameters(params):
             if self.rank != 0:
                 return None
-            state = _untied_state(self.module)
+            state = _tied_state_dict(self.module)
             config = self.module.config
             config.use_cache = self.saved_use_cache  # training turns it off; generation from the checkpoint wants it
             try:
@@ -232,7 +232,7 @@ class TrainerRank:
         return path
 
 
-def _untied_state(module) -> dict[str, torch.Tensor]:
+def _tied_state_dict(module) -> dict[str, torch.Tensor]:
     """CPU copies of the state dict; with tied embeddings a tensor shared by two names is kept once
     (under its first name, the embedding), so the checkpoint stays tied and ~20% smaller."""
     tied = bool(getattr(module.config, "tie_word_embeddings", False))
