@@ -181,9 +181,12 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
         stats["truncated"] += truncated
         return text
 
-    def usable(text: str | None, other: str | None = None) -> str | None:
-        """The text without an opening header echo, or None (counted) when the screen rejects it."""
+    def usable(text: str | None, other: str | None = None, reply: str = "") -> str | None:
+        """The text without an opening header echo, or None (counted) when the screen rejects it.
+        A non-empty reply that parsed to nothing held only headers: a header echo."""
         if text is None:
+            if reply.strip():
+                stats["rejected_header_echo"] += 1
             return None
         text = strip_leading_echo(text)
         reason = reject_reason(text, other=other, min_words=min_words, reject_answers=reject_answers,
@@ -211,7 +214,7 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
 
     def take_bad(i: int, reply: str) -> bool:
         bad_text, good_text = parse_completion(reply)
-        bad_text = usable(bad_text)
+        bad_text = usable(bad_text, reply=reply)
         if bad_text is None:
             return False
         bad[i] = keep(bad_text)
@@ -224,7 +227,7 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
     def take_good(i: int, reply: str) -> bool:
         # A reply that restarts the whole format only contributes its good section; call 1's bad text stays.
         both = len(_headers(reply)) == 2
-        text = usable(parse_completion(reply)[1 if both else 0], other=bad[i])
+        text = usable(parse_completion(reply)[1 if both else 0], other=bad[i], reply=reply)
         if text is None:
             return False
         good[i] = keep(text)

@@ -105,7 +105,7 @@ def test_generate_falls_back_after_max_retries():
                         ["  ", "Make the answer specific."], ["\n"], ["\t"])
     pairs, counts = generate_principles(["Q0", "Q1", "Q2"], complete, max_retries=2)
     # call 1: 3 + 1 + 1 strings; call 2: 2 + 1 + 1.
-    assert counts == stats(requests=9, retries=4, parse_failures=6, fallbacks=2)
+    assert counts == stats(requests=9, retries=4, parse_failures=6, fallbacks=2, rejected_header_echo=1)  # the "###" reply
     assert pairs[0] == fallback_pair() and pairs[1] == fallback_pair()
     assert pairs[2].source == "llm" and pairs[2].good_principles == ("Make the answer specific.",)
 
@@ -133,7 +133,7 @@ def test_generate_call_two_reply_with_both_headers_gives_only_the_good_text():
     # Both headers but an empty good section: a failure, not the bad section read as good.
     pairs, counts = generate_principles(["Q0"], Scripted(["Keep the answer vague."], [f"{BAD_HEADER}\nAnswer in a rude tone.\n{GOOD_HEADER}\n"]),
                                         max_retries=0)
-    assert counts == stats(requests=2, parse_failures=1, fallbacks=1)
+    assert counts == stats(requests=2, parse_failures=1, fallbacks=1, rejected_header_echo=1)
 
 
 def test_generate_truncates_huge_replies_at_whitespace():

@@ -113,3 +113,10 @@ def test_fallback_rate_above_the_threshold_is_reported_loudly(caplog):
     assert stats["fallbacks"] == 2 and stats["rejected_header_echo"] == 2
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "100% of 2 prompts fell back" in caplog.records[0].message
+
+
+def test_a_reply_of_headers_only_counts_as_a_header_echo_and_an_empty_one_does_not():
+    pairs, stats = generate_principles(["Q0"], Scripted(["### Bad Guidelines\n### Bad Guidelines"], ["  "]),
+                                       max_retries=1)
+    assert pairs == [fallback_pair()]
+    assert stats["rejected_header_echo"] == 1 and stats["parse_failures"] == 2
