@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from selfsteer.recipe import cli as recipe_cli
 
     recipe_cli.add_subcommands(sub)  # the seed recipe's five phases, pipeline, converter, serve
+    from selfsteer import tools_cli
+
+    tools_cli.add_subcommands(sub)  # import-gguf, eval, export
     args = parser.parse_args(argv)
     if args.command in recipe_cli.COMMANDS:
         return recipe_cli.dispatch(args)
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         from selfsteer.plan import main as plan_main
 
         return plan_main(args)
+    if args.command in tools_cli.COMMANDS:
+        return tools_cli.dispatch(args)
     if args.command == "scale":
         from selfsteer.driver import request_scale
 

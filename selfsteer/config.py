@@ -106,6 +106,10 @@ class LLMPrincipleConfig:
     # 0 CPUs: it shares the CPUs of the roles (the CPU default, where it mostly waits).
     num_cpus: float = 0.0
     num_gpus: float = 0.0
+    # Reply screen (selfsteer.principles.screen): degenerate replies are retried, counted, then fall back.
+    min_words: int = 4  # a guideline shorter than this (after header-like scaffolding) is rejected
+    reject_answers: bool = True  # reject replies that answer the query instead of guiding the answer
+    fallback_warn_rate: float = 0.5  # WARNING when a round's share of fallback pairs exceeds this
 
     def __post_init__(self):
         _check_choice("principles.llm", "source", self.source, ("policy", "model", "http"))
@@ -120,6 +124,9 @@ class LLMPrincipleConfig:
         _check_positive("principles.llm", "max_concurrency", self.max_concurrency)
         _check_positive("principles.llm", "num_cpus", self.num_cpus, allow_zero=True)
         _check_positive("principles.llm", "num_gpus", self.num_gpus, allow_zero=True)
+        _check_positive("principles.llm", "min_words", self.min_words, allow_zero=True)
+        if not 0 <= self.fallback_warn_rate <= 1:
+            raise ConfigError(f"principles.llm.fallback_warn_rate={self.fallback_warn_rate!r} must be in [0, 1]")
 
     def actor_resources(self, mode: str) -> dict:
         """Ray resources of the principle actor: a local writer model (source=model) gets num_cpus/num_gpus;
@@ -135,10 +142,24 @@ class PrincipleConfig:
     library_file: Optional[str] = None  # YAML/JSON of dimensions; None = built-in v1 library
     num_dimensions: int = 2
     concision_prob: float = 0.2
+    # Library mode's system prompt: a preset (selfsteer | paper | v2 | bare) or your own text with
+    # the placeholders {adjectives} {guidelines} {principles} {quality} {never_reveal}
+    # (selfsteer.principles.library.SYSTEM_TEMPLATES).
+    system_template: str = "selfsteer"
+    # Start-up check: warn when more than this share of a sample system prompt's tokens are unknown.
+    max_unknown_share: float = 0.05
     llm: LLMPrincipleConfig = field(default_factory=LLMPrincipleConfig)
 
     def __post_init__(self):
         _check_choice("principles", "mode", self.mode, ("library", "llm"))
+        from selfsteer.principles.library import resolve_template
+
+        try:
+            resolve_template(self.system_template)
+        except ValueError as exc:
+            raise ConfigError(f"principles.system_template={exc}") from None
+        if not 0 <= self.max_unknown_share <= 1:
+            raise ConfigError(f"principles.max_unknown_share={self.max_unknown_share!r} must be in [0, 1]")
         _check_positive("principles", "num_dimensions", self.num_dimensions)
         if not 0 <= self.concision_prob <= 1:
             raise ConfigError(f"principles.concision_prob={self.concision_prob!r} must be in [0, 1]")

@@ -116,6 +116,9 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
 
     check_prompt_count(cfg, len(records), str(prompts_path))  # toy/task prompts are counted only here
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
+    from selfsteer.startup_checks import startup_warnings
+
+    startup_warnings(cfg, policy, tokenizer)  # before any actor starts: lr vs model size, unknown template words
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
                   cfg.data.max_prompt_tokens, extra, run_dir=run_dir)
 

@@ -8,6 +8,7 @@ OpenAI-compatible server (`selfsteer.principles.endpoint`).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, replace
 from typing import Optional
@@ -16,6 +17,9 @@ from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
 from selfsteer.principles.prompt import generate_principles
 from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+PROGRESS_CHUNK = 16  # principle requests per completion batch
 
 
 class PrincipleGenerator:
@@ -49,21 +53,40 @@ class PrincipleGenerator:
         if self.cfg.mode == "library":
             pairs = [sample_library_pair(self.library, random.Random(f"{self.seed}:{p.uid}:{round_index}"),
                                          num_dimensions=self.cfg.num_dimensions,
-                                         concision_prob=self.cfg.concision_prob) for p in prompts]
+                                         concision_prob=self.cfg.concision_prob,
+                                         template=self.cfg.system_template) for p in prompts]
             return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
         llm = self.cfg.llm
         # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
         # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
         sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
                             stop=("\n###",), seed=self.seed * 7919 + round_index)
-        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling),
-                                           max_retries=llm.max_retries)
+        from selfsteer.progress import ProgressLine
+
+        # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
+        bar = ProgressLine("principles", 2 * len(prompts), "requests")
+        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar),
+                                           max_retries=llm.max_retries, min_words=llm.min_words,
+                                           reject_answers=llm.reject_answers)
+        bar.close()
+        warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
+        if warning:
+            logger.warning(warning)
         return [asdict(p) for p in pairs], stats
 
-    def _completer(self, engines: Optional[list], sampling: Sampling):
+    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None):
         calls = {"n": 0}
 
         def complete(texts: list[str]) -> list[str]:
+            """In chunks of PROGRESS_CHUNK, so a long call shows progress (batching within a chunk)."""
+            out: list[str] = []
+            for i in range(0, len(texts), PROGRESS_CHUNK):
+                out += complete_chunk(texts[i:i + PROGRESS_CHUNK])
+                if bar is not None:
+                    bar.update(len(texts[i:i + PROGRESS_CHUNK]))
+            return out
+
+        def complete_chunk(texts: list[str]) -> list[str]:
             # A fresh seed per call, or a retry would repeat the same failed sample.
             calls["n"] += 1
             s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
@@ -82,6 +105,21 @@ class PrincipleGenerator:
             return [g.text for g in generate_on_engines(engines, requests, s)]
 
         return complete
+
+
+def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index: int) -> str | None:
+    """The loud line for a principle writer whose share of fallback pairs passed `threshold`."""
+    if not n_prompts:
+        return None
+    rate = stats.get("fallbacks", 0) / n_prompts
+    if rate <= threshold:
+        return None
+    reasons = ", ".join(f"{k[len('rejected_'):]}={v}" for k, v in stats.items() if k.startswith("rejected_") and v)
+    return (f"PRINCIPLE WRITER FAILING: round {round_index}: {rate:.0%} of {n_prompts} prompts fell back to the "
+            f"Helpfulness pair (principles.llm.fallback_warn_rate={threshold:g}); rejected replies: {reasons or 'none'}, "
+            f"empty: {stats.get('parse_failures', 0) - sum(v for k, v in stats.items() if k.startswith('rejected_'))}. "
+            f"A small policy rarely writes usable guidelines: use a larger writer (principles.llm.source=model|http) "
+            f"or principles.mode=library")
 
 
 def _library(library_file):

@@ -57,9 +57,14 @@ class ReferenceModel:
     @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
+        from selfsteer.progress import ProgressLine
+
+        bar = ProgressLine("reference scoring", len(contexts), "rows")
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
                                        device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
-                                       mask_dtype=self.model.dtype, split_head=self.split_head, varlen=self.varlen)
+                                       mask_dtype=self.model.dtype, split_head=self.split_head, varlen=self.varlen,
+                                       progress=bar.update)
+        bar.close()
         return sums.tolist(), counts.tolist()
 
     @torch.no_grad()

@@ -241,7 +241,7 @@ def pack_varlen(contexts: list[list[int]], responses: list[list[int]]) -> Packed
 
 def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_batch_size: int = 16,
                     packed: bool = False, mask_dtype: torch.dtype = torch.float32, masks=None,
-                    split_head: bool = False, chunk_size: int = DEFAULT_CHUNK, varlen: bool = False):
+                    split_head: bool = False, chunk_size: int = DEFAULT_CHUNK, varlen: bool = False, progress=None):
     """Forward `model` over (context, response) rows in micro-batches; grads flow if enabled.
 
     `packed` shares contexts and fills rows (see pack_rows) under a 4D attention mask of
@@ -250,7 +250,8 @@ def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_ba
     (SePO's selected tokens, see pack_sequences) are scored on padded rows. `varlen` packs as
     pack_varlen does (flash-attention) instead of pack_rows. `split_head` runs the
     HF model's decoder and applies its lm_head per chunk (see split_head_supported); `chunk_size`
-    as in gathered_logps.
+    as in gathered_logps. `progress(n)`, if
+    given, is called with each micro-batch's row count after its forward pass.
     """
     packed = packed and masks is None
     order = list(range(len(contexts)))
@@ -278,6 +279,8 @@ def score_sequences(model, contexts, responses, *, pad_id: int, device, micro_ba
         sums.append(torch.zeros(len(ctx), dtype=token_logps.dtype, device=token_logps.device)
                     .index_add(0, owner.to(token_logps.device), token_logps))
         counts.append(c.to(token_logps.device))
+        if progress is not None:
+            progress(len(ctx))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     sums, counts = torch.cat(sums), torch.cat(counts)

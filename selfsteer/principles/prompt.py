@@ -5,8 +5,10 @@ Two completion calls per query, each sent as one user turn with stop string `"\\
     call 1: principle_prompt(q)                 ends at "### Bad Guideline"   -> bad text
     call 2: principle_prompt(q) + bad + header  ends at "### Good Guideline"  -> good text
 
-Unlike the official code (spec §10 item 15) we strip replies, retry empty ones, accept a single
-reply that holds both headers, cap reply length, and fall back to the Helpfulness pair.
+Unlike the official code (spec §10 item 15) we strip replies, retry empty and degenerate ones
+(`selfsteer.principles.screen`: too short, header echoes, good equal to bad, a copied worked example,
+an answer instead of a guideline), accept a single reply that holds both headers, cap reply length, and fall back to the
+Helpfulness pair.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from typing import Callable
 
 from selfsteer.principles.library import PrinciplePair, compose_v2_system, fallback_pair
+from selfsteer.principles.screen import REASONS, reject_reason, strip_leading_echo
 
 __all__ = ["BAD_HEADER", "GOOD_HEADER", "principle_prompt", "good_followup_prompt", "compose_v2_system",
            "parse_completion", "generate_principles"]
@@ -64,6 +67,9 @@ _EXAMPLES = (
         "such as arrays of objects that must be compared by a key, and explain how to check the result.",
     ),
 )
+
+
+EXAMPLE_GUIDELINES = tuple(text for _, bad, good in _EXAMPLES for text in (bad, good))
 
 
 def _block(query: str) -> str:
@@ -134,7 +140,8 @@ def _truncate(text: str, max_chars: int) -> tuple[str, bool]:
 
 
 def generate_principles(queries: list[str], complete: Callable[[list[str]], list[str]], *, max_retries: int = 2,
-                        max_chars: int = 2000) -> tuple[list[PrinciplePair], dict[str, int]]:
+                        max_chars: int = 2000, min_words: int = 4,
+                        reject_answers: bool = True) -> tuple[list[PrinciplePair], dict[str, int]]:
     """Write one (good, bad) principle pair per query with the v2 principle prompt.
 
     Call 1 goes to every query at once; queries whose reply parses to nothing are asked again, up
@@ -148,12 +155,14 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
             each, in order. The caller applies the stop string `"\\n###"` and the sampling settings.
         max_retries: extra attempts per call for queries whose reply was empty or unparseable.
         max_chars: cap on each guideline text; longer ones are cut at a whitespace boundary.
+        min_words, reject_answers: the screen's settings (`selfsteer.principles.screen.reject_reason`).
 
     Returns:
         The pairs, in query order (source "llm" or "fallback"), and counts: `requests` (strings sent
-        to `complete`), `retries` (strings re-sent), `parse_failures` (replies that gave no text),
-        `fallbacks`, `truncated` (texts cut to `max_chars`), `both_in_one` (replies holding both
-        headers that were used).
+        to `complete`), `retries` (strings re-sent), `parse_failures` (replies that gave no usable
+        text: empty or rejected), `rejected_<reason>` for each screen reason (a subset of
+        `parse_failures`), `fallbacks`, `truncated` (texts cut to `max_chars`), `both_in_one`
+        (replies holding both headers that were used).
 
     Raises:
         ValueError: bad arguments, or `complete` returned the wrong number of replies or a non-string.
@@ -162,13 +171,29 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
         raise ValueError(f"max_retries={max_retries!r} must be >= 0")
     if max_chars < 1:
         raise ValueError(f"max_chars={max_chars!r} must be >= 1")
-    stats = dict.fromkeys(("requests", "retries", "parse_failures", "fallbacks", "truncated", "both_in_one"), 0)
+    stats = dict.fromkeys(("requests", "retries", "parse_failures", "fallbacks", "truncated", "both_in_one",
+                           *(f"rejected_{r}" for r in REASONS)), 0)
     bad: list[str | None] = [None] * len(queries)
     good: list[str | None] = [None] * len(queries)
 
     def keep(text: str) -> str:
         text, truncated = _truncate(text, max_chars)
         stats["truncated"] += truncated
+        return text
+
+    def usable(text: str | None, other: str | None = None, reply: str = "") -> str | None:
+        """The text without an opening header echo, or None (counted) when the screen rejects it.
+        A non-empty reply that parsed to nothing held only headers: a header echo."""
+        if text is None:
+            if reply.strip():
+                stats["rejected_header_echo"] += 1
+            return None
+        text = strip_leading_echo(text)
+        reason = reject_reason(text, other=other, min_words=min_words, reject_answers=reject_answers,
+                               examples=EXAMPLE_GUIDELINES)
+        if reason is not None:
+            stats[f"rejected_{reason}"] += 1
+            return None
         return text
 
     def ask(pending: list[int], build: Callable[[int], str], take: Callable[[int, str], bool]) -> None:
@@ -189,9 +214,11 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
 
     def take_bad(i: int, reply: str) -> bool:
         bad_text, good_text = parse_completion(reply)
+        bad_text = usable(bad_text, reply=reply)
         if bad_text is None:
             return False
         bad[i] = keep(bad_text)
+        good_text = usable(good_text, other=bad[i])  # a rejected good text is asked for in call 2
         if good_text is not None:
             good[i] = keep(good_text)
             stats["both_in_one"] += 1
@@ -200,7 +227,7 @@ def generate_principles(queries: list[str], complete: Callable[[list[str]], list
     def take_good(i: int, reply: str) -> bool:
         # A reply that restarts the whole format only contributes its good section; call 1's bad text stays.
         both = len(_headers(reply)) == 2
-        text = parse_completion(reply)[1 if both else 0]
+        text = usable(parse_completion(reply)[1 if both else 0], other=bad[i], reply=reply)
         if text is None:
             return False
         good[i] = keep(text)

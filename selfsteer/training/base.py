@@ -26,7 +26,8 @@ class TrainBackend(Protocol):
         """Accumulate grads of `loss` (already scaled by the caller); `boundary` ends the group."""
 
     def step(self) -> dict[str, float]:
-        """Optimizer + scheduler step after a boundary backward; returns grad_norm and lr."""
+        """Optimizer + scheduler step after a boundary backward; returns the pre-clipping grad_norm
+        and the lr this step applied (read before the scheduler advances)."""
 
     def full_parameters(self, params: list[torch.nn.Parameter]) -> ContextManager[None]:
         """Inside the context every param in `params` holds its full value (ZeRO-3 gathers)."""

@@ -42,10 +42,16 @@ class DeepSpeedBackend:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> dict[str, float]:
+        """The step's lr (the one the optimizer applies, before the scheduler moves it) and its
+        pre-clipping gradient norm: ZeRO reports it; at stage 0 DeepSpeed clips without keeping
+        the norm, so we take it from the (already all-reduced) gradients first."""
+        lr = float(self.engine.get_lr()[0])
+        own_norm = _grad_norm(self.module.parameters()) if self.zero_stage == 0 else None
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return {"grad_norm": float(norm) if norm is not None else float("nan"),
-                "lr": float(self.scheduler.get_last_lr()[0])}
+        if norm is None:
+            norm = own_norm
+        return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
 
     def full_parameters(self, params):
         if self.zero_stage == 3:
@@ -60,3 +66,8 @@ class DeepSpeedBackend:
         path, _ = self.engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+
+
+def _grad_norm(params) -> float | None:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None

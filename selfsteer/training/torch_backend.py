@@ -35,11 +35,12 @@ class TorchBackend:
             for p, g in zip(self._params, torch._utils._unflatten_dense_tensors(flat, grads)):
                 p.grad = g
         norm = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step applies, before the scheduler moves it
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return {"grad_norm": float(norm), "lr": float(self.scheduler.get_last_lr()[0])}
+        return {"grad_norm": float(norm), "lr": lr}
 
     def full_parameters(self, params):
         return nullcontext_params(params)

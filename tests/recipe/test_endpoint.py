@@ -193,7 +193,9 @@ def test_a_run_with_the_http_source_never_writes_or_prints_the_key(server, tmp_p
             f"model.cache_dir={toy_cache}", "rounds=1", "data.prompts_per_round=2", "rollout.num_engines=1",
             "rollout.sampling.max_new_tokens=8", "tensorboard=true",
             "principles.mode=llm", "principles.llm.source=http", f"principles.llm.base_url={server}",
-            f"principles.llm.api_key_env={KEY_VAR}", "principles.llm.http_retries=1"]
+            f"principles.llm.api_key_env={KEY_VAR}", "principles.llm.http_retries=1",
+            # The toy model writes word salad; with the reply screen off every reply counts as written.
+            "principles.llm.min_words=0", "principles.llm.reject_answers=false"]
     # The server accepts KEY; the run sends `secret`, is refused (401) and must say so without echoing it.
     # Then with the right key: a finished run, with checkpoints, metrics and TensorBoard events.
     refused = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, KEY_VAR: secret})
