@@ -153,6 +153,15 @@ class Roles:
         return self.pool.generate(requests, sampling, on_engine_restart=lambda: self.syncer.resync(self.pool.engines),
                                   expected_version=lambda: self.syncer.version)
 
+    def sleep_engines(self) -> dict[str, float]:
+        """placement=colocated: the engines free their weights (and KV cache) before the trainer
+        trains on the same devices; the sync after training wakes them. Returns the RSS freed."""
+        if self.cfg.placement != "colocated" or not self.pool.engines:
+            return {}
+        slept = ray.get([e.sleep.remote() for e in self.pool.engines], timeout=self.cfg.ray.call_timeout_s)
+        return {"rollout/sleep_rss_freed_mb": sum(x["rss_freed_mb"] for x in slept) / len(slept),
+                "rollout/sleep_supported": min(x["supported"] for x in slept)}
+
     def _call(self, role: str, actor, submit):
         """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor."""
         from ray.exceptions import GetTimeoutError, RayActorError
@@ -189,6 +198,7 @@ class Roles:
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.trainer.shutdown()
+        self.syncer.close()
         for actor in (self.principle_actor, self.reference, *self.extra_actors):
             ray.kill(actor)
 

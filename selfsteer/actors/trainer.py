@@ -50,6 +50,8 @@ class TrainerRank:
         self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
         self._master_store = None  # rank 0: the training process group's store (open_master_store)
         self.sync_buffers = FlatBuffers()
+        self._shm = None  # placement=colocated on CPU: the weight segment the engines read
+        self._ipc = None  # placement=colocated on GPU: buckets shared by CUDA IPC handles
 
     def open_master_store(self) -> tuple[str, int]:
         """Rank 0 opens the process group's store on an OS-picked port (no free-port race)."""
@@ -177,6 +179,8 @@ class TrainerRank:
         Bucket i+1 is gathered and packed while bucket i is on the wire (two buffer slots), and
         its fingerprint is taken while it is sent.
         """
+        if method in ("shm", "cuda_ipc"):
+            return self._push_local(buckets, method, verify)
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
         collective, sending = method == "collective", None
@@ -201,6 +205,42 @@ class TrainerRank:
         if sending is not None:
             self.sync_group.wait(sending)
         return {"fingerprints": fingerprints, "refs": refs}
+
+    def _push_local(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
+        """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
+        (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
+        params = dict(self.module.named_parameters())
+        fingerprints, handles = [], []
+        if self.rank == 0 and method == "shm" and (self._shm is None or self._shm.buckets != list(buckets)):
+            from selfsteer.sync.shm import ShmWriter
+
+            self.close_shm()
+            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
+        if self.rank == 0 and method == "cuda_ipc":
+            from selfsteer.sync.cuda_ipc import IpcBuckets
+
+            self._ipc = self._ipc or IpcBuckets()
+            self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
+        for i, bucket in enumerate(buckets):
+            with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
+                if self.rank != 0:
+                    continue
+                tensors = {s.name: params[s.name].data for s in bucket.slots}
+                if method == "shm":
+                    flat = self._shm.write(i, tensors)
+                else:
+                    flat, handle = self._ipc.share(bucket, tensors, self.device)
+                    handles.append(handle)
+            if verify:
+                fingerprints.append(fingerprint(flat))
+        if self.rank != 0:
+            return {"fingerprints": [], "handle": None}
+        return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
+
+    def close_shm(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
 
     def save_state(self, directory: str, tag: str) -> None:
         self.backend.save_state(directory, tag)
@@ -280,6 +320,42 @@ class TrainerGroup:
                                        f"{self.cfg.output_dir}") from exc
         return ray.get(refs)
 
+    def _push_local(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
+        """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
+        (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
+        params = dict(self.module.named_parameters())
+        fingerprints, handles = [], []
+        if self.rank == 0 and method == "shm" and (self._shm is None or self._shm.buckets != list(buckets)):
+            from selfsteer.sync.shm import ShmWriter
+
+            self.close_shm()
+            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
+        if self.rank == 0 and method == "cuda_ipc":
+            from selfsteer.sync.cuda_ipc import IpcBuckets
+
+            self._ipc = self._ipc or IpcBuckets()
+            self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
+        for i, bucket in enumerate(buckets):
+            with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
+                if self.rank != 0:
+                    continue
+                tensors = {s.name: params[s.name].data for s in bucket.slots}
+                if method == "shm":
+                    flat = self._shm.write(i, tensors)
+                else:
+                    flat, handle = self._ipc.share(bucket, tensors, self.device)
+                    handles.append(handle)
+            if verify:
+                fingerprints.append(fingerprint(flat))
+        if self.rank != 0:
+            return {"fingerprints": [], "handle": None}
+        return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
+
+    def close_shm(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+
     def save_state(self, directory: str, tag: str) -> None:
         self._all("save_state", [r.save_state.remote(directory, tag) for r in self.ranks])
 
@@ -287,6 +363,10 @@ class TrainerGroup:
         self._all("load_state", [r.load_state.remote(directory, tag) for r in self.ranks])
 
     def shutdown(self) -> None:
+        try:  # unlink the weight segment now; ray.kill skips the rank's exit handlers
+            ray.get(self.rank0.close_shm.remote(), timeout=30)
+        except Exception:  # a dead rank 0: its segment went with the process's finalizers, or is in SHM_DIR
+            pass
         for r in self.ranks:
             ray.kill(r)
         ray.util.remove_placement_group(self.pg)
