@@ -228,10 +228,6 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     llm = cfg.principles.llm
     writer_gpus = llm.actor_resources(cfg.principles.mode)["num_gpus"]
     writer = gm.model_shape(llm.model_path) if writer_gpus else None
-    bundles = requirements(cfg)
-    attach_memory(cfg, bundles, shape, gpu_bytes, writer)
-    placement = place(bundles, cluster)
-    problems = placement.problems + memory_problems(bundles, cluster, placement)
     lines = [f"cluster: {nodes} node(s) x {gpus_per_node} GPU(s) of {gpu_memory_gib:g} GiB"
              + (f", {cpus_per_node:g} CPUs each" if cpus_per_node is not None else " (CPUs not checked: --cpus-per-node)"),
              f"model: {shape.name}: {shape.params / 1e9:.3f} B parameters ({shape.params:,}), {cfg.model.dtype}; "
@@ -246,6 +242,17 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
                  f"{ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == 'sso' else 2} rows of "
                  f"{cfg.data.max_prompt_tokens}+{cfg.rollout.sampling.max_new_tokens} tokens, gradient checkpointing "
                  f"{'on' if tc.gradient_checkpointing else 'off'}")
+    if cfg.placement == "colocated":
+        from selfsteer.plan_colocated import colocated_lines
+
+        rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
+        more, problems = colocated_lines(cfg, shape, cluster, rows, cfg.data.max_prompt_tokens
+                                         + cfg.rollout.sampling.max_new_tokens)
+        return "\n".join(lines + [""] + more), problems
+    bundles = requirements(cfg)
+    attach_memory(cfg, bundles, shape, gpu_bytes, writer)
+    placement = place(bundles, cluster)
+    problems = placement.problems + memory_problems(bundles, cluster, placement)
     lines.append("")
     lines.append(f"{'role':<22} {'bundle':<16} {'placement':<18} {'GiB/GPU':>8}  estimate")
     for group in _groups(bundles):
@@ -283,4 +290,12 @@ def main(args) -> int:
         return 2
     print(f"selfsteer plan {args.config}")
     print(text)
+    gpus = args.nodes * args.gpus_per_node
+    if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus:
+        from selfsteer.plan_colocated import colocated_variant
+
+        other, _ = make_plan(colocated_variant(cfg, gpus), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                             gpu_memory_gib=args.gpu_memory_gib, cpus_per_node=args.cpus_per_node)
+        print(f"\nthe same run with placement=colocated on all {gpus} GPUs (a trainer rank and an engine per GPU):")
+        print("\n".join(other.splitlines()[3:]))  # the cluster and model lines are the same
     return 2 if problems else 0
