@@ -54,6 +54,12 @@ def requirements(cfg) -> list[Bundle]:
     """The bundles the run asks Ray for (roles.start_roles and the algorithm's own long-lived actors)."""
     tc, rc, ref, llm = cfg.trainer, cfg.rollout, cfg.reference, cfg.principles.llm
     trainers = [("trainer", "trainer rank")] + ([("trainer B", "trainer B rank")] if cfg.algo == "sipo" else [])
+    if cfg.placement == "colocated" and tc.num_gpus:  # one placement group of whole-GPU bundles, shared
+        from selfsteer.colocation import colocated_slots
+
+        out = [Bundle("colocated", f"GPU bundle {i}", b["CPU"], b["GPU"]) for i, b in enumerate(colocated_slots(cfg)[0])]
+        writer = llm.actor_resources(cfg.principles.mode)
+        return out + [Bundle("principles", "principle writer", writer["num_cpus"], writer["num_gpus"])]
     out = [Bundle(role, f"{label} {i}", tc.num_cpus, tc.num_gpus) for role, label in trainers for i in range(tc.num_ranks)]
     out += [Bundle("rollout", f"rollout engine {i}", rc.num_cpus, rc.num_gpus * rc.tensor_parallel_size)
             for i in range(rc.num_engines)]
@@ -243,11 +249,7 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
                  f"{cfg.data.max_prompt_tokens}+{cfg.rollout.sampling.max_new_tokens} tokens, gradient checkpointing "
                  f"{'on' if tc.gradient_checkpointing else 'off'}")
     if cfg.placement == "colocated":
-        from selfsteer.plan_colocated import colocated_lines
-
-        rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
-        more, problems = colocated_lines(cfg, shape, cluster, rows, cfg.data.max_prompt_tokens
-                                         + cfg.rollout.sampling.max_new_tokens)
+        more, problems = _colocated(cfg, shape, cluster, gpu_bytes, nodes * gpus_per_node)
         return "\n".join(lines + [""] + more), problems
     bundles = requirements(cfg)
     attach_memory(cfg, bundles, shape, gpu_bytes, writer)
@@ -273,6 +275,21 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     else:
         lines.append("fits: every role is placed and every GPU's estimate is within its memory")
     return "\n".join(lines), problems
+
+
+def _colocated(cfg, shape, cluster: list[Node], gpu_bytes: float, total_gpus: int) -> tuple[list[str], list]:
+    """placement=colocated: its GPU bundles placed here, each GPU's phases in selfsteer.plan_colocated."""
+    from selfsteer.colocation import colocated_slots
+    from selfsteer.plan_colocated import colocated_lines
+
+    try:
+        gpu_bundles, slots = colocated_slots(cfg)
+    except ValueError as exc:
+        return [f"colocated: {exc}"], [("placement", str(exc))]
+    placed = place([Bundle("colocated", f"GPU bundle {i}", b["CPU"], 1.0) for i, b in enumerate(gpu_bundles)], cluster)
+    rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
+    width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
+    return colocated_lines(cfg, shape, gpu_bytes, total_gpus, rows, width, gpu_bundles, slots, placed.problems)
 
 
 def main(args) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from selfsteer import gpu_memory as gm
-from selfsteer.colocation import FRACTIONS, colocated_slots
+from selfsteer.colocation import FRACTIONS
 
 # A sleeping vLLM engine keeps its CUDA context and what lives outside its sleep pool (estimate).
 SLEEP_RESIDUAL = 1 * gm.GIB
@@ -61,17 +61,10 @@ def busy_gpus(cfg) -> dict[str, int]:
     return {"sampling": cfg.rollout.num_engines, "reference": 1, "training": cfg.trainer.num_ranks}
 
 
-def colocated_lines(cfg, shape: gm.ModelShape, nodes: list, rows: int, width: int) -> tuple[list[str], list]:
-    """The colocated plan's lines and problems ((role, reason))."""
-    from selfsteer.plan import Bundle, place
-
-    try:
-        bundles, slots = colocated_slots(cfg)
-    except ValueError as exc:
-        return [f"colocated: {exc}"], [("placement", str(exc))]
-    gpu_bytes = nodes[0].gpu_bytes or 0.0
-    placed = place([Bundle("colocated", f"GPU bundle {i}", b["CPU"], 1.0) for i, b in enumerate(bundles)], nodes)
-    problems = list(placed.problems)
+def colocated_lines(cfg, shape: gm.ModelShape, gpu_bytes: float, total_gpus: int, rows: int, width: int,
+                    bundles: list[dict], slots: list, problems: list) -> tuple[list[str], list]:
+    """The colocated plan's lines and problems ((role, reason)); `problems` starts with the placement's."""
+    problems = list(problems)
     memory = phase_memory(cfg, shape, gpu_bytes, rows, width)
     rc = cfg.rollout
     budget = gm.vllm_budget(shape, gm.DTYPE_BYTES[cfg.model.dtype], gpu_bytes, utilization=rc.gpu_memory_utilization,
@@ -97,7 +90,7 @@ def colocated_lines(cfg, shape: gm.ModelShape, nodes: list, rows: int, width: in
                                                            f"{gpu_bytes / gm.GIB:.0f} GiB"))
     peak = max(max(v) for v in memory.values())
     lines.append(f"peak {peak / gm.GIB:.2f} GiB per GPU; GPUs used: {len(bundles)} of "
-                 f"{sum(n.gpus for n in nodes)} (every GPU holds a trainer rank and an engine)")
+                 f"{total_gpus} (every GPU holds a trainer rank and an engine)")
     lines += [f"DOES NOT FIT: {role}: {reason}" for role, reason in problems] or \
              ["fits: every GPU's estimate is within its memory in every phase"]
     return lines, problems

@@ -74,3 +74,12 @@ def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys
     # On 40 GiB GPUs it does not: the plan names the GPU and phase.
     assert main(["plan", str(CONFIG), "--gpu-memory-gib", "40"]) == 2
     assert "DOES NOT FIT: GPU 0 while" in capsys.readouterr().out
+
+
+def test_cluster_check_sees_the_colocated_bundles():
+    from selfsteer.plan import ClusterTooSmallError, Node, check_cluster
+
+    cfg = load_config(CONFIG)
+    check_cluster(cfg, [Node("10.0.0.1", 64, 8)])  # 8 shared GPUs, not 8 + 8 x 0.3 + 0.2
+    with pytest.raises(ClusterTooSmallError, match="GPU bundle 7 needs"):
+        check_cluster(cfg, [Node("10.0.0.1", 64, 7)])
