@@ -133,6 +133,7 @@ class Roles:
     restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
     extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
     reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
+    shared_pg: Any = None  # placement=colocated on GPU: the placement group every role shares
 
     def principles(self, prompts, round_index: int):
         engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
@@ -201,6 +202,8 @@ class Roles:
         self.syncer.close()
         for actor in (self.principle_actor, self.reference, *self.extra_actors):
             ray.kill(actor)
+        if self.shared_pg is not None:
+            ray.util.remove_placement_group(self.shared_pg)
 
 
 def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
@@ -217,16 +220,38 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     check_cluster(cfg, nodes_from_ray(ray.nodes()))
     env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
-    trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg))
-    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
+    shared = colocated_group(cfg)
+    trainer = TrainerGroup(cfg, inputs.policy_path, cfg.rounds * steps_per_round(cfg), shared=shared)
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, shared=shared)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
+    if shared is not None:
+        from selfsteer.colocation import actor_options
+
+        where = actor_options(shared[1]["reference"], shared[0])
+    else:
+        where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
     reference = ray.remote(ReferenceModel).options(
-        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": env},
+        **where, runtime_env={"env_vars": env},
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads)
     principle_actor = ray.remote(PrincipleGenerator).options(
         **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
     ray.get([reference.ready.remote(), principle_actor.ready.remote()], timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
-    return Roles(cfg, pool, principle_actor, reference, trainer, syncer)
+    return Roles(cfg, pool, principle_actor, reference, trainer, syncer, shared_pg=shared and shared[0])
+
+
+def colocated_group(cfg: RunConfig):
+    """placement=colocated on GPU: one placement group of whole-GPU bundles that every role shares
+    (selfsteer.colocation); returns (group, slots by label). None otherwise (CPU: no GPU to share)."""
+    if cfg.placement != "colocated" or not cfg.trainer.num_gpus:
+        return None
+    from ray.util.placement_group import placement_group
+
+    from selfsteer.colocation import colocated_slots
+
+    bundles, slots = colocated_slots(cfg)
+    pg = placement_group(bundles, strategy="PACK")
+    ray.get(pg.ready(), timeout=cfg.ray.startup_timeout_s)
+    return pg, {s.label: s for s in slots}

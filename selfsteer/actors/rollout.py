@@ -264,8 +264,9 @@ def _shard_seed(sampling: Sampling, shard: int) -> Sampling:
 class RolloutPool:
     """Driver-side owner of the engine actors: start, resize, generate, shut down."""
 
-    def __init__(self, model_path: str, cfg, *, torch_threads: int = 1, env: Optional[dict] = None):
+    def __init__(self, model_path: str, cfg, *, torch_threads: int = 1, env: Optional[dict] = None, shared=None):
         self.model_path, self.cfg, self.torch_threads = model_path, cfg, torch_threads
+        self.shared = shared  # colocated GPU layout: (placement group, slots by label); engine i on GPU i
         self.env = env or {}
         self.engines: list = []
         self._pgs: list = []
@@ -276,13 +277,23 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         rc = self.cfg.rollout
-        # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
-        bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
-        pg = placement_group([bundle], strategy="STRICT_PACK")
-        ray.get(pg.ready(), timeout=self.cfg.ray.startup_timeout_s)
+        if self.shared is not None:  # colocated: a share of trainer rank `index`'s GPU bundle
+            from selfsteer.colocation import actor_options
+
+            slot = self.shared[1].get(f"rollout engine {index}")
+            if slot is None:
+                raise ValueError(f"placement=colocated has a GPU bundle for rollout.num_engines={rc.num_engines} "
+                                 f"engines; engine {index} has none (the pool cannot grow past the trainer's GPUs)")
+            pg, where = None, actor_options(slot, self.shared[0])
+        else:
+            # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
+            bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
+            pg = placement_group([bundle], strategy="STRICT_PACK")
+            ray.get(pg.ready(), timeout=self.cfg.ray.startup_timeout_s)
+            where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
+                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0))
         actor = ray.remote(RolloutEngine).options(
-            num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+            **where,
             runtime_env={"env_vars": actor_env(self.torch_threads, self.env)},
             max_restarts=self.cfg.ray.max_restarts, max_task_retries=0,  # we re-issue after a re-sync ourselves
         ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index,
@@ -299,7 +310,9 @@ class RolloutPool:
             new.append(actor)
         while len(self.engines) > num_engines:
             ray.kill(self.engines.pop())
-            ray.util.remove_placement_group(self._pgs.pop())
+            pg = self._pgs.pop()
+            if pg is not None:
+                ray.util.remove_placement_group(pg)
         if new:
             ray.get([a.ready.remote() for a in new], timeout=self.cfg.ray.startup_timeout_s)
             logger.info("rollout pool: %d engine(s) running", len(self.engines))

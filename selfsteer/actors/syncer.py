@@ -82,11 +82,15 @@ class WeightSyncer:
         pushes = [r.push_weights.remote(self.buckets, self.method, sc.verify) for r in self.trainer.ranks]
         try:
             if self.method in ("shm", "cuda_ipc"):
-                sent = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)[0]
+                every = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
+                sent = every[0]
                 if self.method == "shm":
                     self._segment = sent["handle"]["path"]
-                got = _wait_all([e.receive_local.remote(self.method, sent["handle"], self.buckets, sc.verify, version)
-                                 for e in engines], [peer_name(i + 1) for i in range(len(engines))], sc.timeout_s)
+                # shm: every engine maps rank 0's segment; CUDA IPC: engine i, trainer rank i's GPU buckets.
+                handles = [sent["handle"] if self.method == "shm" else every[i]["handle"] for i in range(len(engines))]
+                got = _wait_all([e.receive_local.remote(self.method, h, self.buckets, sc.verify, version)
+                                 for e, h in zip(engines, handles)], [peer_name(i + 1) for i in range(len(engines))],
+                                sc.timeout_s)
             elif self.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]
                 names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]

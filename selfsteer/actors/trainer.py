@@ -216,14 +216,15 @@ class TrainerRank:
 
             self.close_shm()
             self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
-        if self.rank == 0 and method == "cuda_ipc":
+        if method == "cuda_ipc":
             from selfsteer.sync.cuda_ipc import IpcBuckets
 
             self._ipc = self._ipc or IpcBuckets()
             self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
         for i, bucket in enumerate(buckets):
             with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
-                if self.rank != 0:
+                # CUDA IPC: every rank shares its gathered copy with the engine on its own GPU.
+                if self.rank != 0 and method == "shm":
                     continue
                 tensors = {s.name: params[s.name].data for s in bucket.slots}
                 if method == "shm":
@@ -231,8 +232,10 @@ class TrainerRank:
                 else:
                     flat, handle = self._ipc.share(bucket, tensors, self.device)
                     handles.append(handle)
-            if verify:
+            if verify and self.rank == 0:
                 fingerprints.append(fingerprint(flat))
+        if method == "cuda_ipc":
+            return {"fingerprints": fingerprints, "handle": handles}
         if self.rank != 0:
             return {"fingerprints": [], "handle": None}
         return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
@@ -263,22 +266,30 @@ class TrainerRank:
 class TrainerGroup:
     """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
 
-    def __init__(self, cfg, model_path: str, total_steps: int, *, env: Optional[dict] = None):
+    def __init__(self, cfg, model_path: str, total_steps: int, *, env: Optional[dict] = None, shared=None):
+        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.colocation)."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from selfsteer.colocation import actor_options
+
         tc = cfg.trainer
-        self.cfg = cfg
-        bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
-        self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
-        ray.get(self.pg.ready(), timeout=cfg.ray.startup_timeout_s)
+        self.cfg, self._owns_pg = cfg, shared is None
+        if shared is None:
+            bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
+            self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
+            ray.get(self.pg.ready(), timeout=cfg.ray.startup_timeout_s)
+            where = [dict(num_cpus=tc.num_cpus, num_gpus=tc.num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=i)) for i in range(tc.num_ranks)]
+        else:
+            self.pg = shared[0]
+            where = [actor_options(shared[1][f"trainer rank {i}"], self.pg) for i in range(tc.num_ranks)]
         extra = dict(env or {})
         if tc.device == "cpu" or (tc.device == "auto" and not tc.num_gpus):
             extra["DS_ACCELERATOR"] = "cpu"
         self.ranks = [
             ray.remote(TrainerRank).options(
-                num_cpus=tc.num_cpus, num_gpus=tc.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                **where[i],
                 runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, extra)},
             ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
             for i in range(tc.num_ranks)
@@ -320,42 +331,6 @@ class TrainerGroup:
                                        f"{self.cfg.output_dir}") from exc
         return ray.get(refs)
 
-    def _push_local(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
-        """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
-        (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
-        params = dict(self.module.named_parameters())
-        fingerprints, handles = [], []
-        if self.rank == 0 and method == "shm" and (self._shm is None or self._shm.buckets != list(buckets)):
-            from selfsteer.sync.shm import ShmWriter
-
-            self.close_shm()
-            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
-        if self.rank == 0 and method == "cuda_ipc":
-            from selfsteer.sync.cuda_ipc import IpcBuckets
-
-            self._ipc = self._ipc or IpcBuckets()
-            self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
-        for i, bucket in enumerate(buckets):
-            with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
-                if self.rank != 0:
-                    continue
-                tensors = {s.name: params[s.name].data for s in bucket.slots}
-                if method == "shm":
-                    flat = self._shm.write(i, tensors)
-                else:
-                    flat, handle = self._ipc.share(bucket, tensors, self.device)
-                    handles.append(handle)
-            if verify:
-                fingerprints.append(fingerprint(flat))
-        if self.rank != 0:
-            return {"fingerprints": [], "handle": None}
-        return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
-
-    def close_shm(self) -> None:
-        if self._shm is not None:
-            self._shm.close()
-            self._shm = None
-
     def save_state(self, directory: str, tag: str) -> None:
         self._all("save_state", [r.save_state.remote(directory, tag) for r in self.ranks])
 
@@ -369,4 +344,5 @@ class TrainerGroup:
             pass
         for r in self.ranks:
             ray.kill(r)
-        ray.util.remove_placement_group(self.pg)
+        if self._owns_pg:
+            ray.util.remove_placement_group(self.pg)
