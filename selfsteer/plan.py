@@ -268,6 +268,11 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
         total = _gib(b.gpu_bytes) if b.memory else "-"
         lines.append(f"{label:<22} {b.describe():<16} {_where(cluster, placement, group):<18} {total:>8}  {detail}")
     used = sum(b.gpus for b in bundles)
+    if tc.num_gpus:
+        from selfsteer.plan_time import round_line
+
+        lines.append(round_line(cfg, shape, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines, reference_gpus=1,
+                                rows=ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2))
     lines.append("")
     lines.append(f"GPUs requested: {used:g} of {nodes * gpus_per_node}; CPUs requested: {sum(b.cpus for b in bundles):g}")
     if problems:

@@ -88,6 +88,10 @@ def colocated_lines(cfg, shape: gm.ModelShape, gpu_bytes: float, total_gpus: int
             if gpu_bytes and used > gpu_bytes:
                 problems.append((f"GPU {g} while {phase}", f"needs {used / gm.GIB:.1f} GiB, the GPU has "
                                                            f"{gpu_bytes / gm.GIB:.0f} GiB"))
+    from selfsteer.plan_time import round_line
+
+    lines.append(round_line(cfg, shape, train_gpus=cfg.trainer.num_ranks, engines=rc.num_engines, reference_gpus=1,
+                            rows=rows))
     peak = max(max(v) for v in memory.values())
     lines.append(f"peak {peak / gm.GIB:.2f} GiB per GPU; GPUs used: {len(bundles)} of "
                  f"{total_gpus} (every GPU holds a trainer rank and an engine)")

@@ -83,3 +83,17 @@ def test_cluster_check_sees_the_colocated_bundles():
     check_cluster(cfg, [Node("10.0.0.1", 64, 8)])  # 8 shared GPUs, not 8 + 8 x 0.3 + 0.2
     with pytest.raises(ClusterTooSmallError, match="GPU bundle 7 needs"):
         check_cluster(cfg, [Node("10.0.0.1", 64, 7)])
+
+
+def test_round_time_estimate_by_hand():
+    from selfsteer.plan_time import round_seconds
+
+    cfg = load_config(CONFIG)
+    shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
+    t = round_seconds(cfg, shape, train_gpus=8, engines=8, reference_gpus=1, rows=6)
+    tokens = 2048 * 6 * 3072  # prompts x rows x (prompt + response) at full length
+    flops = 312e12 * 0.4
+    assert t["training"] == pytest.approx(8 * PSI * tokens / (8 * flops))  # 6 + 2 (recompute) FLOPs per param-token
+    assert t["reference"] == pytest.approx(2 * PSI * tokens / flops)
+    # 6,144 responses over 8 engines of 256: 3 waves of 2,048 decode steps, each reading 2 PSI bytes at 2 TB/s.
+    assert t["sampling"] == pytest.approx(3 * 2048 * 2 * PSI / 2e12)
