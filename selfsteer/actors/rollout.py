@@ -120,22 +120,26 @@ class RolloutEngine:
         release_free_memory()
         return {"rss_freed_mb": before - rss_mb(), "supported": 1.0}
 
-    def receive_local(self, method: str, handle, buckets: list[Bucket], verify: bool, version: int = 0) -> list[str]:
+    def receive_local(self, method: str, handle, buckets: list[Bucket], verify: bool, version: int = 0,
+                      timeout_s: float = 600.0) -> list[str]:
         """Wake (if asleep) and load every bucket from trainer rank 0's memory on this node:
         its shared-memory segment (`shm`) or its CUDA buckets' IPC handles (`cuda_ipc`)."""
         if self.asleep:
             self.backend.wake_up()
             self.asleep = False
-        if method == "shm":
-            from selfsteer.sync.shm import receive_shm as receive
-        else:
-            from selfsteer.sync.cuda_ipc import receive_ipc as receive
         on = "cpu" if method == "shm" else "cuda"
         targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
         if targets is not None and any(t.device.type != on for t in targets):
             targets = None
-        fingerprints = receive(handle, buckets, lambda b, v: self.backend.load_weights(unpack_bucket(b, v)),
-                               verify, targets)
+        load = lambda b, v: self.backend.load_weights(unpack_bucket(b, v))  # noqa: E731
+        if method == "shm":  # written while we read: each bucket once trainer rank 0 published it
+            from selfsteer.sync.shm import receive_shm
+
+            fingerprints = receive_shm(handle, buckets, load, verify, targets, version=version, timeout_s=timeout_s)
+        else:
+            from selfsteer.sync.cuda_ipc import receive_ipc
+
+            fingerprints = receive_ipc(handle, buckets, load, verify, targets)
         self.weights_version = version
         return fingerprints
 

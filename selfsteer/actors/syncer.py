@@ -30,7 +30,7 @@ class WeightSyncer:
         self.backend = "nccl" if on_gpu else "gloo"
         # Colocated engines sit beside trainer rank 0: they read its buckets in place instead.
         self.method = local_method(cfg.placement, on_gpu) or cfg.sync.method
-        self._segment = None  # the shm segment's path, unlinked by close() if rank 0 could not
+        self._segment, self._handle = None, None  # the shm segment (its path unlinked by close() if rank 0 could not)
         self._connected: tuple = ()
         self.version = 0  # bumped by every sync; engines report the version they hold
 
@@ -79,17 +79,23 @@ class WeightSyncer:
         start = time.perf_counter()
         self.connect(engines)
         version = self.version + 1
-        pushes = [r.push_weights.remote(self.buckets, self.method, sc.verify) for r in self.trainer.ranks]
+        if self.method == "shm" and self._segment is None:  # mapped by the engines while it is written
+            self._handle = ray.get(self.trainer.rank0.open_shm.remote(self.buckets), timeout=sc.timeout_s)
+            self._segment = self._handle["path"]
+        pushes = [r.push_weights.remote(self.buckets, self.method, sc.verify, version) for r in self.trainer.ranks]
         try:
-            if self.method in ("shm", "cuda_ipc"):
+            if self.method == "shm":  # engines load bucket i while rank 0 writes bucket i + 1
+                received = [e.receive_local.remote("shm", self._handle, self.buckets, sc.verify, version, sc.timeout_s)
+                            for e in engines]
+                names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
+                results = _wait_all(pushes + received, names, sc.timeout_s)
+                sent, got = results[0], results[len(pushes):]
+            elif self.method == "cuda_ipc":
                 every = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
                 sent = every[0]
-                if self.method == "shm":
-                    self._segment = sent["handle"]["path"]
-                # shm: every engine maps rank 0's segment; CUDA IPC: engine i, trainer rank i's GPU buckets.
-                handles = [sent["handle"] if self.method == "shm" else every[i]["handle"] for i in range(len(engines))]
-                got = _wait_all([e.receive_local.remote(self.method, h, self.buckets, sc.verify, version)
-                                 for e, h in zip(engines, handles)], [peer_name(i + 1) for i in range(len(engines))],
+                # Engine i maps the buckets trainer rank i gathered on its own GPU.
+                got = _wait_all([e.receive_local.remote("cuda_ipc", every[i]["handle"], self.buckets, sc.verify, version)
+                                 for i, e in enumerate(engines)], [peer_name(i + 1) for i in range(len(engines))],
                                 sc.timeout_s)
             elif self.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, sc.verify, version) for e in engines]

@@ -173,14 +173,24 @@ class TrainerRank:
             self.sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
         return self.rank
 
-    def push_weights(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
+    def open_shm(self, buckets: list[Bucket]) -> dict:
+        """Rank 0: the weight segment for this bucket plan (made once), so engines can map it
+        before a sync starts and load each bucket as soon as it is written."""
+        if self._shm is None or self._shm.buckets != list(buckets):
+            from selfsteer.sync.shm import ShmWriter
+
+            self.close_shm()
+            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
+        return self._shm.handle()
+
+    def push_weights(self, buckets: list[Bucket], method: str, verify: bool, version: int = 0) -> dict:
         """Gather (ZeRO-3) and send every bucket. All ranks must call this together.
 
         Bucket i+1 is gathered and packed while bucket i is on the wire (two buffer slots), and
         its fingerprint is taken while it is sent.
         """
         if method in ("shm", "cuda_ipc"):
-            return self._push_local(buckets, method, verify)
+            return self._push_local(buckets, method, verify, version)
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
         collective, sending = method == "collective", None
@@ -206,16 +216,14 @@ class TrainerRank:
             self.sync_group.wait(sending)
         return {"fingerprints": fingerprints, "refs": refs}
 
-    def _push_local(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
+    def _push_local(self, buckets: list[Bucket], method: str, verify: bool, version: int) -> dict:
         """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
         (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
         params = dict(self.module.named_parameters())
         fingerprints, handles = [], []
-        if self.rank == 0 and method == "shm" and (self._shm is None or self._shm.buckets != list(buckets)):
-            from selfsteer.sync.shm import ShmWriter
-
-            self.close_shm()
-            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
+        if self.rank == 0 and method == "shm":
+            self.open_shm(buckets)
+            self._shm.begin(version)
         if method == "cuda_ipc":
             from selfsteer.sync.cuda_ipc import IpcBuckets
 

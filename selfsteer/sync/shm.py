@@ -5,11 +5,16 @@ same node maps it (`ShmReader`) and loads each bucket from a view of the mapping
 are copied twice in all (pack, load): the two-copy limit a collective on one host cannot beat.
 The writer owns the file: `close()` (or the writer's exit) unlinks it, whatever its readers do;
 a reader that dies only drops its mapping.
+
+Writer and readers may run at once: a 64-byte header holds (sync version, buckets written), so a
+reader loads bucket i as soon as it is written while the writer packs bucket i+1. Stores reach
+the header after the bucket's bytes (program order; x86 keeps stores in order).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import weakref
 from pathlib import Path
@@ -20,16 +25,20 @@ import torch
 from selfsteer.sync.buckets import Bucket, fingerprint, pack_bucket
 
 SHM_DIR = Path(os.environ.get("SELFSTEER_SHM_DIR", "/dev/shm"))
-_ALIGN = 64  # bytes: every bucket starts on a cache line
+_ALIGN = 64  # bytes: every bucket starts on a cache line; the header takes the first line
 
 
 def bucket_offsets(buckets: list[Bucket]) -> tuple[list[int], int]:
-    """Byte offset of each bucket in the segment, and the segment's size."""
-    offsets, at = [], 0
+    """Byte offset of each bucket in the segment (after the header), and the segment's size."""
+    offsets, at = [], _ALIGN
     for b in buckets:
         offsets.append(at)
         at += -(-b.nbytes // _ALIGN) * _ALIGN
     return offsets, max(at, _ALIGN)
+
+
+def _header(raw: torch.Tensor) -> torch.Tensor:
+    return raw[:16].view(torch.int64)  # [sync version, buckets written]
 
 
 def _views(raw: torch.Tensor, buckets: list[Bucket]) -> list[torch.Tensor]:
@@ -60,18 +69,26 @@ class ShmWriter:
             f.truncate(self.nbytes)
         # Unlinked at close, at garbage collection or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, _unlink, str(self.path))
-        self.views = _views(_map(self.path, self.nbytes), self.buckets)
+        raw = _map(self.path, self.nbytes)
+        self.header, self.views = _header(raw), _views(raw, self.buckets)
+
+    def begin(self, version: int) -> None:
+        """Start sync `version`: readers waiting for it see no bucket written yet."""
+        self.header[1] = 0
+        self.header[0] = version
 
     def write(self, i: int, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pack bucket i into its place in the segment; returns that view."""
-        return pack_bucket(self.buckets[i], tensors, "cpu", out=self.views[i])
+        """Pack bucket i into its place in the segment and publish it; returns that view."""
+        flat = pack_bucket(self.buckets[i], tensors, "cpu", out=self.views[i])
+        self.header[1] = i + 1
+        return flat
 
     def handle(self) -> dict:
         """What a reader needs to map the segment (a small picklable dict)."""
         return {"path": str(self.path), "nbytes": self.nbytes}
 
     def close(self) -> None:
-        self.views = []
+        self.views, self.header = [], None
         self._finalizer()
 
 
@@ -83,22 +100,37 @@ class ShmReader:
         if not path.is_file():
             raise FileNotFoundError(f"weight segment {path} is gone (the trainer closed it or the engine runs on "
                                     f"another node: placement=colocated needs engines beside trainer rank 0)")
-        self.buckets, self.views = list(buckets), _views(_map(path, int(handle["nbytes"])), list(buckets))
+        raw = _map(path, int(handle["nbytes"]))
+        self.buckets, self.header, self.views = list(buckets), _header(raw), _views(raw, list(buckets))
+
+    def wait(self, version: int, i: int, timeout_s: float) -> None:
+        """Until the writer has published bucket i of sync `version`."""
+        deadline, pause = time.monotonic() + timeout_s, 1e-5
+        while not (int(self.header[0]) == version and int(self.header[1]) > i):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"trainer rank 0 did not write bucket {i} of weight sync {version} into "
+                                   f"the shared segment within sync.timeout_s={timeout_s} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 1e-3)
 
     def __iter__(self) -> Iterator[tuple[Bucket, torch.Tensor]]:
         return iter(zip(self.buckets, self.views))
 
     def close(self) -> None:
-        self.views = []
+        self.views, self.header = [], None
 
 
-def receive_shm(handle: dict, buckets: list[Bucket], load, verify: bool, targets=None) -> list[str]:
+def receive_shm(handle: dict, buckets: list[Bucket], load, verify: bool, targets=None, version=None,
+                timeout_s: float = 600.0) -> list[str]:
     """Load every bucket from the segment: `load(bucket, view)` or, where the engine's parameters live
-    in flat bucket tensors (`targets`), one copy into each. Fingerprints of what the engine now holds."""
+    in flat bucket tensors (`targets`), one copy into each. Fingerprints of what the engine now holds.
+    With `version`, each bucket is loaded once the writer has published it in that sync."""
     reader = ShmReader(handle, buckets)
     try:
         fingerprints = []
         for i, (bucket, view) in enumerate(reader):
+            if version is not None:
+                reader.wait(version, i, timeout_s)
             held = view
             if targets is not None:
                 targets[i].copy_(view)

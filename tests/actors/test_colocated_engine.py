@@ -39,6 +39,7 @@ def test_sleep_frees_memory_and_shm_sync_restores_trainer_weights(engine_and_tra
     params = {n: p.detach() for n, p in trainer.named_parameters()}
     buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], bucket_bytes=64 * 1024)
     writer = shm.ShmWriter(buckets)
+    writer.begin(1)
     sent = [fingerprint(writer.write(i, params)) for i in range(len(buckets))]
 
     assert engine.receive_local("shm", writer.handle(), buckets, True, version=1) == sent
@@ -48,6 +49,9 @@ def test_sleep_frees_memory_and_shm_sync_restores_trainer_weights(engine_and_tra
         engine.generate(REQUESTS, GREEDY)
     assert all(p.numel() == 0 for _, p in engine.backend.named_parameters())
 
+    writer.begin(2)
+    for i in range(len(buckets)):
+        writer.write(i, params)
     got = engine.receive_local("shm", writer.handle(), buckets, True, version=2)
     assert got == sent and engine.weights_fingerprint(buckets) == sent and engine.weights_version == 2
     expected = HFBackend.__new__(HFBackend)  # the trainer's weights in a plain HF backend

@@ -102,6 +102,37 @@ def test_no_leak_when_reader_dies_or_writer_exits(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_reader_loads_each_bucket_once_published_while_the_writer_writes(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    t = _tensors()
+    buckets = _buckets(t)
+    writer = shm.ShmWriter(buckets)
+    for i in range(len(buckets)):  # sync 1's bytes: a reader of sync 2 must not take them
+        writer.write(i, {n: torch.zeros_like(x) for n, x in t.items()})
+    writer.begin(1)
+
+    def write_slowly():
+        writer.begin(2)
+        for i in range(len(buckets)):
+            time.sleep(0.05)
+            writer.write(i, t)
+
+    thread = threading.Thread(target=write_slowly)
+    thread.start()
+    got = {}
+    fps = shm.receive_shm(writer.handle(), buckets, lambda b, v: got.update(
+        {n: x.clone() for n, x in unpack_bucket(b, v)}), verify=True, version=2, timeout_s=30)
+    thread.join()
+    assert fps == [fingerprint(v) for v in writer.views]
+    assert all(torch.equal(got[n], x) for n, x in t.items())
+    with pytest.raises(TimeoutError, match="bucket 0 of weight sync 3"):
+        shm.receive_shm(writer.handle(), buckets, lambda b, v: None, verify=False, version=3, timeout_s=0.2)
+    writer.close()
+
+
 def test_missing_segment_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="colocated"):
         shm.ShmReader({"path": str(tmp_path / "gone"), "nbytes": 64}, [])
