@@ -125,20 +125,34 @@ def receive_shm(handle: dict, buckets: list[Bucket], load, verify: bool, targets
     """Load every bucket from the segment: `load(bucket, view)` or, where the engine's parameters live
     in flat bucket tensors (`targets`), one copy into each. Fingerprints of what the engine now holds.
     With `version`, each bucket is loaded once the writer has published it in that sync."""
-    reader = ShmReader(handle, buckets)
-    try:
-        fingerprints = []
-        for i, (bucket, view) in enumerate(reader):
-            if version is not None:
-                reader.wait(version, i, timeout_s)
-            held = view
-            if targets is not None:
-                targets[i].copy_(view)
-                held = targets[i]
-            else:
-                load(bucket, view)
-            if verify:
-                fingerprints.append(fingerprint(held))
-        return fingerprints
-    finally:
-        reader.close()
+    reader = _cached_reader(handle, buckets)
+    # The mapping stays open for the next sync: a fresh one would fault in every page again.
+    fingerprints = []
+    for i, (bucket, view) in enumerate(reader):
+        if version is not None:
+            reader.wait(version, i, timeout_s)
+        held = view
+        if targets is not None:
+            targets[i].copy_(view)
+            held = targets[i]
+        else:
+            load(bucket, view)
+        if verify:
+            fingerprints.append(fingerprint(held))
+    return fingerprints
+
+
+_READER: dict = {}  # this process's mapping of the latest segment (one writer per run)
+
+
+def _cached_reader(handle: dict, buckets: list[Bucket]) -> ShmReader:
+    """The reader of `handle`'s segment, kept mapped across syncs; a new segment replaces it (and
+    unmaps the old one, whose memory the writer's unlink then frees)."""
+    key = (handle["path"], int(handle["nbytes"]), tuple(buckets))
+    if _READER.get("key") != key or not os.path.exists(handle["path"]):
+        old = _READER.pop("reader", None)
+        if old is not None:
+            old.close()
+        _READER.update(key=key, reader=ShmReader(handle, buckets))
+    return _READER["reader"]
+
