@@ -17,7 +17,9 @@ What limits it on CPU (2-core AMD EPYC, 2026-11-24; the issue-4 note): pack, loa
 run at 7-15 GB/s and are hidden behind the transfer (bucket i+1 packs while i is on the wire, HF
 engines receive straight into their parameters); gloo's TCP loopback carries ~2.9 GB/s, a third of
 one core's copy_, and a sync takes as long as that broadcast alone. Beating it on one node needs a
-shared-memory transport (not built); across nodes the network decides.
+shared-memory transport: `--method shm` runs the colocated layout's (placement=colocated, sync/shm.py:
+trainer rank 0 packs into a /dev/shm segment, each engine loads from it in place: two copies in
+all, so 0.5 of one copy is its limit); across nodes the network decides.
 
 The last line is `weight sync bandwidth ratio: <best sync GB/s / copy GB/s>`.
 """
@@ -64,10 +66,12 @@ def bench_config(model_path: str, args, bucket_mb: float):
     """The run config the benchmark's actors are built from (defaults + CPU roles, as in tiny_cpu.yaml)."""
     from selfsteer.config import load_config
 
-    return load_config(None, [
+    # shm is no sync.method: it is what placement=colocated uses on CPU (actors.syncer.local_method).
+    method = ["placement=colocated", "sync.method=collective"] if args.method == "shm" else [f"sync.method={args.method}"]
+    return load_config(None, method + [
         f"model.policy={model_path}", "trainer.backend=torch", "trainer.num_ranks=1", "trainer.device=cpu",
         "trainer.num_cpus=0.5", f"rollout.backend={args.backend}", f"rollout.num_engines={args.engines}",
-        "rollout.num_cpus=0.5", "rollout.device=cpu", f"sync.bucket_mb={bucket_mb}", f"sync.method={args.method}",
+        "rollout.num_cpus=0.5", "rollout.device=cpu", f"sync.bucket_mb={bucket_mb}",
         f"sync.verify={str(args.verify).lower()}", f"ray.torch_threads={args.threads}"])
 
 
@@ -148,7 +152,8 @@ def parse_args(argv=None):
     parser.add_argument("--engines", type=int, default=1, help="rollout engines receiving each sync")
     parser.add_argument("--repeat", type=int, default=3, help="timed syncs per bucket size; the best counts")
     parser.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="rollout engine backend")
-    parser.add_argument("--method", default="collective", choices=["collective", "object_store"], help="sync.method")
+    parser.add_argument("--method", default="collective", choices=["collective", "object_store", "shm"],
+                        help="sync.method, or shm: the colocated layout's shared-memory transport")
     parser.add_argument("--verify", action="store_true", help="checksum every bucket on both ends (sync.verify)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per actor and for the baseline copy")
     parser.add_argument("--profile", action="store_true", help="also time each sync stage alone")

@@ -347,6 +347,10 @@ class RunConfig:
     # One-step-off: round r+1 samples on the engines while round r trains, so its pairs come from
     # weights one round stale (recorded per triple as `staleness`). False: strictly on-policy.
     async_rounds: bool = False
+    # separate: each role on its own devices, weights by broadcast. colocated: trainer ranks,
+    # reference and engines share the devices; engines sleep while the trainer trains and take
+    # weights through shared memory (CPU) or CUDA IPC handles (GPU).
+    placement: str = "separate"
     tensorboard: bool = True
     wandb_project: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -367,6 +371,15 @@ class RunConfig:
 
     def __post_init__(self):
         _check_choice("", "algo", self.algo, ALGOS)
+        _check_choice("", "placement", self.placement, ("separate", "colocated"))
+        if self.placement == "colocated" and self.async_rounds:
+            raise ConfigError("placement=colocated runs phases one after another on the same devices; "
+                              "async_rounds=true needs placement=separate")
+        if self.placement == "colocated" and self.algo != "sso" and self.algo != "dpo":
+            raise ConfigError(f"placement=colocated runs algo sso or dpo, not {self.algo!r}")
+        if self.placement == "colocated" and not self.rollout.update_weights:
+            raise ConfigError("placement=colocated frees the engines' weights during training and reloads them "
+                              "from the trainer; rollout.update_weights=false needs placement=separate")
         if self.async_rounds and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)

@@ -54,6 +54,12 @@ def requirements(cfg) -> list[Bundle]:
     """The bundles the run asks Ray for (roles.start_roles and the algorithm's own long-lived actors)."""
     tc, rc, ref, llm = cfg.trainer, cfg.rollout, cfg.reference, cfg.principles.llm
     trainers = [("trainer", "trainer rank")] + ([("trainer B", "trainer B rank")] if cfg.algo == "sipo" else [])
+    if cfg.placement == "colocated" and tc.num_gpus:  # one placement group of whole-GPU bundles, shared
+        from selfsteer.colocation import colocated_slots
+
+        out = [Bundle("colocated", f"GPU bundle {i}", b["CPU"], b["GPU"]) for i, b in enumerate(colocated_slots(cfg)[0])]
+        writer = llm.actor_resources(cfg.principles.mode)
+        return out + [Bundle("principles", "principle writer", writer["num_cpus"], writer["num_gpus"])]
     out = [Bundle(role, f"{label} {i}", tc.num_cpus, tc.num_gpus) for role, label in trainers for i in range(tc.num_ranks)]
     out += [Bundle("rollout", f"rollout engine {i}", rc.num_cpus, rc.num_gpus * rc.tensor_parallel_size)
             for i in range(rc.num_engines)]
@@ -228,10 +234,6 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     llm = cfg.principles.llm
     writer_gpus = llm.actor_resources(cfg.principles.mode)["num_gpus"]
     writer = gm.model_shape(llm.model_path) if writer_gpus else None
-    bundles = requirements(cfg)
-    attach_memory(cfg, bundles, shape, gpu_bytes, writer)
-    placement = place(bundles, cluster)
-    problems = placement.problems + memory_problems(bundles, cluster, placement)
     lines = [f"cluster: {nodes} node(s) x {gpus_per_node} GPU(s) of {gpu_memory_gib:g} GiB"
              + (f", {cpus_per_node:g} CPUs each" if cpus_per_node is not None else " (CPUs not checked: --cpus-per-node)"),
              f"model: {shape.name}: {shape.params / 1e9:.3f} B parameters ({shape.params:,}), {cfg.model.dtype}; "
@@ -246,6 +248,13 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
                  f"{ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == 'sso' else 2} rows of "
                  f"{cfg.data.max_prompt_tokens}+{cfg.rollout.sampling.max_new_tokens} tokens, gradient checkpointing "
                  f"{'on' if tc.gradient_checkpointing else 'off'}")
+    if cfg.placement == "colocated":
+        more, problems = _colocated(cfg, shape, cluster, gpu_bytes, nodes * gpus_per_node)
+        return "\n".join(lines + [""] + more), problems
+    bundles = requirements(cfg)
+    attach_memory(cfg, bundles, shape, gpu_bytes, writer)
+    placement = place(bundles, cluster)
+    problems = placement.problems + memory_problems(bundles, cluster, placement)
     lines.append("")
     lines.append(f"{'role':<22} {'bundle':<16} {'placement':<18} {'GiB/GPU':>8}  estimate")
     for group in _groups(bundles):
@@ -259,6 +268,11 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
         total = _gib(b.gpu_bytes) if b.memory else "-"
         lines.append(f"{label:<22} {b.describe():<16} {_where(cluster, placement, group):<18} {total:>8}  {detail}")
     used = sum(b.gpus for b in bundles)
+    if tc.num_gpus:
+        from selfsteer.plan_time import round_line
+
+        lines.append(round_line(cfg, shape, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines, reference_gpus=1,
+                                rows=ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2))
     lines.append("")
     lines.append(f"GPUs requested: {used:g} of {nodes * gpus_per_node}; CPUs requested: {sum(b.cpus for b in bundles):g}")
     if problems:
@@ -266,6 +280,21 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
     else:
         lines.append("fits: every role is placed and every GPU's estimate is within its memory")
     return "\n".join(lines), problems
+
+
+def _colocated(cfg, shape, cluster: list[Node], gpu_bytes: float, total_gpus: int) -> tuple[list[str], list]:
+    """placement=colocated: its GPU bundles placed here, each GPU's phases in selfsteer.plan_colocated."""
+    from selfsteer.colocation import colocated_slots
+    from selfsteer.plan_colocated import colocated_lines
+
+    try:
+        gpu_bundles, slots = colocated_slots(cfg)
+    except ValueError as exc:
+        return [f"colocated: {exc}"], [("placement", str(exc))]
+    placed = place([Bundle("colocated", f"GPU bundle {i}", b["CPU"], 1.0) for i, b in enumerate(gpu_bundles)], cluster)
+    rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
+    width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
+    return colocated_lines(cfg, shape, gpu_bytes, total_gpus, rows, width, gpu_bundles, slots, placed.problems)
 
 
 def main(args) -> int:
@@ -283,4 +312,12 @@ def main(args) -> int:
         return 2
     print(f"selfsteer plan {args.config}")
     print(text)
+    gpus = args.nodes * args.gpus_per_node
+    if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus:
+        from selfsteer.plan_colocated import colocated_variant
+
+        other, _ = make_plan(colocated_variant(cfg, gpus), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                             gpu_memory_gib=args.gpu_memory_gib, cpus_per_node=args.cpus_per_node)
+        print(f"\nthe same run with placement=colocated on all {gpus} GPUs (a trainer rank and an engine per GPU):")
+        print("\n".join(other.splitlines()[3:]))  # the cluster and model lines are the same
     return 2 if problems else 0

@@ -182,6 +182,7 @@ class Roles:
     restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
     extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
     reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
+    shared_pg: Any = None  # placement=colocated on GPU: the placement group every role shares
 
     @property
     def reference(self):
@@ -234,6 +235,15 @@ class Roles:
         return self.pool.generate(requests, sampling, on_engine_restart=lambda: self.syncer.resync(self.pool.engines),
                                   expected_version=lambda: self.syncer.version)
 
+    def sleep_engines(self) -> dict[str, float]:
+        """placement=colocated: the engines free their weights (and KV cache) before the trainer
+        trains on the same devices; the sync after training wakes them. Returns the RSS freed."""
+        if self.cfg.placement != "colocated" or not self.pool.engines:
+            return {}
+        slept = ray.get([e.sleep.remote() for e in self.pool.engines], timeout=self.cfg.ray.call_timeout_s)
+        return {"rollout/sleep_rss_freed_mb": sum(x["rss_freed_mb"] for x in slept) / len(slept),
+                "rollout/sleep_supported": min(x["supported"] for x in slept)}
+
     def _call(self, role: str, actor, submit, first=None):
         """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor.
 
@@ -275,8 +285,11 @@ class Roles:
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.trainer.shutdown()
+        self.syncer.close()
         for actor in (self.principle_actor, *self.references, *self.extra_actors):
             ray.kill(actor)
+        if self.shared_pg is not None:
+            ray.util.remove_placement_group(self.shared_pg)
 
 
 def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
@@ -291,17 +304,21 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.plan import check_cluster, nodes_from_ray
 
     check_cluster(cfg, nodes_from_ray(ray.nodes()))
-    from selfsteer.storage import write_marker
-
-    marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
-    env = actor_env(cfg.ray.torch_threads, marker)
+    env = actor_env(cfg.ray.torch_threads)
     threads = cfg.ray.torch_threads
-    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker)
-    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, env=marker)
+    shared = colocated_group(cfg)
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), shared=shared)
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, shared=shared)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
+    if shared is not None:
+        from selfsteer.colocation import actor_options
+
+        where = actor_options(shared[1]["reference"], shared[0])
+    else:
+        where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
     references = [ray.remote(ReferenceModel).options(
-        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": env},
+        **where, runtime_env={"env_vars": env},
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads) for _ in range(rc.num_actors)]
     principle_actor = ray.remote(PrincipleGenerator).options(
@@ -309,4 +326,19 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     ray.get([*(r.ready.remote() for r in references), principle_actor.ready.remote()],
             timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
-    return Roles(cfg, pool, principle_actor, references, trainer, syncer)
+    return Roles(cfg, pool, principle_actor, references, trainer, syncer, shared_pg=shared and shared[0])
+
+
+def colocated_group(cfg: RunConfig):
+    """placement=colocated on GPU: one placement group of whole-GPU bundles that every role shares
+    (selfsteer.colocation); returns (group, slots by label). None otherwise (CPU: no GPU to share)."""
+    if cfg.placement != "colocated" or not cfg.trainer.num_gpus:
+        return None
+    from ray.util.placement_group import placement_group
+
+    from selfsteer.colocation import colocated_slots
+
+    bundles, slots = colocated_slots(cfg)
+    pg = placement_group(bundles, strategy="PACK")
+    ray.get(pg.ready(), timeout=cfg.ray.startup_timeout_s)
+    return pg, {s.label: s for s in slots}

@@ -34,6 +34,8 @@ def test_bench_config_is_a_valid_run_config(bench, toy_model_path):
     cfg = bench.bench_config(str(toy_model_path), args, 2.0)
     assert (cfg.sync.bucket_mb, cfg.sync.verify, cfg.rollout.num_engines, cfg.trainer.backend) == (2.0, "always", 2, "torch")
     assert args.sizes == ["tiny"] and args.bucket_mb == [0.5, 2.0]
+    shm = bench.bench_config(str(toy_model_path), bench.parse_args(["--method", "shm"]), 2.0)
+    assert shm.placement == "colocated" and cfg.placement == "separate"
 
 
 @pytest.mark.parametrize("argv, message", [

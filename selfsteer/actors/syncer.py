@@ -33,6 +33,9 @@ class WeightSyncer:
         self.total_bytes = sum(b.nbytes for b in self.buckets)
         on_gpu = trainer.infos[0]["device"] == "cuda" and cfg.rollout.num_gpus > 0
         self.backend = "nccl" if on_gpu else "gloo"
+        # Colocated engines sit beside trainer rank 0: they read its buckets in place instead.
+        self.method = local_method(cfg.placement, on_gpu) or cfg.sync.method
+        self._segment, self._handle = None, None  # the shm segment (its path unlinked by close() if rank 0 could not)
         self._connected: tuple = ()
         self.version = 0  # bumped by every sync; engines report the version they hold
         self._verified_engines: tuple | None = None  # the pool the last verified sync reached
@@ -42,7 +45,7 @@ class WeightSyncer:
         """Form the broadcast group trainer rank 0 + engines (again whenever the pool changes)."""
         import ray
 
-        if self.cfg.sync.method != "collective" or tuple(engines) == self._connected:
+        if self.method != "collective" or tuple(engines) == self._connected:
             return
         timeout = self.cfg.sync.timeout_s
         world, starts = engine_ranks(ray.get([e.sync_group_size.remote() for e in engines], timeout=timeout))
@@ -94,9 +97,25 @@ class WeightSyncer:
         self.connect(engines)
         version = self.version + 1
         verify = should_verify(sc.verify, tuple(engines), [self._verified_engines])
-        pushes = [r.push_weights.remote(self.buckets, sc.method, verify) for r in self.trainer.ranks]
+        if self.method == "shm" and self._segment is None:  # mapped by the engines while it is written
+            self._handle = ray.get(self.trainer.rank0.open_shm.remote(self.buckets), timeout=sc.timeout_s)
+            self._segment = self._handle["path"]
+        pushes = [r.push_weights.remote(self.buckets, self.method, verify, version) for r in self.trainer.ranks]
         try:
-            if sc.method == "collective":
+            if self.method == "shm":  # engines load bucket i while rank 0 writes bucket i + 1
+                received = [e.receive_local.remote("shm", self._handle, self.buckets, verify, version, sc.timeout_s)
+                            for e in engines]
+                names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
+                results = _wait_all(pushes + received, names, sc.timeout_s)
+                sent, got = results[0], results[len(pushes):]
+            elif self.method == "cuda_ipc":
+                every = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
+                sent = every[0]
+                # Engine i maps the buckets trainer rank i gathered on its own GPU.
+                got = _wait_all([e.receive_local.remote("cuda_ipc", every[i]["handle"], self.buckets, verify, version)
+                                 for i, e in enumerate(engines)], [peer_name(i + 1) for i in range(len(engines))],
+                                sc.timeout_s)
+            elif self.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, verify, version) for e in engines]
                 names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
                 results = _wait_all(pushes + received, names, sc.timeout_s)
@@ -115,8 +134,27 @@ class WeightSyncer:
             self._verified_engines = tuple(engines)
         self.version = version
         seconds = time.perf_counter() - start
-        return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)),
+        return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)), "sync/shm": float(self.method == "shm"),
                 "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}
+
+
+    def close(self) -> None:
+        """Unlink the shm segment if trainer rank 0 died before it could (its own close is the rule)."""
+        import os
+
+        if self._segment:
+            try:
+                os.unlink(self._segment)
+            except FileNotFoundError:
+                pass
+            self._segment = None
+
+
+def local_method(placement: str, on_gpu: bool):
+    """The transport a colocated layout uses (None: the separate layout keeps `sync.method`)."""
+    if placement != "colocated":
+        return None
+    return "cuda_ipc" if on_gpu else "shm"
 
 
 # Peers report a stalled member themselves at `timeout_s` (SyncPeerTimeoutError); the driver waits

@@ -50,6 +50,8 @@ class TrainerRank:
         self._sync_store = None  # opened by open_sync_store, handed to the next SyncGroup
         self._master_store = None  # rank 0: the training process group's store (open_master_store)
         self.sync_buffers = FlatBuffers()
+        self._shm = None  # placement=colocated on CPU: the weight segment the engines read
+        self._ipc = None  # placement=colocated on GPU: buckets shared by CUDA IPC handles
 
     def open_master_store(self) -> tuple[str, int]:
         """Rank 0 opens the process group's store on an OS-picked port (no free-port race)."""
@@ -193,12 +195,24 @@ class TrainerRank:
             self.sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
         return self.rank
 
-    def push_weights(self, buckets: list[Bucket], method: str, verify: bool) -> dict:
+    def open_shm(self, buckets: list[Bucket]) -> dict:
+        """Rank 0: the weight segment for this bucket plan (made once), so engines can map it
+        before a sync starts and load each bucket as soon as it is written."""
+        if self._shm is None or self._shm.buckets != list(buckets):
+            from selfsteer.sync.shm import ShmWriter
+
+            self.close_shm()
+            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
+        return self._shm.handle()
+
+    def push_weights(self, buckets: list[Bucket], method: str, verify: bool, version: int = 0) -> dict:
         """Gather (ZeRO-3) and send every bucket. All ranks must call this together.
 
         Bucket i+1 is gathered and packed while bucket i is on the wire (two buffer slots), and
         its fingerprint is taken while it is sent.
         """
+        if method in ("shm", "cuda_ipc"):
+            return self._push_local(buckets, method, verify, version)
         params = dict(self.module.named_parameters())
         fingerprints, refs = [], []
         collective, sending = method == "collective", None
@@ -223,6 +237,43 @@ class TrainerRank:
         if sending is not None:
             self.sync_group.wait(sending)
         return {"fingerprints": fingerprints, "refs": refs}
+
+    def _push_local(self, buckets: list[Bucket], method: str, verify: bool, version: int) -> dict:
+        """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
+        (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
+        params = dict(self.module.named_parameters())
+        fingerprints, handles = [], []
+        if self.rank == 0 and method == "shm":
+            self.open_shm(buckets)
+            self._shm.begin(version)
+        if method == "cuda_ipc":
+            from selfsteer.sync.cuda_ipc import IpcBuckets
+
+            self._ipc = self._ipc or IpcBuckets()
+            self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
+        for i, bucket in enumerate(buckets):
+            with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
+                # CUDA IPC: every rank shares its gathered copy with the engine on its own GPU.
+                if self.rank != 0 and method == "shm":
+                    continue
+                tensors = {s.name: params[s.name].data for s in bucket.slots}
+                if method == "shm":
+                    flat = self._shm.write(i, tensors)
+                else:
+                    flat, handle = self._ipc.share(bucket, tensors, self.device)
+                    handles.append(handle)
+            if verify and self.rank == 0:
+                fingerprints.append(fingerprint(flat))
+        if method == "cuda_ipc":
+            return {"fingerprints": fingerprints, "handle": handles}
+        if self.rank != 0:
+            return {"fingerprints": [], "handle": None}
+        return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
+
+    def close_shm(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
 
     def save_state(self, directory: str, tag: str) -> None:
         self.backend.save_state(directory, tag)
@@ -264,22 +315,30 @@ def _tied_state_dict(module) -> dict[str, torch.Tensor]:
 class TrainerGroup:
     """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
 
-    def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None):
+    def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None, shared=None):
+        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.colocation)."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from selfsteer.colocation import actor_options
+
         tc = cfg.trainer
-        self.cfg = cfg
-        bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
-        self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
-        ray.get(self.pg.ready(), timeout=cfg.ray.startup_timeout_s)
+        self.cfg, self._owns_pg = cfg, shared is None
+        if shared is None:
+            bundle = {"CPU": tc.num_cpus, **({"GPU": tc.num_gpus} if tc.num_gpus else {})}
+            self.pg = placement_group([bundle] * tc.num_ranks, strategy="PACK")
+            ray.get(self.pg.ready(), timeout=cfg.ray.startup_timeout_s)
+            where = [dict(num_cpus=tc.num_cpus, num_gpus=tc.num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=i)) for i in range(tc.num_ranks)]
+        else:
+            self.pg = shared[0]
+            where = [actor_options(shared[1][f"trainer rank {i}"], self.pg) for i in range(tc.num_ranks)]
         extra = dict(env or {})
         if tc.device == "cpu" or (tc.device == "auto" and not tc.num_gpus):
             extra["DS_ACCELERATOR"] = "cpu"
         self.ranks = [
             ray.remote(TrainerRank).options(
-                num_cpus=tc.num_cpus, num_gpus=tc.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                **where[i],
                 runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, extra)},
             ).remote(i, tc.num_ranks, cfg, torch_threads=cfg.ray.torch_threads)
             for i in range(tc.num_ranks)
@@ -328,6 +387,11 @@ class TrainerGroup:
         self._all("load_state", [r.load_state.remote(directory, tag) for r in self.ranks])
 
     def shutdown(self) -> None:
+        try:  # unlink the weight segment now; ray.kill skips the rank's exit handlers
+            ray.get(self.rank0.close_shm.remote(), timeout=30)
+        except Exception:  # a dead rank 0: its segment went with the process's finalizers, or is in SHM_DIR
+            pass
         for r in self.ranks:
             ray.kill(r)
-        ray.util.remove_placement_group(self.pg)
+        if self._owns_pg:
+            ray.util.remove_placement_group(self.pg)

@@ -115,6 +115,38 @@ class HFBackend:
     def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.model.named_parameters()
 
+    # --- colocated layout: sleep while the trainer trains -------------------------------------
+    def sleep(self) -> None:
+        """Drop every parameter's storage (and the flat buckets they live in); keep the structure.
+
+        Nothing is kept to wake from: the trainer's next sync reloads the weights.
+        """
+        self._asleep = {n: (tuple(p.shape), p.dtype) for n, p in self.model.named_parameters()}
+        self._slept_plan = self._flats[0]
+        for p in self.model.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        self._flats = ((), [])
+
+    @torch.no_grad()
+    def wake_up(self) -> None:
+        """Give the parameters storage again (uninitialised: a sync fills it before any sampling)."""
+        if not getattr(self, "_asleep", None):
+            return
+        params = dict(self.model.named_parameters())
+        plan = getattr(self, "_slept_plan", ())
+        if plan:  # back into flat buckets at once, so the sync after wake-up receives in place
+            flats = []
+            for bucket in plan:
+                flat = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=self.device)
+                for slot in bucket.slots:
+                    params[slot.name].data = flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+                flats.append(flat)
+            self._flats = (plan, flats)
+        else:
+            for name, (shape, dtype) in self._asleep.items():
+                params[name].data = torch.empty(shape, dtype=dtype, device=self.device)
+        self._asleep = {}
+
     @torch.no_grad()
     def bucket_flats(self, buckets: list) -> Optional[list[torch.Tensor]]:
         """Flat tensors the parameters live in, one per sync bucket, so a sync receives in place.

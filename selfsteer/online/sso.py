@@ -87,6 +87,8 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     replay.add(items)
     items = items + replayed
     usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
+    with timer("sleep"):
+        slept = roles.sleep_engines() if usable else {}  # placement=colocated: free the shared devices
     with timer("train"):
         results = roles.trainer.train(items[:usable], s.keys, _loss_kwargs(cfg)) if usable else []
     timer.seconds["time/generation_wait"] = ahead.wait()  # engines take new weights only when idle
@@ -102,7 +104,7 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     trained = weighted_mean(results) if results else {}
     metrics = {f"train/{k}": v for k, v in trained.items()}
     metrics.update(s.signal, **steering_gaps({k.split("/", 1)[1]: v for k, v in trained.items() if k.startswith("avg_logp/")}))
-    metrics.update(_rollout_metrics(triples), **sync_stats, **timer.seconds)
+    metrics.update(_rollout_metrics(triples), **sync_stats, **slept, **timer.seconds)
     metrics["rollout/staleness"] = float(s.staleness(r))
     metrics["rollout/engines"] = float(len(roles.pool.engines))
     metrics["faults/engine_restarts_total"] = float(roles.pool.stats.get("engine_restarts", 0))
