@@ -42,7 +42,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
         return out_dir
     kw = {"gguf_file": gguf_file.name}
     tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), **kw)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), torch_dtype=torch.float32, **kw)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), dtype=torch.float32, **kw)
     # A GGUF-loaded model refuses save_pretrained (its quantizer is attached): copy the dequantized
     # weights into a plain model of the same config, tied as SmolLM2 is.
     config = loaded.config
@@ -50,7 +50,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
         if hasattr(config, attr):
             delattr(config, attr)
     config.tie_word_embeddings, config.use_cache = True, True
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v for k, v in loaded.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
