@@ -146,16 +146,44 @@ def _run(config: str, run_dir: Path, overrides: list[str], rounds: int, deadline
         try:
             proc.wait(timeout=max(1.0, deadline - time.time()) if deadline else None)
         except subprocess.TimeoutExpired:  # the unfinished round is re-run on resume
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop_tree(proc)
             return False
     if proc.returncode != 0:
         raise RuntimeError(f"selfsteer run failed (exit {proc.returncode}); see {run_dir.parent / run_dir.name}.log")
     return True
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Ray's actor workers sit in their own process groups under the raylet)."""
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, stack = [], [pid]
+    while stack:
+        for child in kids.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM the run's process group, then SIGKILL whatever of its process tree is left after 60 s."""
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _score(run_dir: Path, entry: dict, heldout: list[dict], args, evaluate) -> None:

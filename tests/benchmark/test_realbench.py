@@ -161,3 +161,25 @@ def test_gguf_import_is_tied_and_matches_the_gguf_loaded_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, ref(ids).logits)
     assert import_gguf(gguf, out) == out  # the marker makes a second call a no-op
+
+
+def test_stop_tree_ends_the_run_and_a_child_in_its_own_process_group():
+    import subprocess
+    import time
+
+    rm = _bench()
+    # a parent in its own session whose child leaves the group, as Ray's actor workers do
+    code = ("import os, subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setpgid(0, 0); time.sleep(120)']); "
+            "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 20
+    while not rm._descendants(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    child = rm._descendants(proc.pid)
+    assert len(child) == 1
+    rm._stop_tree(proc)
+    assert proc.returncode is not None
+    time.sleep(0.5)
+    state = Path(f"/proc/{child[0]}/stat")
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
