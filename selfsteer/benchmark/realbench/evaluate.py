@@ -1,0 +1,38 @@
+"""Greedy held-out constraint accuracy of one model directory (what the benchmark plots).
+
+Generation goes through the product's HF backend with the rollouts' chat formatting, bare prompts
+(no principle), greedy and short, so the score is the model's own behaviour and is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+
+from selfsteer.benchmark.realbench import checkers as C
+from selfsteer.data.chat import encode_chat
+from selfsteer.engines.base import Sampling
+
+
+def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batch_size: int = 16,
+             system: str | None = None) -> list[str]:
+    """Greedy responses, one per record, in order."""
+    from selfsteer.engines.hf_engine import HFBackend
+
+    engine = HFBackend(str(model_dir), max_batch_size=batch_size)
+    ids = [encode_chat(engine.tokenizer, r["prompt"], system) for r in records]
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    return [g.text for g in engine.generate(ids, [sampling] * len(ids))]
+
+
+def evaluate(model_dir: str, records: list[dict], max_new_tokens: int = 96, system: str | None = None) -> dict:
+    """Strict prompt- and instruction-level accuracy, per-instruction rates, a few examples, seconds taken."""
+    C.self_check()  # a checker that cannot run stops here, before any score is written
+    t0 = time.time()
+    responses = generate(model_dir, records, max_new_tokens, system=system)
+    gen_s = time.time() - t0
+    scores = [C.score_record(r, text) for r, text in zip(records, responses)]
+    return {**C.accuracy(scores), "per_instruction": C.per_instruction(records, scores),
+            "n_prompts": len(records), "max_new_tokens": max_new_tokens, "generate_s": round(gen_s, 1),
+            "mean_words": sum(len(t.split()) for t in responses) / len(responses),
+            "examples": [{"prompt": r["prompt"], "response": t, "followed": list(s.followed)}
+                         for r, t, s in list(zip(records, responses, scores))[:6]]}
