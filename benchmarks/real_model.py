@@ -43,10 +43,16 @@ ROUND_KEYS = ("time/round", "time/principles", "time/generation", "time/referenc
 
 
 def start_model(cache: Path) -> Path:
-    """The imported SmolLM2 directory (swap for `selfsteer import-gguf` once it is on main)."""
-    from selfsteer.benchmark.realbench.gguf_model import import_gguf, smollm2_gguf
+    """SmolLM2-135M-Instruct imported once (`selfsteer import-gguf` on the packaged GGUF) into `cache`."""
+    import shutil
 
-    return import_gguf(smollm2_gguf(), cache / "smollm2_135m_instruct")
+    from selfsteer.gguf_import import import_gguf, packaged_smollm2
+
+    out = cache / "smollm2_135m_instruct"
+    if (out / "selfsteer_import.json").is_file():  # written last: the import finished
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted import
+    return import_gguf(packaged_smollm2(), out)
 
 
 def main(argv=None) -> int:

