@@ -323,6 +323,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/sso"
     save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
+    # Resumable trainer state (optimizer included) every N rounds and at the last round; --resume
+    # goes back to the last round with one and re-does the rounds after it (exactly).
+    save_state_every: int = 1
     # One-step-off: round r+1 samples on the engines while round r trains, so its pairs come from
     # weights one round stale (recorded per triple as `staleness`). False: strictly on-policy.
     async_rounds: bool = False
@@ -350,6 +353,7 @@ class RunConfig:
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
         _check_positive("", "save_every", self.save_every)
+        _check_positive("", "save_state_every", self.save_state_every)
         if self.algo == "sipo" and self.rollout.backend != "hf_mod":
             raise ConfigError(f"algo=sipo decodes with two fused policies, which needs rollout.backend=hf_mod (got "
                               f"{self.rollout.backend!r}): vLLM cannot run a second model inside its decoding step")
