@@ -117,7 +117,7 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     check_prompt_count(cfg, len(records), str(prompts_path))  # toy/task prompts are counted only here
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
     return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
-                  cfg.data.max_prompt_tokens, extra, run_dir)
+                  cfg.data.max_prompt_tokens, extra, run_dir=run_dir)
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -288,10 +288,13 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.plan import check_cluster, nodes_from_ray
 
     check_cluster(cfg, nodes_from_ray(ray.nodes()))
-    env = actor_env(cfg.ray.torch_threads)
+    from selfsteer.storage import write_marker
+
+    marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
+    env = actor_env(cfg.ray.torch_threads, marker)
     threads = cfg.ray.torch_threads
-    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule))
-    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads)
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker)
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, env=marker)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
     references = [ray.remote(ReferenceModel).options(
