@@ -19,6 +19,7 @@ from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, receive_buckets
 from selfsteer.sync.objectstore import load_object_buckets
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+from selfsteer.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class RolloutEngine:
     """
 
     def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
+        check_marker(f"rollout engine {index}")  # output_dir shared with the driver, before loading
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
