@@ -7,6 +7,7 @@ the engines' lifecycles, so the driver can grow or shrink it between rounds.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import ray
@@ -37,6 +38,7 @@ class RolloutEngine:
 
     def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0):
         check_marker(f"rollout engine {index}")  # output_dir shared with the driver, before loading
+        self._reap_previous_incarnation()
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
@@ -52,6 +54,32 @@ class RolloutEngine:
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
         self._workers_receive = hasattr(self.backend, "init_sync_group")
         self.weights_version = 0
+
+    @staticmethod
+    def _reap_previous_incarnation() -> None:
+        """Kill what a killed earlier incarnation of this actor left running (vLLM's engine core and
+        tensor-parallel workers hold their GPU's memory), then tag this process tree the same way.
+
+        The tag is the Ray actor id, which a restart keeps, and the restart lands in the same
+        placement-group bundle, so on the same node. A no-op outside Ray and for the HF backends.
+        """
+        from selfsteer.proctree import kill_tree, tag_process_tree
+
+        try:
+            tag = f"engine-{ray.get_runtime_context().get_actor_id()}"
+        except Exception:  # noqa: BLE001 - not inside an actor (a unit test building the class)
+            return
+        if tag.endswith("None"):
+            return
+        kill_tree(tag)
+        tag_process_tree(tag)
+
+    def release(self) -> list[int]:
+        """Kill this engine's child processes (before `ray.kill`, which kills only this process)."""
+        from selfsteer.proctree import TAG_ENV, kill_tree
+
+        tag = os.environ.get(TAG_ENV)
+        return kill_tree(tag) if tag else []
 
     def ready(self) -> dict:
         import os
@@ -241,7 +269,12 @@ class RolloutPool:
             self._pgs.append(pg)
             new.append(actor)
         while len(self.engines) > num_engines:
-            ray.kill(self.engines.pop())
+            engine = self.engines.pop()
+            try:  # its vLLM children first: ray.kill would leave them holding the GPU
+                ray.get(engine.release.remote(), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - a dead or hung engine: its next incarnation would reap them
+                logger.warning("rollout engine %d: could not release its child processes: %s", len(self.engines), exc)
+            ray.kill(engine)
             ray.util.remove_placement_group(self._pgs.pop())
         if new:
             ray.get([a.ready.remote() for a in new], timeout=self.cfg.ray.startup_timeout_s)
