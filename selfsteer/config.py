@@ -234,6 +234,10 @@ class TrainerConfig:
     num_gpus: float = 0.0  # per rank
     device: str = "auto"
     dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+    # The ranks' own process group (DeepSpeed's all-gathers/reduce-scatters): a collective waiting
+    # longer fails the rank (on NCCL its watchdog ends the process). Not sync.timeout_s: a first
+    # ZeRO-3 step or a long round can legitimately outlast a stalled weight sync's limit.
+    dist_timeout_s: float = 1800.0
     lr: float = 5e-7
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
@@ -258,6 +262,7 @@ class TrainerConfig:
         _check_choice("trainer", "zero_stage", self.zero_stage, (0, 1, 2, 3))
         _check_choice("trainer", "device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("trainer", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        _check_positive("trainer", "dist_timeout_s", self.dist_timeout_s)
         _check_choice("trainer", "lr_scheduler", self.lr_scheduler, ("cosine", "constant"))
         _check_choice("trainer", "extend_schedule", self.extend_schedule, ("restart", "keep_end"))
         _check_positive("trainer", "lr", self.lr)

@@ -69,7 +69,7 @@ class TrainerRank:
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size))
-        timeout = datetime.timedelta(seconds=self.cfg.sync.timeout_s)
+        timeout = datetime.timedelta(seconds=tc.dist_timeout_s)  # its own limit, not the weight sync's
         store = self._master_store if self.rank == 0 else dist.TCPStore(
             master_addr, master_port, self.world_size, False, timeout=timeout)
         dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
