@@ -5,6 +5,11 @@ state, the driver writes the round's metrics (fsynced), then `commit_round` move
 into place. A run killed at any point resumes from the last round whose state.json landed, with
 that round's metrics on disk, and re-runs the unfinished round with the same prompts (the cursor)
 and the same seeds (derived from seed and round).
+
+The trainer state (about 107 GB at 7B under DeepSpeed) is written every `save_state_every` rounds
+and at the last round, so state.json names the last round *with a state*: a resume goes back to
+it and re-does the rounds after it (their round dirs, HF checkpoints and metrics lines are
+replaced), which is exact because prompts and seeds depend only on the cursor and the round.
 """
 
 from __future__ import annotations
@@ -25,8 +30,17 @@ TRAINER_DIR = "trainer_state"
 PAUSE_ENV = "SELFSTEER_TEST_PAUSE_AT"  # tests: stop at a named point so a kill lands in that window
 
 
-def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict) -> None:
-    """Save the trainer's state and stage the round's state.json; `commit_round` makes it count."""
+def state_due(round_index: int, every: int, rounds: int) -> bool:
+    """Whether round `round_index` writes the resumable trainer state (the last round always does)."""
+    return round_index % every == 0 or round_index >= rounds
+
+
+def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict, cfg=None) -> None:
+    """Save the trainer's state and stage the round's state.json, when `cfg.save_state_every` says
+    this round has one; `commit_round` makes it count. Without a state the round leaves state.json
+    as it is: a resume re-does it from the last round that has one."""
+    if cfg is not None and not state_due(round_index, cfg.save_state_every, cfg.rounds):
+        return
     tag = f"round_{round_index:04d}"
     trainer.save_state(str(run_dir / TRAINER_DIR), tag)
     _write_durably(run_dir / STAGED_FILE, json.dumps({"round": round_index, "cursor": cursor_state, "trainer_tag": tag}, indent=2))
@@ -52,7 +66,8 @@ def load_state(run_dir: Path) -> Optional[dict]:
 def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
     """metrics.jsonl holds exactly one line per finished round, in order, on resume.
 
-    Lines of rounds after `last_round` go (an interrupted round is re-run), as do repeated ones; a
+    Lines of rounds after `last_round` go (those rounds are re-run, with their round dirs and HF
+    checkpoints, see `_discard_after`), as do repeated ones; a
     finished round without a line (a run written before metrics were saved ahead of state.json)
     gets it back from its `rounds/round_NNNN/metrics.json`. Returns the rounds restored that way.
     """
@@ -65,6 +80,7 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
                 r = json.loads(line)["round"]
                 if r <= last_round and r not in lines:
                     lines[r] = line
+    _discard_after(run_dir, last_round)
     restored = {}
     for r in range(1, last_round + 1):
         saved = run_dir / "rounds" / f"round_{r:04d}" / "metrics.json"
@@ -76,6 +92,16 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
         logger.warning("%s: no metrics for finished round(s) %s (neither metrics.jsonl nor metrics.json)", run_dir, missing)
     _write_durably(path, "".join(lines[r] + "\n" for r in sorted(lines)))
     return restored
+
+
+def _discard_after(run_dir: Path, last_round: int) -> None:
+    """Round dirs and HF checkpoints of rounds after `last_round` go: the resume re-does those rounds."""
+    for parent in ("rounds", "checkpoints"):
+        for path in sorted((run_dir / parent).glob("round_*")):
+            suffix = path.name[len("round_"):]
+            if suffix.isdigit() and int(suffix) > last_round:
+                shutil.rmtree(path, ignore_errors=True)
+                logger.info("resume: %s is re-done from round %d's state; removed %s", path.name, last_round, path)
 
 
 def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:

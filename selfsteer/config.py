@@ -255,6 +255,10 @@ class TrainerConfig:
     num_gpus: float = 0.0  # per rank
     device: str = "auto"
     dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+    # The ranks' own process group (DeepSpeed's all-gathers/reduce-scatters): a collective waiting
+    # longer fails the rank (on NCCL its watchdog ends the process). Not sync.timeout_s: a first
+    # ZeRO-3 step or a long round can legitimately outlast a stalled weight sync's limit.
+    dist_timeout_s: float = 1800.0
     lr: float = 5e-7
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
@@ -279,6 +283,7 @@ class TrainerConfig:
         _check_choice("trainer", "zero_stage", self.zero_stage, (0, 1, 2, 3))
         _check_choice("trainer", "device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("trainer", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        _check_positive("trainer", "dist_timeout_s", self.dist_timeout_s)
         _check_choice("trainer", "lr_scheduler", self.lr_scheduler, ("cosine", "constant"))
         _check_choice("trainer", "extend_schedule", self.extend_schedule, ("restart", "keep_end"))
         _check_positive("trainer", "lr", self.lr)
@@ -344,6 +349,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/sso"
     save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
+    # Resumable trainer state (optimizer included) every N rounds and at the last round; --resume
+    # goes back to the last round with one and re-does the rounds after it (exactly).
+    save_state_every: int = 1
     # One-step-off: round r+1 samples on the engines while round r trains, so its pairs come from
     # weights one round stale (recorded per triple as `staleness`). False: strictly on-policy.
     async_rounds: bool = False
@@ -384,6 +392,7 @@ class RunConfig:
             raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
         _check_positive("", "save_every", self.save_every)
+        _check_positive("", "save_state_every", self.save_state_every)
         if self.algo == "sipo" and self.rollout.backend != "hf_mod":
             raise ConfigError(f"algo=sipo decodes with two fused policies, which needs rollout.backend=hf_mod (got "
                               f"{self.rollout.backend!r}): vLLM cannot run a second model inside its decoding step")

@@ -304,11 +304,14 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.plan import check_cluster, nodes_from_ray
 
     check_cluster(cfg, nodes_from_ray(ray.nodes()))
-    env = actor_env(cfg.ray.torch_threads)
+    from selfsteer.storage import write_marker
+
+    marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
+    env = actor_env(cfg.ray.torch_threads, marker)
     threads = cfg.ray.torch_threads
     shared = colocated_group(cfg)
-    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), shared=shared)
-    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, shared=shared)
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker, shared=shared)
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, env=marker, shared=shared)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
     if shared is not None:

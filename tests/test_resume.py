@@ -19,6 +19,10 @@ def _cli(*args):
     return [sys.executable, "-m", "selfsteer.cli", "run", *args]
 
 
+def _states(run_dir):
+    return sorted(p.name for p in (run_dir / "trainer_state").glob("round_*"))
+
+
 def _round_uuids(run_dir, r):
     path = run_dir / "rounds" / f"round_{r:04d}" / "principles.jsonl"
     return [json.loads(line)["uuid"] for line in path.read_text().splitlines()]
@@ -85,3 +89,44 @@ def test_kill_around_the_metrics_write_loses_no_round(tmp_path, toy_cache, point
         saved = json.loads((run_dir / "rounds" / f"round_{m['round']:04d}" / "metrics.json").read_text())
         assert {k: v for k, v in m.items() if k != "round"} == saved
 
+
+
+def test_state_every_two_rounds_kill_then_resume_redoes_from_the_last_state(tmp_path, toy_cache):
+    """save_state_every=2: killed after round 3 finished (metrics written, no state), --resume goes
+    back to round 2's state and re-does round 3; rounds 3-4 equal an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    common = ["rounds=4", "save_state_every=2", f"model.cache_dir={toy_cache}", "tensorboard=false",
+              "trainer.num_ranks=1", "rollout.num_engines=1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = subprocess.run(_cli("configs/tiny_cpu.yaml", *common, f"output_dir={full}"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _states(full) == ["round_0004"]  # older states pruned
+
+    env = {**os.environ, "SELFSTEER_TEST_PAUSE_AT": "after_metrics@3"}
+    victim = subprocess.Popen(_cli("configs/tiny_cpu.yaml", *common, f"output_dir={killed}"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker, deadline = killed / ".paused-after_metrics", time.time() + 600
+    while not marker.exists():
+        assert victim.poll() is None, "run ended before the pause point"
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert json.loads((killed / "state.json").read_text())["round"] == 2  # round 3 finished without a state
+    assert [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert _states(killed) == ["round_0002"]
+
+    proc = subprocess.run(_cli("--resume", str(killed)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    for r in (1, 2, 3, 4):
+        rows = [(run / "rounds" / f"round_{r:04d}" / "triples.jsonl").read_text().splitlines() for run in (full, killed)]
+        strip = [[{k: v for k, v in json.loads(x).items() if "time" not in k} for x in rs] for rs in rows]
+        assert strip[0] == strip[1], f"round {r}'s triples differ from the uninterrupted run's"
+    a = load_file(full / "checkpoints" / "round_0004" / "model.safetensors")
+    b = load_file(killed / "checkpoints" / "round_0004" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert _states(killed) == ["round_0004"]

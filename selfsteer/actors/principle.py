@@ -24,6 +24,9 @@ PROGRESS_CHUNK = 16  # principle requests per completion batch
 
 class PrincipleGenerator:
     def __init__(self, cfg, seed: int, model_cfg=None, *, torch_threads: int = 1):
+        from selfsteer.storage import check_marker
+
+        check_marker("principles")  # output_dir shared with the driver, before loading a writer
         limit_threads(torch_threads)
         self.cfg, self.seed = cfg, seed
         self.library = _library(cfg.library_file)

@@ -15,6 +15,9 @@ class ReferenceModel:
     def __init__(self, model_path: str, ref_cfg, model_cfg, *, torch_threads: int = 1):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from selfsteer.storage import check_marker
+
+        check_marker("reference")  # output_dir shared with the driver, before loading
         limit_threads(torch_threads)
         self.device = resolve_device(ref_cfg.device)
         if self.device == "cuda":

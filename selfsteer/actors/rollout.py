@@ -7,6 +7,7 @@ the engines' lifecycles, so the driver can grow or shrink it between rounds.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import ray
@@ -19,6 +20,7 @@ from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, receive_buckets
 from selfsteer.sync.objectstore import load_object_buckets
 from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+from selfsteer.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class RolloutEngine:
 
     def __init__(self, model_path: str, rollout_cfg, model_cfg, *, torch_threads: int = 1, index: int = 0,
                  colocated: bool = False):
+        check_marker(f"rollout engine {index}")  # output_dir shared with the driver, before loading
+        self._reap_previous_incarnation()
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
@@ -52,6 +56,32 @@ class RolloutEngine:
         self._workers_receive = hasattr(self.backend, "init_sync_group")
         self.weights_version = 0
         self.asleep = False
+
+    @staticmethod
+    def _reap_previous_incarnation() -> None:
+        """Kill what a killed earlier incarnation of this actor left running (vLLM's engine core and
+        tensor-parallel workers hold their GPU's memory), then tag this process tree the same way.
+
+        The tag is the Ray actor id, which a restart keeps, and the restart lands in the same
+        placement-group bundle, so on the same node. A no-op outside Ray and for the HF backends.
+        """
+        from selfsteer.proctree import kill_tree, tag_process_tree
+
+        try:
+            tag = f"engine-{ray.get_runtime_context().get_actor_id()}"
+        except Exception:  # noqa: BLE001 - not inside an actor (a unit test building the class)
+            return
+        if tag.endswith("None"):
+            return
+        kill_tree(tag)
+        tag_process_tree(tag)
+
+    def release(self) -> list[int]:
+        """Kill this engine's child processes (before `ray.kill`, which kills only this process)."""
+        from selfsteer.proctree import TAG_ENV, kill_tree
+
+        tag = os.environ.get(TAG_ENV)
+        return kill_tree(tag) if tag else []
 
     def ready(self) -> dict:
         import os
@@ -313,7 +343,12 @@ class RolloutPool:
             self._pgs.append(pg)
             new.append(actor)
         while len(self.engines) > num_engines:
-            ray.kill(self.engines.pop())
+            engine = self.engines.pop()
+            try:  # its vLLM children first: ray.kill would leave them holding the GPU
+                ray.get(engine.release.remote(), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - a dead or hung engine: its next incarnation would reap them
+                logger.warning("rollout engine %d: could not release its child processes: %s", len(self.engines), exc)
+            ray.kill(engine)
             pg = self._pgs.pop()
             if pg is not None:
                 ray.util.remove_placement_group(pg)

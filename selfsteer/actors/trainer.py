@@ -18,6 +18,7 @@ from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
 from selfsteer.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class TrainerRank:
     """One rank. `setup` joins the process group and builds the backend (DeepSpeed or torch)."""
 
     def __init__(self, rank: int, world_size: int, cfg, *, torch_threads: int = 1):
+        check_marker(f"trainer rank {rank}")  # output_dir shared with the driver, before any work
         limit_threads(torch_threads)
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.device = resolve_device(cfg.trainer.device)
@@ -69,7 +71,7 @@ class TrainerRank:
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size))
-        timeout = datetime.timedelta(seconds=self.cfg.sync.timeout_s)
+        timeout = datetime.timedelta(seconds=tc.dist_timeout_s)  # its own limit, not the weight sync's
         store = self._master_store if self.rank == 0 else dist.TCPStore(
             master_addr, master_port, self.world_size, False, timeout=timeout)
         dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)

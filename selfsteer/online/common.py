@@ -73,7 +73,7 @@ def train_sync_save(cfg, roles, inputs, r: int, run_dir: Path, timer, items: lis
     with timer("checkpoint"):
         if r % cfg.save_every == 0 or r == cfg.rounds:
             roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-        checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict())
+        checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict(), cfg)
     trained = weighted_mean(results) if results else {}
     metrics = {f"train/{k}": v for k, v in trained.items() if not k.startswith("avg_logp/")}
     metrics.update(sync_stats, **timer.seconds)

@@ -121,7 +121,7 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
 def _save(cfg, roles, run_dir: Path, r: int, cursor_state: dict) -> None:
     if r % cfg.save_every == 0 or r == cfg.rounds:
         roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-    checkpoint.save_round(run_dir, r, roles.trainer, cursor_state)
+    checkpoint.save_round(run_dir, r, roles.trainer, cursor_state, cfg)
 
 
 def _required_keys(cfg) -> frozenset:

@@ -9,7 +9,9 @@ The number of collective calls grows with the number of buckets, not of paramete
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import socket
 from typing import Optional
 
@@ -64,6 +66,31 @@ def open_store(host: str, world_size: int, timeout_s: float) -> dist.TCPStore:
     return store
 
 
+# The sync group's NCCL error handling (torch's ProcessGroupNCCL reads these when a group is built).
+# Left at torch's defaults (async error handling 3, SkipCleanUp) a broadcast that outlasts the
+# timeout is caught by NCCL's watchdog thread, which ends the whole process: the engine or trainer
+# rank dies instead of the driver getting SyncPeerTimeoutError. With blocking wait the waiting
+# call itself raises once sync.timeout_s has passed, and CleanUpOnly (2) has the watchdog abort the
+# group's communicators without killing the process. The trainer's default group keeps torch's
+# defaults (and its own trainer.dist_timeout_s).
+NCCL_SYNC_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]):
+    """Set `values` in os.environ for the block, then restore what was there (or unset)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 class SyncGroup:
     """A standalone broadcast group: gloo on CPU, NCCL on GPU (same code path).
 
@@ -79,7 +106,8 @@ class SyncGroup:
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
-            self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size, options)
+            with scoped_env(NCCL_SYNC_ENV):  # read by the group's constructor: this group only
+                self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size, options)
         elif backend == "gloo":
             self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
         else:

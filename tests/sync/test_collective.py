@@ -156,3 +156,35 @@ def test_free_port_is_bindable():
     assert 1024 <= port <= 65535
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_nccl_sync_group_env_raises_instead_of_killing_the_process():
+    """The sync group is built with blocking wait (the waiting call raises at sync.timeout_s) and
+    CleanUpOnly error handling (the watchdog aborts the communicators, not the process)."""
+    from selfsteer.sync.collective import NCCL_SYNC_ENV
+
+    assert NCCL_SYNC_ENV == {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
+def test_scoped_env_sets_then_restores_set_and_unset_values(monkeypatch):
+    import os
+
+    from selfsteer.sync.collective import scoped_env
+
+    monkeypatch.setenv("TORCH_NCCL_BLOCKING_WAIT", "0")
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    with scoped_env({"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}):
+        assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "1"
+        assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "2"
+    assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "0"  # the trainer's default group keeps torch's handling
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+
+
+def test_the_trainers_default_group_has_its_own_timeout():
+    from selfsteer.config import ConfigError, RunConfig, load_config
+
+    cfg = load_config("configs/tiny_cpu.yaml", ["sync.timeout_s=30", "trainer.dist_timeout_s=900"])
+    assert (cfg.sync.timeout_s, cfg.trainer.dist_timeout_s) == (30, 900)
+    assert RunConfig().trainer.dist_timeout_s == 1800
+    with pytest.raises(ConfigError, match="trainer.dist_timeout_s"):
+        load_config("configs/tiny_cpu.yaml", ["trainer.dist_timeout_s=0"])
