@@ -112,6 +112,16 @@ def copy_named(module, named_tensors: Iterable[tuple[str, torch.Tensor]], owner:
         params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
+def load_view(i: int, bucket: Bucket, view: torch.Tensor, load, targets=None) -> torch.Tensor:
+    """Put received bucket `i` into the engine: one copy into its flat tensor `targets[i]` (where its
+    parameters live), else `load(bucket, view)`. Returns what the engine now holds, to fingerprint."""
+    if targets is not None:
+        targets[i].copy_(view)
+        return targets[i]
+    load(bucket, view)
+    return view
+
+
 def fingerprint(flat: torch.Tensor) -> str:
     """Content hash of a bucket's bytes, to verify a sync bit for bit.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from selfsteer.sync.buckets import Bucket, fingerprint, pack_bucket
+from selfsteer.sync.buckets import Bucket, fingerprint, load_view, pack_bucket
 
 
 class IpcBuckets:
@@ -48,12 +48,7 @@ def receive_ipc(handles: list[tuple], buckets: list[Bucket], load, verify: bool,
     fingerprints = []
     for i, (bucket, handle) in enumerate(zip(buckets, handles)):
         view = open_handle(handle, torch.cuda.current_device())
-        held = view
-        if targets is not None:
-            targets[i].copy_(view)
-            held = targets[i]
-        else:
-            load(bucket, view)
+        held = load_view(i, bucket, view, load, targets)
         if verify:
             fingerprints.append(fingerprint(held))
         del view

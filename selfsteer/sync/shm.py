@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from selfsteer.sync.buckets import Bucket, fingerprint, pack_bucket
+from selfsteer.sync.buckets import Bucket, fingerprint, load_view, pack_bucket
 
 SHM_DIR = Path(os.environ.get("SELFSTEER_SHM_DIR", "/dev/shm"))
 _ALIGN = 64  # bytes: every bucket starts on a cache line; the header takes the first line
@@ -131,12 +131,7 @@ def receive_shm(handle: dict, buckets: list[Bucket], load, verify: bool, targets
     for i, (bucket, view) in enumerate(reader):
         if version is not None:
             reader.wait(version, i, timeout_s)
-        held = view
-        if targets is not None:
-            targets[i].copy_(view)
-            held = targets[i]
-        else:
-            load(bucket, view)
+        held = load_view(i, bucket, view, load, targets)
         if verify:
             fingerprints.append(fingerprint(held))
     return fingerprints
