@@ -187,9 +187,9 @@ def test_principles_phase_with_an_unreachable_endpoint_stops_before_any_actor(tm
 
 @pytest.mark.slow
 def test_a_run_with_the_http_source_never_writes_or_prints_the_key(server, tmp_path, toy_cache):
-    out = tmp_path / "run"
+    out, refused_out = tmp_path / "run", tmp_path / "refused"
     secret = "sk-run-secret-5f3a9d2e71"  # distinctive: any hit is a leak, not a coincidence
-    args = [sys.executable, "-m", "selfsteer.cli", "run", "configs/tiny_cpu.yaml", f"output_dir={out}",
+    args = [sys.executable, "-m", "selfsteer.cli", "run", "configs/tiny_cpu.yaml",
             f"model.cache_dir={toy_cache}", "rounds=1", "data.prompts_per_round=2", "rollout.num_engines=1",
             "rollout.sampling.max_new_tokens=8", "tensorboard=true",
             "principles.mode=llm", "principles.llm.source=http", f"principles.llm.base_url={server}",
@@ -198,18 +198,22 @@ def test_a_run_with_the_http_source_never_writes_or_prints_the_key(server, tmp_p
             "principles.llm.min_words=0", "principles.llm.reject_answers=false"]
     # The server accepts KEY; the run sends `secret`, is refused (401) and must say so without echoing it.
     # Then with the right key: a finished run, with checkpoints, metrics and TensorBoard events.
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, KEY_VAR: secret})
+    # Each run its own directory: a directory that holds a run is refused without --resume/--overwrite.
+    refused = subprocess.run(args + [f"output_dir={refused_out}"], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, KEY_VAR: secret})
     assert refused.returncode != 0 and "HTTP 401" in refused.stderr, refused.stderr[-3000:]
     assert secret not in refused.stdout + refused.stderr
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, KEY_VAR: KEY})
+    proc = subprocess.run(args + [f"output_dir={out}"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, KEY_VAR: KEY})
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = [p for p in out.rglob("*") if p.is_file()]
+    refused_files = [p for p in refused_out.rglob("*") if p.is_file()]
     kinds = {p.name.split(".")[0] for p in files}
     assert {"config", "metrics", "state", "model"} <= kinds | {p.suffix.lstrip(".") for p in files}, kinds
     assert any("tfevents" in p.name for p in files) and any(p.suffix == ".safetensors" for p in files)
     for needle in (KEY, secret):
         assert needle not in proc.stdout + proc.stderr
-        leaks = [str(p) for p in files if needle.encode() in p.read_bytes()]
+        leaks = [str(p) for p in files + refused_files if needle.encode() in p.read_bytes()]
         assert not leaks, f"API key written to {leaks}"
     assert f"api_key_env: {KEY_VAR}" in (out / "config.yaml").read_text()  # the variable's name, never its value
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
