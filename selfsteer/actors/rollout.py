@@ -295,6 +295,9 @@ def _shard_seed(sampling: Sampling, shard: int) -> Sampling:
     return replace(sampling, seed=sampling.seed * 1009 + shard)
 
 
+RELEASE_WAIT_S = 5  # an engine's own child-process cleanup before ray.kill (shrink, shutdown)
+
+
 class RolloutPool:
     """Driver-side owner of the engine actors: start, resize, generate, shut down."""
 
@@ -342,16 +345,19 @@ class RolloutPool:
             self.engines.append(actor)
             self._pgs.append(pg)
             new.append(actor)
-        while len(self.engines) > num_engines:
-            engine = self.engines.pop()
-            try:  # its vLLM children first: ray.kill would leave them holding the GPU
-                ray.get(engine.release.remote(), timeout=60)
-            except Exception as exc:  # noqa: BLE001 - a dead or hung engine: its next incarnation would reap them
-                logger.warning("rollout engine %d: could not release its child processes: %s", len(self.engines), exc)
-            ray.kill(engine)
-            pg = self._pgs.pop()
-            if pg is not None:
-                ray.util.remove_placement_group(pg)
+        gone = [(len(self.engines) - 1, self.engines.pop(), self._pgs.pop()) for _ in range(len(self.engines) - num_engines)]
+        if gone:  # their vLLM children first (ray.kill would leave them holding the GPU), all at once and
+            # briefly: a stalled engine cannot answer, and shutting down must not wait on it.
+            calls = {engine.release.remote(): index for index, engine, _ in gone}
+            _, pending = ray.wait(list(calls), num_returns=len(calls), timeout=RELEASE_WAIT_S)
+            for ref in pending:
+                logger.warning("rollout engine %d: did not release its child processes within %d s; killing it "
+                               "(children of a vLLM engine may keep their GPU until the job ends)",
+                               calls[ref], RELEASE_WAIT_S)
+            for _, engine, pg in gone:
+                ray.kill(engine)
+                if pg is not None:
+                    ray.util.remove_placement_group(pg)
         if new:
             ray.get([a.ready.remote() for a in new], timeout=self.cfg.ray.startup_timeout_s)
             logger.info("rollout pool: %d engine(s) running", len(self.engines))
