@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.config_sections import (  # noqa: F401  (re-exported: `from selfsteer.config import ...`)
-    ConfigError, PairsConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
+    ConfigError, LLMPrincipleConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
 
 
@@ -82,87 +82,6 @@ class SamplingConfig:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling.top_p={self.top_p!r} must be in (0, 1]")
         _check_positive("sampling", "max_new_tokens", self.max_new_tokens)
-
-
-@dataclass(frozen=True)
-class LLMPrincipleConfig:
-    """`llm` principle mode: who writes the principles and how hard we try to parse them."""
-
-    # policy (through the rollout engines) | model (a separate local model) | http (an OpenAI-compatible server)
-    source: str = "policy"
-    model_path: Optional[str] = None
-    max_retries: int = 2
-    temperature: float = 0.7
-    top_p: float = 0.8
-    max_new_tokens: int = 256
-    # source=http (selfsteer.principles.endpoint): e.g. vLLM's `vllm serve` or `selfsteer serve`.
-    base_url: Optional[str] = None  # API root, e.g. http://127.0.0.1:8000/v1
-    model_name: Optional[str] = None  # served model name; None = the server's first model
-    api_key_env: Optional[str] = None  # NAME of the env var holding the API key (never the key itself)
-    timeout_s: float = 120.0  # per request
-    http_retries: int = 3  # extra attempts after a connection error, timeout or HTTP 429/5xx
-    max_concurrency: int = 8  # requests in flight
-    # source=model: the writer actor's Ray resources; it loads the model on a GPU when num_gpus > 0.
-    # 0 CPUs: it shares the CPUs of the roles (the CPU default, where it mostly waits).
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    # Reply screen (selfsteer.principles.screen): degenerate replies are retried, counted, then fall back.
-    min_words: int = 4  # a guideline shorter than this (after header-like scaffolding) is rejected
-    reject_answers: bool = True  # reject replies that answer the query instead of guiding the answer
-    fallback_warn_rate: float = 0.5  # WARNING when a round's share of fallback pairs exceeds this
-
-    def __post_init__(self):
-        _check_choice("principles.llm", "source", self.source, ("policy", "model", "http"))
-        if self.source == "model" and not self.model_path:
-            raise ConfigError("principles.llm.source=model needs principles.llm.model_path")
-        if self.source == "http" and not (self.base_url or "").startswith(("http://", "https://")):
-            raise ConfigError(f"principles.llm.source=http needs principles.llm.base_url=http://HOST:PORT/v1, "
-                              f"got {self.base_url!r}")
-        _check_positive("principles.llm", "max_retries", self.max_retries, allow_zero=True)
-        _check_positive("principles.llm", "timeout_s", self.timeout_s)
-        _check_positive("principles.llm", "http_retries", self.http_retries, allow_zero=True)
-        _check_positive("principles.llm", "max_concurrency", self.max_concurrency)
-        _check_positive("principles.llm", "num_cpus", self.num_cpus, allow_zero=True)
-        _check_positive("principles.llm", "num_gpus", self.num_gpus, allow_zero=True)
-        _check_positive("principles.llm", "min_words", self.min_words, allow_zero=True)
-        if not 0 <= self.fallback_warn_rate <= 1:
-            raise ConfigError(f"principles.llm.fallback_warn_rate={self.fallback_warn_rate!r} must be in [0, 1]")
-
-    def actor_resources(self, mode: str) -> dict:
-        """Ray resources of the principle actor: a local writer model (source=model) gets num_cpus/num_gpus;
-        otherwise the actor only waits on the engines or an HTTP server."""
-        if mode == "llm" and self.source == "model":
-            return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        return {"num_cpus": 0.0, "num_gpus": 0.0}
-
-
-@dataclass(frozen=True)
-class PrincipleConfig:
-    mode: str = "library"  # library | llm
-    library_file: Optional[str] = None  # YAML/JSON of dimensions; None = built-in v1 library
-    num_dimensions: int = 2
-    concision_prob: float = 0.2
-    # Library mode's system prompt: a preset (selfsteer | paper | v2 | bare) or your own text with
-    # the placeholders {adjectives} {guidelines} {principles} {quality} {never_reveal}
-    # (selfsteer.principles.library.SYSTEM_TEMPLATES).
-    system_template: str = "selfsteer"
-    # Start-up check: warn when more than this share of a sample system prompt's tokens are unknown.
-    max_unknown_share: float = 0.05
-    llm: LLMPrincipleConfig = field(default_factory=LLMPrincipleConfig)
-
-    def __post_init__(self):
-        _check_choice("principles", "mode", self.mode, ("library", "llm"))
-        from selfsteer.principles.library import resolve_template
-
-        try:
-            resolve_template(self.system_template)
-        except ValueError as exc:
-            raise ConfigError(f"principles.system_template={exc}") from None
-        if not 0 <= self.max_unknown_share <= 1:
-            raise ConfigError(f"principles.max_unknown_share={self.max_unknown_share!r} must be in [0, 1]")
-        _check_positive("principles", "num_dimensions", self.num_dimensions)
-        if not 0 <= self.concision_prob <= 1:
-            raise ConfigError(f"principles.concision_prob={self.concision_prob!r} must be in [0, 1]")
 
 
 @dataclass(frozen=True)
