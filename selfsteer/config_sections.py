@@ -1,6 +1,5 @@
 """Config sections that belong to one algorithm, the benchmark task, signal health or the principle
-writer, and the
-validation helpers every section uses. `selfsteer.config` re-exports all of them."""
+writer, and the validation helpers every section uses. `selfsteer.config` re-exports all of them."""
 
 from __future__ import annotations
 
