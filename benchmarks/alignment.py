@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rounds", type=int, default=None, help="default: the config's")
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--config", default=str(REPO / "configs" / "alignment_tiny.yaml"))
     ap.add_argument("--out", default=str(REPO / "results" / "alignment"))
     ap.add_argument("--eval-prompts", type=int, default=96)
@@ -95,9 +95,8 @@ def main(argv=None) -> int:
     settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)
     started = time.time()
     for seed in [] if args.report_only else args.seeds:
-        common = [f"seed={seed}", f"model.toy.seed={seed}", *args.set]
-        if args.rounds:
-            common.append(f"rounds={args.rounds}")
+        # The runs' own eval is off: every checkpoint is scored here, with the start model's steerability.
+        common = [f"seed={seed}", f"model.toy.seed={seed}", f"rounds={args.rounds}", "eval.every=0", *args.set]
         if args.cache_dir:
             common.append(f"model.cache_dir={args.cache_dir}")
         cfg = load_config(args.config, common)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.config_sections import (  # noqa: F401  (re-exported: `from selfsteer.config import ...`)
-    ConfigError, LLMPrincipleConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
+    ConfigError, EvalConfig, LLMPrincipleConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
 
 
@@ -279,6 +279,9 @@ class RunConfig:
     # weights through shared memory (CPU) or CUDA IPC handles (GPU).
     placement: str = "separate"
     tensorboard: bool = True
+    # transformers'/datasets' own progress bars (loading weights, writing shards); off keeps the
+    # round lines readable, selfsteer's own phase bars and lines stay (runtime.quiet_libraries).
+    library_progress_bars: bool = False
     wandb_project: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -294,6 +297,7 @@ class RunConfig:
     sipo: SipoConfig = field(default_factory=SipoConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
@@ -318,6 +322,13 @@ class RunConfig:
         if self.algo == "sipo" and self.model.policy != "task" and not (self.sipo.pairs_a or self.sipo.policy_a):
             raise ConfigError("algo=sipo needs sipo.pairs_a/pairs_b (stage 0 DPO pairs) or sipo.policy_a/policy_b "
                               "(trained policies); only the alignment task's model (model.policy=task) has built-in pairs")
+        if self.eval.every and self.data.prompts != "task":
+            raise ConfigError(f"eval.every={self.eval.every} scores the alignment task's held-out prompts with its gold "
+                              f"rules, so it needs data.prompts=task (got {self.data.prompts!r}); score other runs' "
+                              "checkpoints with `selfsteer eval`")
+        if self.eval.every and not self.rollout.update_weights:
+            raise ConfigError("eval.every evaluates the weights the engines hold, and rollout.update_weights=false keeps "
+                              "them at the start model; score the run's checkpoints with `selfsteer eval` instead")
         remedies = self.pairs != PairsConfig() or self.reference.refresh_every
         if remedies and self.algo not in ("sso", "dpo"):
             raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")

@@ -114,6 +114,26 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Gold evaluation during a run (selfsteer.online.gold_eval): the rollout engines answer the
+    alignment task's held-out prompts with the weights they hold, and the task's program scores
+    them. Needs `data.prompts: task` (held-out prompts never seen in training)."""
+
+    every: int = 0  # score the start weights, then every N-th round and the last; 0: off
+    prompts: int = 96  # held-out prompts, kinds in equal shares (the alignment benchmark's set)
+    samples: int = 4  # sampled answers per prompt (besides one greedy answer)
+    temperature: float = 1.0  # the policy's own distribution, not the rollouts' sharpened one
+    max_new_tokens: int = 32
+    seed: int = 1234
+
+    def __post_init__(self):
+        _check_positive("eval", "every", self.every, allow_zero=True)
+        for name in ("prompts", "samples", "max_new_tokens"):
+            _check_positive("eval", name, getattr(self, name))
+        _check_positive("eval", "temperature", self.temperature, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class PairsConfig:
     """Which of a round's SSO/DPO pairs the trainer sees: remedies for an eroding self-generated
     signal (README "Signal health"). Defaults keep every pair the spec keeps."""

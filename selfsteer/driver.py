@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from selfsteer import checkpoint, online, preflight
 from selfsteer.config import RunConfig, save_config, to_dict
 from selfsteer.metrics import MetricsWriter, SignalWatch
+from selfsteer.online.gold_eval import GoldEval
 from selfsteer.roles import Roles, prepare_inputs, start_roles
+from selfsteer.runtime import quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     Bad input raises `preflight.InputError` before Ray starts; an output_dir that already holds a
     run is refused unless `resume` (continue it) or `overwrite` (move it aside).
     """
+    quiet_libraries(cfg)
     cfg, state = preflight.prepare_run(cfg, resume, overwrite)
     run_dir = Path(cfg.output_dir)
     logger.info("run directory: %s", run_dir)
@@ -57,6 +60,9 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
         if state is not None and cfg.reference.refresh_every and state["round"] >= cfg.reference.refresh_every:
             roles.refresh_reference()  # the resumed trainer's weights (exact for refresh_every=1)
+        gold = GoldEval(cfg, run_dir, state["round"] if state else 0) if cfg.eval.every else None
+        if gold is not None:
+            writer.scalars(0, gold.start(roles.pool))  # the start weights: round 0 of the curves
         step = online.round_fn(cfg, roles, inputs)
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
@@ -65,6 +71,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             if on_round_start is not None:
                 on_round_start(round_index, roles)
             metrics = step(cfg, roles, inputs, round_index, run_dir)
+            if gold is not None:
+                metrics.update(gold.after_round(round_index, roles.pool))
             checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round
             metrics.update(watch.update(metrics))
             writer.write(round_index, metrics)  # durable before state.json marks the round finished
@@ -78,6 +86,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
                                "; stopping (signal.early_stop)" if cfg.signal.early_stop else "")
                 if cfg.signal.early_stop:
                     break
+        if gold is not None:
+            gold.finish()  # before/after summary and eval/gold.png
     finally:
         if writer is not None:
             writer.close()

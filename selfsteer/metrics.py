@@ -64,6 +64,14 @@ class MetricsWriter:
         if self.wandb is not None:
             self.wandb.log(clean, step=round_index)
 
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        """TensorBoard/W&B only, for a step that is not a round (round 0's evaluation)."""
+        clean = _numbers(metrics)
+        if clean:
+            self._tensorboard(step, clean)
+            if self.wandb is not None:
+                self.wandb.log(clean, step=step)
+
     def restore(self, rounds: dict[int, dict]) -> None:
         """TensorBoard events of rounds whose metrics.jsonl line was restored on resume."""
         for r in sorted(rounds):

@@ -74,8 +74,37 @@ def limit_threads(num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
+# What `quiet_libraries` sets in the driver; every actor gets the driver's values (on a cluster the
+# actors do not inherit the driver's environment).
+QUIET_KEYS = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "DS_ACCELERATOR")
+
+
 def actor_env(torch_threads: int, extra: dict | None = None) -> dict:
-    """runtime_env env_vars shared by all roles (threads, quiet tokenizers)."""
+    """runtime_env env_vars shared by all roles (threads, quiet tokenizers and libraries)."""
     env = {"OMP_NUM_THREADS": str(max(torch_threads, 1)), "TOKENIZERS_PARALLELISM": "false"}
+    env.update({k: os.environ[k] for k in QUIET_KEYS if k in os.environ})
     env.update(extra or {})
     return env
+
+
+def quiet_libraries(cfg) -> dict[str, str]:
+    """Keep library chatter out of the round lines, in the driver and (through `actor_env`) every actor.
+
+    transformers' and datasets' own bars (loading weights, writing shards, generating a split) go
+    unless `library_progress_bars`; DeepSpeed is told it runs on CPU when every role does (else it
+    warns on every start that it found no GPU). A variable the user set already is kept.
+    """
+    wanted = {}
+    if not cfg.library_progress_bars:
+        wanted.update(HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    if all(d == "cpu" for d in (cfg.trainer.device, cfg.rollout.device, cfg.reference.device)):
+        wanted["DS_ACCELERATOR"] = "cpu"
+    for k, v in wanted.items():
+        os.environ.setdefault(k, v)
+    if not cfg.library_progress_bars:  # read at import: already-imported libraries are told directly
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    return {k: os.environ[k] for k in wanted}

@@ -367,7 +367,8 @@ class RolloutPool:
                  expected_version=None) -> list[Generation]:
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(requests), desc="generation", unit="req", leave=False) as bar:
+        # delay: a bar only for calls that take a while (a short one would just leave lines in a log)
+        with tqdm(total=len(requests), desc="generation", unit="req", leave=False, delay=3) as bar:
             return generate_on_engines(self.engines, requests, sampling, timeout_s=self.cfg.ray.call_timeout_s,
                                        on_engine_restart=on_engine_restart, max_restarts=self.cfg.ray.max_restarts,
                                        progress=bar.update, expected_version=expected_version, stats=self.stats)

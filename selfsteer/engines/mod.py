@@ -8,6 +8,7 @@ model per step, and a fused two-model decode is not part of its API, so SIPO run
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterable, Optional
 
 import torch
@@ -28,6 +29,9 @@ class FusedPolicy(LogitsProcessor):
     def __init__(self, model_b, weight: float, prompt_mask: torch.Tensor):
         self.model_b, self.weight, self.mask = model_b, weight, prompt_mask
         self.cache, self.seen = None, 0
+        # transformers 5.x renamed the KV-cache argument and output `past_key_values` -> `cache` (the old
+        # name warns on every step); older releases (>= 4.48 is supported) only know the old one.
+        self.cache_arg = "cache" if "cache" in inspect.signature(model_b.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -36,8 +40,8 @@ class FusedPolicy(LogitsProcessor):
             self.mask = torch.cat([self.mask, self.mask.new_ones(new.shape)], dim=1)
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1]:]
         out = self.model_b(input_ids=new, attention_mask=self.mask, position_ids=positions,
-                           past_key_values=self.cache, use_cache=True)
-        self.cache, self.seen = out.past_key_values, input_ids.shape[1]
+                           **{self.cache_arg: self.cache}, use_cache=True)
+        self.cache, self.seen = getattr(out, self.cache_arg), input_ids.shape[1]
         fused = fuse_logits(scores, out.logits[:, -1, :], self.weight)
         full = torch.full_like(scores, float("-inf"))  # a token outside B's vocabulary is never chosen
         full[:, :fused.shape[-1]] = fused.to(scores.dtype)
