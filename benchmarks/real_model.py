@@ -104,6 +104,13 @@ def main(argv=None) -> int:
             for method in [m for m in methods if METHODS[m] is not None]:
                 run_dir = work / "runs" / method / f"seed{seed}"
                 entry = results.setdefault(method, {}).setdefault(str(seed), {"rounds": {}})
+                if entry.get("finished") and len(entry["rounds"]) >= args.rounds:
+                    print(f"{method} seed {seed}: finished in {results_path}; skipping", flush=True)
+                    continue  # also on a machine without its run directory (results.json is committed)
+                if load_state(run_dir) is None and entry["rounds"]:  # its run directory is gone: start afresh
+                    print(f"{method} seed {seed}: no run directory to resume; its {len(entry['rounds'])} scored "
+                          "round(s) are dropped and the run starts again", flush=True)
+                    entry.update(rounds={}, per_round=[], finished=False)
                 overrides = [f"seed={seed}", f"rounds={args.rounds}", f"model.policy={model_dir}",
                              f"data.prompts={train_file}", f"output_dir={run_dir}", *METHODS[method], *args.set]
                 done = _run(args.config, run_dir, overrides, args.rounds, deadline)
