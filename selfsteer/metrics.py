@@ -60,12 +60,10 @@ class MetricsWriter:
             fh.write(json.dumps({"round": round_index, **_json_safe(clean)}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        self._tensorboard(round_index, clean)
-        if self.wandb is not None:
-            self.wandb.log(clean, step=round_index)
+        self.scalars(round_index, clean)
 
     def scalars(self, step: int, metrics: dict[str, float]) -> None:
-        """TensorBoard/W&B only, for a step that is not a round (round 0's evaluation)."""
+        """TensorBoard/W&B only: a round's (from `write`) or a step that is not a round (round 0's evaluation)."""
         clean = _numbers(metrics)
         if clean:
             self._tensorboard(step, clean)

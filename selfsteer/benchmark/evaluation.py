@@ -37,7 +37,12 @@ class Evaluator:
         tok = self.engine.tokenizer
         ids = [encode_chat(tok, p.text, system) for p in prompts for _ in range(n)]
         gens = self.engine.generate(ids, [sampling] * len(ids))
-        return [[g.text for g in gens[i * n:(i + 1) * n]] for i in range(len(prompts))]
+        return by_prompt([g.text for g in gens], n)
+
+
+def by_prompt(texts: list[str], n: int) -> list[list[str]]:
+    """`n` consecutive answers per prompt -> one row per prompt."""
+    return [texts[i:i + n] for i in range(0, len(texts), n)]
 
 
 def score(prompts: list[T.TaskPrompt], responses: list[list[str]]) -> list[list[dict[str, float]]]:

@@ -32,8 +32,7 @@ class EngineResponder:
 
     def responses(self, prompts: list[T.TaskPrompt], system: Optional[str], sampling, n: int = 1) -> list[list[str]]:
         requests = [ChatRequest(prompt=p.text, system=system) for p in prompts for _ in range(n)]
-        texts = [g.text for g in self.pool.generate(requests, sampling)]
-        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return E.by_prompt([g.text for g in self.pool.generate(requests, sampling)], n)
 
 
 class GoldEval:
