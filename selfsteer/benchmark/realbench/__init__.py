@@ -3,4 +3,5 @@
     ifeval_task  prompts (train / held-out, disjoint questions) as IFEval JSONL records
     checkers     strict constraint accuracy with IFEval's checkers, offline, failing loudly
     evaluate     greedy held-out accuracy of a model directory
+    ifbench      IFBench's own test prompts and verifiers, imported and scored offline (the public anchor)
 """
