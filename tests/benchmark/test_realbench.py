@@ -160,3 +160,4 @@ def test_stop_tree_ends_the_run_and_a_child_in_its_own_process_group():
     time.sleep(0.5)
     state = Path(f"/proc/{child[0]}/stat")
     assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+

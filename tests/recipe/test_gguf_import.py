@@ -59,3 +59,15 @@ def test_import_gguf_cli_names_the_bad_file(tmp_path, capsys):
     assert main(["import-gguf", str(bad), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "broken.gguf" in err and "could not load it as a GGUF model" in err
+
+
+@pytest.mark.slow
+def test_benchmark_generate_by_length_keeps_answers_in_record_order(smollm2_dir):
+    """The benchmarks' length-sorted batches: answer i still belongs to record i, as generated alone."""
+    from selfsteer.benchmark.realbench.evaluate import generate
+
+    recs = [{"prompt": p} for p in (PROMPTS[0] + " Explain it to a child who loves the calendar on the wall.",
+                                    *PROMPTS[1:], "Name a color.")]
+    alone = [generate(smollm2_dir, [r], max_new_tokens=5)[0] for r in recs]
+    assert len(set(alone)) == len(recs)  # distinct answers: a permutation would show
+    assert generate(smollm2_dir, recs, max_new_tokens=5, batch_size=2, by_length=True) == alone

@@ -14,14 +14,29 @@ from selfsteer.engines.base import Sampling
 
 
 def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batch_size: int = 16,
-             system: str | None = None) -> list[str]:
-    """Greedy responses, one per record, in order."""
+             system: str | None = None, by_length: bool = False) -> list[str]:
+    """Greedy responses, one per record, in order, with a progress bar per batch.
+
+    by_length batches prompts of similar length together (less padding: IFBench's prompts run from
+    a line to pages). It changes which prompts share a batch, so a benchmark keeps one setting for
+    every model it compares (the held-out scores use the record order).
+    """
+    from tqdm.auto import tqdm
+
     from selfsteer.engines.hf_engine import HFBackend
 
     engine = HFBackend(str(model_dir), max_batch_size=batch_size)
     ids = [encode_chat(engine.tokenizer, r["prompt"], system) for r in records]
     sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    return [g.text for g in engine.generate(ids, [sampling] * len(ids))]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if by_length else list(range(len(ids)))
+    texts: list[str] = [""] * len(ids)
+    with tqdm(total=len(ids), desc="scoring", unit="prompt", delay=3) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            for i, g in zip(chunk, engine.generate([ids[i] for i in chunk], [sampling] * len(chunk))):
+                texts[i] = g.text
+            bar.update(len(chunk))
+    return texts
 
 
 def evaluate(model_dir: str, records: list[dict], max_new_tokens: int = 96, system: str | None = None) -> dict:

@@ -143,7 +143,7 @@ def evaluate(model_dir: str, max_new_tokens: int = 256, limit: int | None = None
     if limit:
         scored = scored[:limit]
     t0 = time.time()
-    responses = generate(model_dir, scored, max_new_tokens, batch_size=batch_size)
+    responses = generate(model_dir, scored, max_new_tokens, batch_size=batch_size, by_length=True)
     res = score(bench, scored, responses)
     return {**{k: v for k, v in res.items() if k != "followed_strict"}, "n_prompts": len(scored),
             "n_left_out": len(left_out), "n_total": len(scored) + len(left_out),
