@@ -94,3 +94,36 @@ def test_mismatched_answers_are_refused(bench):
     scored, _ = B.test_set(bench)
     with pytest.raises(CheckerError, match="2 prompts but 1 responses"):
         B.score(bench, scored[:2], ["x"])
+
+
+def _anchor():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import ifbench_anchor
+
+    return ifbench_anchor
+
+
+def test_anchor_resolves_the_latest_complete_checkpoint_and_refuses_a_missing_run(tmp_path):
+    anchor = _anchor()
+    ckpts = tmp_path / "runs" / "online_sso_v1" / "seed1" / "checkpoints"
+    for r, complete in ((4, True), (8, True), (12, False)):  # round 12: interrupted while saving
+        (ckpts / f"round_{r:04d}").mkdir(parents=True)
+        if complete:
+            (ckpts / f"round_{r:04d}" / "config.json").write_text("{}")
+    assert anchor.resolve("online_sso_v1:1", tmp_path, tmp_path).name == "round_0008"
+    with pytest.raises(SystemExit, match="rlcd_dpo:0: no checkpoint"):
+        anchor.resolve("rlcd_dpo:0", tmp_path, tmp_path)
+
+
+def test_anchor_table_names_the_subset_and_every_score():
+    anchor = _anchor()
+    row = dict(model="m", n_prompts=265, n_total=294, n_left_out=29, left_out_ids={"ratio:stop_words": "x"},
+               max_new_tokens=128, prompt_strict=0.1, instruction_strict=0.2, prompt_loose=0.3,
+               instruction_loose=0.4, checker_errors=[{"key": "1"}], mean_words=50.0)
+    md = anchor.table({"start": row, "online_sso_v1:0": {**row, "prompt_strict": 0.25}})
+    assert "265 of IFBench's 294 test prompts (left out: 29" in md and "ratio:stop_words" in md
+    assert "| start | 0.100 | 0.200 | 0.300 | 0.400 | 1 | 50.0 |" in md
+    assert "| online_sso_v1:0 | 0.250 |" in md
