@@ -29,11 +29,10 @@ def resolve(label: str, work: Path, cache: Path) -> Path:
     if label == "start":
         return start_model(cache)
     method, _, seed = label.partition(":")
-    ckpts = sorted((work / "runs" / method / f"seed{seed or 0}" / "checkpoints").glob("round_*"))
-    ckpts = [c for c in ckpts if (c / "config.json").is_file()]
+    run_dir = work / "runs" / method / f"seed{seed or 0}"
+    ckpts = [c for c in sorted((run_dir / "checkpoints").glob("round_*")) if (c / "config.json").is_file()]
     if not ckpts:
-        raise SystemExit(f"{label}: no checkpoint under {work / 'runs' / method / f'seed{seed or 0}'} "
-                         "(run benchmarks/real_model.py first)")
+        raise SystemExit(f"{label}: no checkpoint under {run_dir} (run benchmarks/real_model.py first)")
     return ckpts[-1]
 
 
