@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.report import pair_signal, plot, table  # noqa: E402
-from selfsteer.config import load_config  # noqa: E402
+from selfsteer.config.schema import load_config  # noqa: E402
 
 # method -> config overrides (on top of configs/alignment_tiny.yaml). Offline methods keep the
 # engines on the start weights, so every round's pairs come from the start model.
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     from selfsteer.benchmark import evaluation as E
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per evaluated checkpoint drowns the log
-    from selfsteer.roles import resolve_model
-    from selfsteer.benchmark import task as T
+    from selfsteer.actors.roles import resolve_model
+    from selfsteer.toy import task as T
 
     settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)
     started = time.time()
@@ -193,7 +193,7 @@ def _own_metrics(path: Path) -> dict[int, dict]:
 def _run(config: str, overrides: list[str]) -> float:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", config, *overrides], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli.main", "run", config, *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"selfsteer run {' '.join(overrides)} failed:\n{proc.stderr[-4000:]}")

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.realbench import ifeval_task as T  # noqa: E402
-from selfsteer.checkpoint import load_state  # noqa: E402
+from selfsteer.run.checkpoint import load_state  # noqa: E402
 
 METHODS = {  # method -> overrides on the config; offline methods sample from the start weights
     "start": None,
@@ -46,7 +46,7 @@ def start_model(cache: Path) -> Path:
     """SmolLM2-135M-Instruct imported once (`selfsteer import-gguf` on the packaged GGUF) into `cache`."""
     import shutil
 
-    from selfsteer.gguf_import import import_gguf, packaged_smollm2
+    from selfsteer.tools.gguf_import import import_gguf, packaged_smollm2
 
     out = cache / "smollm2_135m_instruct"
     if (out / "selfsteer_import.json").is_file():  # written last: the import finished
@@ -147,7 +147,7 @@ def _run(config: str, run_dir: Path, overrides: list[str], rounds: int, deadline
         return True
     if state is None and run_dir.exists():  # killed inside its first round: nothing to resume
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "selfsteer.cli", "run"]
+    cmd = [sys.executable, "-m", "selfsteer.cli.main", "run"]
     cmd += ["--resume", str(run_dir), *overrides] if state else [config, *overrides]
     print(f"{'resuming' if state else 'starting'} {run_dir} ({state['round'] if state else 0}/{rounds} rounds)",
           flush=True)

@@ -62,7 +62,7 @@ def run(mode: str, args, backend: str, work: Path) -> tuple[list[dict], float]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli", "run", str(config), *overrides],
+    proc = subprocess.run([sys.executable, "-m", "selfsteer.cli.main", "run", str(config), *overrides],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout)
     wall = time.perf_counter() - start
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selfsteer.config import load_config  # noqa: E402
+from selfsteer.config.schema import load_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from selfsteer.benchmark import evaluation as E
     from selfsteer.online.sipo_models import stage0
-    from selfsteer.roles import resolve_model
-    from selfsteer.benchmark import task as T
+    from selfsteer.actors.roles import resolve_model
+    from selfsteer.toy import task as T
 
     out, lines = {}, []
     for seed in args.seeds:

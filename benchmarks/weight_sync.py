@@ -64,7 +64,7 @@ def copy_seconds(nbytes: int, repeat: int) -> float:
 
 def bench_config(model_path: str, args, bucket_mb: float):
     """The run config the benchmark's actors are built from (defaults + CPU roles, as in tiny_cpu.yaml)."""
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
 
     # shm is no sync.method: it is what placement=colocated uses on CPU (actors.syncer.local_method).
     method = ["placement=colocated", "sync.method=collective"] if args.method == "shm" else [f"sync.method={args.method}"]

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from selfsteer.config import ConfigError, load_config
-    from selfsteer.driver import run
+    from selfsteer.config.schema import ConfigError, load_config
+    from selfsteer.run.driver import run
 
     config_path, overrides = args.config, list(args.overrides)
     if args.resume:  # the run's own resolved config, as `selfsteer run --resume`
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"online_sso: {exc}", file=sys.stderr)
         return 2
-    from selfsteer.plan import ClusterTooSmallError
-    from selfsteer.preflight import InputError
+    from selfsteer.plan.planner import ClusterTooSmallError
+    from selfsteer.run.preflight import InputError
 
     try:
         run_dir = run(cfg, resume=bool(args.resume))

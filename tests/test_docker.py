@@ -32,7 +32,7 @@ def test_rayjob_runs_the_job_entry_with_a_real_config():
     words = job["spec"]["entrypoint"].split()
     assert (REPO / words[1]).is_file()  # ray_jobs/online_sso.py
     config = words[words.index("--config") + 1]
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
 
     load_config(REPO / config, [w for w in words[words.index(config) + 1:] if "=" in w])
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from selfsteer.runtime import limit_threads, resolve_device
+from selfsteer.utils.runtime import limit_threads, resolve_device
 
 
 def default_encoder_path() -> str:

@@ -16,7 +16,7 @@ from typing import Optional
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
 from selfsteer.principles.prompt import generate_principles
-from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import limit_threads, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 PROGRESS_CHUNK = 16  # principle requests per completion batch
@@ -24,7 +24,7 @@ PROGRESS_CHUNK = 16  # principle requests per completion batch
 
 class PrincipleGenerator:
     def __init__(self, cfg, seed: int, model_cfg=None, *, torch_threads: int = 1):
-        from selfsteer.storage import check_marker
+        from selfsteer.utils.storage import check_marker
 
         check_marker("principles")  # output_dir shared with the driver, before loading a writer
         limit_threads(torch_threads)
@@ -36,7 +36,7 @@ class PrincipleGenerator:
 
             device = resolve_device("auto")  # CUDA when principles.llm.num_gpus gave this actor a GPU
             if device == "cuda":
-                from selfsteer.runtime import bind_ray_gpu
+                from selfsteer.utils.runtime import bind_ray_gpu
 
                 bind_ray_gpu()
             self.local_backend = HFBackend(cfg.llm.model_path, device=device,
@@ -64,7 +64,7 @@ class PrincipleGenerator:
         # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
         sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
                             stop=("\n###",), seed=self.seed * 7919 + round_index)
-        from selfsteer.progress import ProgressLine
+        from selfsteer.utils.progress import ProgressLine
 
         # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
         bar = ProgressLine("principles", 2 * len(prompts), "requests")
@@ -128,7 +128,7 @@ def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index:
 def _library(library_file):
     """A library file, "task" (the alignment task's five rules), or the built-in v1 library."""
     if library_file == "task":
-        from selfsteer.benchmark.task import LIBRARY
+        from selfsteer.toy.task import LIBRARY
 
         return LIBRARY
     return load_library(library_file) if library_file else BUILTIN_LIBRARY

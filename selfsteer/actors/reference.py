@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
-from selfsteer.runtime import attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 
 
 class ReferenceModel:
     def __init__(self, model_path: str, ref_cfg, model_cfg, *, torch_threads: int = 1):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from selfsteer.storage import check_marker
+        from selfsteer.utils.storage import check_marker
 
         check_marker("reference")  # output_dir shared with the driver, before loading
         limit_threads(torch_threads)
@@ -60,7 +60,7 @@ class ReferenceModel:
     @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
-        from selfsteer.progress import ProgressLine
+        from selfsteer.utils.progress import ProgressLine
 
         bar = ProgressLine("reference scoring", len(contexts), "rows")
         sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,

@@ -19,8 +19,8 @@ from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_cl
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket, unpack_bucket
 from selfsteer.sync.collective import SyncGroup, receive_buckets
 from selfsteer.sync.objectstore import load_object_buckets
-from selfsteer.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
-from selfsteer.storage import check_marker
+from selfsteer.utils.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class RolloutEngine:
         The tag is the Ray actor id, which a restart keeps, and the restart lands in the same
         placement-group bundle, so on the same node. A no-op outside Ray and for the HF backends.
         """
-        from selfsteer.proctree import kill_tree, tag_process_tree
+        from selfsteer.actors.proctree import kill_tree, tag_process_tree
 
         try:
             tag = f"engine-{ray.get_runtime_context().get_actor_id()}"
@@ -78,7 +78,7 @@ class RolloutEngine:
 
     def release(self) -> list[int]:
         """Kill this engine's child processes (before `ray.kill`, which kills only this process)."""
-        from selfsteer.proctree import TAG_ENV, kill_tree
+        from selfsteer.actors.proctree import TAG_ENV, kill_tree
 
         tag = os.environ.get(TAG_ENV)
         return kill_tree(tag) if tag else []
@@ -315,7 +315,7 @@ class RolloutPool:
 
         rc = self.cfg.rollout
         if self.shared is not None:  # colocated: a share of trainer rank `index`'s GPU bundle
-            from selfsteer.colocation import actor_options
+            from selfsteer.plan.colocation import actor_options
 
             slot = self.shared[1].get(f"rollout engine {index}")
             if slot is None:

@@ -17,8 +17,8 @@ import torch
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
-from selfsteer.storage import check_marker
+from selfsteer.utils.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class TrainerRank:
         sums: dict[str, float] = {}
         seen, steps, step_stats = 0, 0, []
         micro = [items[i:i + tc.micro_batch_size] for i in range(0, len(items), tc.micro_batch_size)]
-        from selfsteer.progress import ProgressLine
+        from selfsteer.utils.progress import ProgressLine
 
         total_steps = -(-len(micro) // tc.grad_accum) * tc.epochs_per_round
         bar = ProgressLine("training", total_steps, "optimizer steps") if self.rank == 0 else None
@@ -318,11 +318,11 @@ class TrainerGroup:
     """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
 
     def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None, shared=None):
-        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.colocation)."""
+        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.plan.colocation)."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from selfsteer.colocation import actor_options
+        from selfsteer.plan.colocation import actor_options
 
         tc = cfg.trainer
         self.cfg, self._owns_pg = cfg, shared is None

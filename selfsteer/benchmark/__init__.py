@@ -1,8 +1,7 @@
-"""The verifiable alignment benchmark: a task a program can grade, its start model, the gold
-evaluation and the report `benchmarks/alignment.py` prints.
+"""The verifiable alignment benchmark's harness: the gold evaluation and the report `benchmarks/alignment.py`
+prints. The task and its start model live in `selfsteer.toy` (actors import them at run time).
 
-    task         prompts, five gold-scored dimensions and their principles (`model.policy: task`)
-    start_model  the toy Llama SFT'd to be steerable but not aligned
     evaluation   gold reward, win rate and steerability of a model on held-out prompts
     report       tables, plots and the gold pair signal of a run's triples
+    realbench/   the real-model benchmark (IFEval/IFBench checkers, SmolLM2)
 """

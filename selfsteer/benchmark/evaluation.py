@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from selfsteer.benchmark import task as T
+from selfsteer.toy import task as T
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
 from selfsteer.principles.library import compose_v1_system

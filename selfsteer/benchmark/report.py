@@ -6,7 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
-from selfsteer.benchmark import task as T
+from selfsteer.toy import task as T
 
 
 def pair_signal(triples_path: Path) -> dict[str, float]:

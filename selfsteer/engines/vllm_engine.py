@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # On CUDA vLLM's default stays: the engine core (and each tensor-parallel worker) is a child
 # process, which overlaps scheduling with the model run. A killed engine actor would leave those
 # children holding the GPU; the RolloutEngine tags its process tree and its next incarnation kills
-# the leftovers before it loads (selfsteer/proctree.py), as does the pool before `ray.kill`.
+# the leftovers before it loads (selfsteer/actors/proctree.py), as does the pool before `ray.kill`.
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 WORKER_EXTENSION = "selfsteer.engines.vllm_engine.WorkerExtension"
 

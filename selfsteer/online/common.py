@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from selfsteer import checkpoint
+from selfsteer.run import checkpoint
 from selfsteer.data.chat import chat_messages, encode_chat
 from selfsteer.engines.base import Sampling
-from selfsteer.metrics import weighted_mean
+from selfsteer.run.metrics import weighted_mean
 
 
 def sampling(cfg, r: int) -> Sampling:

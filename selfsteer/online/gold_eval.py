@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.benchmark import evaluation as E
-from selfsteer.benchmark import task as T
+from selfsteer.toy import task as T
 from selfsteer.engines.base import ChatRequest
 
 logger = logging.getLogger(__name__)

@@ -18,14 +18,14 @@ import torch
 
 from selfsteer.algorithms.self_contrast import multi_negative_dpo_loss, select_negatives
 from selfsteer.engines.base import ChatRequest
-from selfsteer.metrics import PhaseTimer
+from selfsteer.run.metrics import PhaseTimer
 from selfsteer.online.common import answer_ids, new_round_dir, next_prompts, sampling, train_sync_save, write_jsonl
 
 
 def start(cfg, roles, inputs) -> None:
     """Start the embedding actor beside the run's other roles (killed with them)."""
     from selfsteer.actors.embedding import Embedder
-    from selfsteer.runtime import actor_env
+    from selfsteer.utils.runtime import actor_env
 
     sc = cfg.self_contrast
     roles.embedder = ray.remote(Embedder).options(

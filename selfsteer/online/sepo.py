@@ -17,7 +17,7 @@ import torch
 
 from selfsteer.algorithms.sepo import select_tokens, sepo_loss, sequence_reward, token_rewards
 from selfsteer.engines.base import ChatRequest
-from selfsteer.metrics import PhaseTimer
+from selfsteer.run.metrics import PhaseTimer
 from selfsteer.online.common import new_round_dir, next_prompts, sampling, train_sync_save, write_jsonl
 
 KEYS = ["chosen", "rejected"]
@@ -27,7 +27,7 @@ def start(cfg, roles, inputs) -> None:
     """Train (or load the cached) oracle, then host it in its own scoring actor."""
     from selfsteer.actors.reference import ReferenceModel
     from selfsteer.online.sepo_oracle import oracle_path
-    from selfsteer.runtime import actor_env
+    from selfsteer.utils.runtime import actor_env
 
     path, roles.oracle_stats = oracle_path(cfg, inputs.reference_path, cfg.model.cache_dir)
     roles.oracle = ray.remote(ReferenceModel).options(

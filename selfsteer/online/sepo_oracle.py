@@ -36,7 +36,7 @@ def toy_pairs(n: int = 64, seed: int = 0) -> list[dict]:
 def task_pairs(n: int = 64, seed: int = 0, split_seed: int = 0) -> list[dict]:
     """Alignment-task preferences from training prompts only: a response meeting every gold rule
     over one breaking a random non-empty subset of them (the gold reward orders every pair)."""
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     rng = random.Random(f"sepo-task:{seed}")
     train, _ = T.split_prompts(split_seed)
@@ -86,7 +86,7 @@ def train_oracle(ref_path: str, pairs: list[dict], out_dir: str, *, beta: float,
     from selfsteer.algorithms.logprobs import score_sequences
     from selfsteer.data.chat import encode_chat
     from selfsteer.online.common import answer_ids
-    from selfsteer.runtime import limit_threads
+    from selfsteer.utils.runtime import limit_threads
 
     out = Path(out_dir)
     if (out / "oracle.json").is_file():

@@ -25,7 +25,7 @@ import torch
 from selfsteer.algorithms.sipo import implicit_rewards, keep_rewrite, pareto_filter, select_pareto_best, sipo_loss
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import ChatRequest, Sampling
-from selfsteer.metrics import PhaseTimer, weighted_mean
+from selfsteer.run.metrics import PhaseTimer, weighted_mean
 from selfsteer.online.common import answer_ids, new_round_dir, next_prompts, train_sync_save, write_jsonl
 
 KEYS = ["chosen", "rejected"]
@@ -48,8 +48,8 @@ def start(cfg, roles, inputs) -> None:
     from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.online.sepo_oracle import load_pairs
     from selfsteer.online.sipo_models import SipoScorer
-    from selfsteer.roles import steps_per_round
-    from selfsteer.runtime import actor_env
+    from selfsteer.actors.roles import steps_per_round
+    from selfsteer.utils.runtime import actor_env
 
     extra = inputs.extra
     roles.trainer_b = TrainerGroup(cfg, extra["policy_b"], cfg.rounds * steps_per_round(cfg))

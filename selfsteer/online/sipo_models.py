@@ -21,7 +21,7 @@ from selfsteer.online.sepo_oracle import cache_key, load_pairs, train_oracle
 def conflict_pair(prompt, objective_a: str, objective_b: str, rng: random.Random) -> tuple[str, str]:
     """(y1, y2) on the alignment task: y1 meets rule A and breaks B, y2 the reverse; the other
     rules are drawn once and shared, so A and B are the only difference (a conflicting pair)."""
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     rest = {d: rng.random() < 0.5 for d in T.DIMENSIONS}
     y1 = T.synth_response(prompt, {**rest, objective_a: True, objective_b: False}, random.Random(rng.random()))
@@ -31,7 +31,7 @@ def conflict_pair(prompt, objective_a: str, objective_b: str, rng: random.Random
 
 def task_originals(prompt_text: str, objective_a: str, objective_b: str) -> tuple[str, str]:
     """The round's original pair for a task prompt (the dataset's y1, y2 in the paper), fixed per prompt."""
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     prompt = T.prompts_by_text()[prompt_text]
     return conflict_pair(prompt, objective_a, objective_b, random.Random(f"sipo-originals:{prompt_text}"))
@@ -39,7 +39,7 @@ def task_originals(prompt_text: str, objective_a: str, objective_b: str) -> tupl
 
 def task_stage0_pairs(n: int, seed: int, split_seed: int, objective_a: str, objective_b: str) -> tuple[list[dict], list[dict]]:
     """DPO pairs per objective from training prompts: A prefers y1, B prefers y2 (conflicting labels)."""
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     train, _ = T.split_prompts(split_seed)
     rng = random.Random(f"sipo-stage0:{seed}")
@@ -89,7 +89,7 @@ class SipoScorer:
                  *, torch_threads: int = 1):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from selfsteer.runtime import limit_threads, resolve_device, resolve_dtype
+        from selfsteer.utils.runtime import limit_threads, resolve_device, resolve_dtype
 
         limit_threads(torch_threads)
         self.device, self.micro_batch_size = resolve_device(ref_cfg.device), ref_cfg.micro_batch_size

@@ -16,11 +16,11 @@ import logging
 import time
 from pathlib import Path
 
-from selfsteer import checkpoint
+from selfsteer.run import checkpoint
 from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason
 from selfsteer.engines.base import ChatRequest, Sampling
-from selfsteer.metrics import PhaseTimer, weighted_mean
+from selfsteer.run.metrics import PhaseTimer, weighted_mean
 from selfsteer.online.common import new_round_dir, sampling, write_jsonl
 from selfsteer.online.one_step_off import OneStepOff, Sampled
 from selfsteer.online.sso_pairs import ReplayBuffer, rescore, score_and_select

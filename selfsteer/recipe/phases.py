@@ -19,7 +19,7 @@ from typing import Optional
 
 import ray
 
-from selfsteer.config import RunConfig, save_config
+from selfsteer.config.schema import RunConfig, save_config
 from selfsteer.data.chat import encode_chat
 from selfsteer.data.prompts import PromptRecord
 from selfsteer.engines.base import ChatRequest, Sampling
@@ -236,7 +236,7 @@ def run_pipeline(sso_cfg: RunConfig, dpo_cfg: RunConfig, prompts: str | Path, ou
     import json
 
     from selfsteer.recipe.training import train_on_file
-    from selfsteer.roles import resolve_model
+    from selfsteer.actors.roles import resolve_model
 
     paths = PipelinePaths(Path(output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from selfsteer.config import ConfigError, RunConfig, load_config
+from selfsteer.config.schema import ConfigError, RunConfig, load_config
 
 RECIPE_DEFAULTS: dict[str, Any] = {
     "principles.mode": "llm",

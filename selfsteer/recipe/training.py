@@ -26,11 +26,11 @@ from typing import Optional
 import ray
 
 from selfsteer.actors.trainer import TrainerGroup
-from selfsteer.config import RunConfig
+from selfsteer.config.schema import RunConfig
 from selfsteer.data.chat import encode_chat
 from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
 from selfsteer.engines.base import Generation
-from selfsteer.metrics import weighted_mean
+from selfsteer.run.metrics import weighted_mean
 from selfsteer.recipe.records import read_records
 from selfsteer.recipe.settings import trainer_config
 from selfsteer.recipe.workbench import Progress, Workbench
@@ -90,7 +90,7 @@ def train_on_file(bench: Workbench, cfg: RunConfig, input_path: str | Path, outp
     keys = _keys(cfg, algo)
     loss_kwargs = dataclasses.asdict(cfg.loss) if algo == "sso" else {"beta": cfg.loss.beta}
 
-    from selfsteer.roles import init_ray
+    from selfsteer.actors.roles import init_ray
 
     init_ray(cfg)
     bench.release_pool()  # engines and trainer must not hold the accelerators at once
@@ -187,7 +187,7 @@ def _steps(per_rank: int, tc) -> int:
 def _start_reference(cfg: RunConfig, model_path: str):
     """The frozen reference: `model.reference`, else the start model itself (spec §1)."""
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.runtime import actor_env
+    from selfsteer.utils.runtime import actor_env
 
     rc, threads = cfg.reference, cfg.ray.torch_threads
     return ray.remote(ReferenceModel).options(

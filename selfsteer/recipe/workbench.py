@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import ray
 
-from selfsteer.config import RunConfig
+from selfsteer.config.schema import RunConfig
 
 # (phase, done, total) after every chunk; the CLI draws progress bars from it.
 Progress = Optional[Callable[[str, int, int], None]]
@@ -32,7 +32,7 @@ class Workbench:
         if self._pool is not None and self._pool_model == model_path:
             return self._pool
         from selfsteer.actors.rollout import RolloutPool
-        from selfsteer.roles import init_ray
+        from selfsteer.actors.roles import init_ray
 
         init_ray(self.cfg)
         self.release_pool()
@@ -44,8 +44,8 @@ class Workbench:
     def principle_actor(self):
         if self._principle_actor is None:
             from selfsteer.actors.principle import PrincipleGenerator
-            from selfsteer.roles import init_ray
-            from selfsteer.runtime import actor_env
+            from selfsteer.actors.roles import init_ray
+            from selfsteer.utils.runtime import actor_env
 
             cfg = self.cfg
             init_ray(cfg)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsteer.config import ModelConfig, RolloutConfig
+from selfsteer.config.schema import ModelConfig, RolloutConfig
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.sync import shm
 from selfsteer.sync.buckets import fingerprint, plan_buckets

@@ -27,8 +27,8 @@ def test_two_reference_actors_score_as_one_and_survive_a_kill(ray_local, toy_mod
     import ray
 
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.config import load_config
-    from selfsteer.roles import Roles
+    from selfsteer.config.schema import load_config
+    from selfsteer.actors.roles import Roles
 
     cfg = load_config("configs/tiny_cpu.yaml", ["reference.micro_batch_size=4", "ray.max_restarts=1"])
     start = lambda: ray.remote(ReferenceModel).options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(  # noqa: E731
@@ -64,7 +64,7 @@ def test_two_reference_actors_score_as_one_and_survive_a_kill(ray_local, toy_mod
 
 
 def test_num_actors_must_be_positive():
-    from selfsteer.config import ConfigError, load_config
+    from selfsteer.config.schema import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"reference.num_actors=0 must be > 0"):
         load_config("configs/tiny_cpu.yaml", ["reference.num_actors=0"])

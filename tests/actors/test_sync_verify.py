@@ -20,13 +20,13 @@ def test_first_verifies_only_targets_no_verified_transfer_reached():
 @pytest.mark.parametrize("value,expected", [("first", "first"), ("always", "always"), ("never", "never"),
                                             ("true", "always"), ("false", "never")])
 def test_sync_verify_config_accepts_modes_and_old_booleans(value, expected):
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
 
     assert load_config("configs/tiny_cpu.yaml", [f"sync.verify={value}"]).sync.verify == expected
 
 
 def test_sync_verify_defaults_to_first_and_rejects_other_values():
-    from selfsteer.config import ConfigError, load_config
+    from selfsteer.config.schema import ConfigError, load_config
 
     assert load_config("configs/tiny_cpu.yaml").sync.verify == "first"
     with pytest.raises(ConfigError, match=r"sync.verify='sometimes' is not one of \['first', 'always', 'never'\]"):

@@ -21,8 +21,8 @@ def stack(ray_local, toy_cache, tmp_path_factory):
     from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
-    from selfsteer.config import load_config
-    from selfsteer.roles import prepare_inputs
+    from selfsteer.config.schema import load_config
+    from selfsteer.actors.roles import prepare_inputs
 
     run_dir = tmp_path_factory.mktemp("sync-run")
     cfg = load_config("configs/tiny_cpu.yaml", [f"output_dir={run_dir}", f"model.cache_dir={toy_cache}"])

@@ -33,8 +33,8 @@ def stack(ray_local, toy_cache, tmp_path_factory):
     from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
-    from selfsteer.config import load_config
-    from selfsteer.roles import prepare_inputs
+    from selfsteer.config.schema import load_config
+    from selfsteer.actors.roles import prepare_inputs
 
     run_dir = tmp_path_factory.mktemp("vllm-sync-run")
     # A policy whose greedy text depends on the context, and a step large enough to change it:
@@ -56,7 +56,7 @@ def _sharp_toy(toy_cache, out):
     """The vLLM toy model with weights redrawn at a larger scale than its 0.02 init."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
     from selfsteer.toy import build_toy_model
 
     toy = load_config(CONFIG, []).model.toy
@@ -172,8 +172,8 @@ def test_sync_detects_a_diverged_engine(stack):
 # Its own process (and Ray): the module's Ray above holds two engines and the trainer.
 SCALING_RUN = """
 import sys
-from selfsteer.config import load_config
-from selfsteer.driver import run
+from selfsteer.config.schema import load_config
+from selfsteer.run.driver import run
 
 def scale(round_index, roles):
     if round_index == 2:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from selfsteer.benchmark import evaluation as E
-from selfsteer.benchmark import task as T
+from selfsteer.toy import task as T
 from selfsteer.benchmark.report import pair_signal, table
 
 

@@ -1,8 +1,8 @@
 """The start model's SFT data and builder (tiny settings; the real build runs in tests/test_alignment.py)."""
 
 from selfsteer.principles.library import compose_v1_system
-from selfsteer.benchmark import task as T
-from selfsteer.benchmark.start_model import StartModelSettings, build_start_model, sft_conversations
+from selfsteer.toy import task as T
+from selfsteer.toy.start_model import StartModelSettings, build_start_model, sft_conversations
 
 TINY = StartModelSettings(examples=48, batch_size=16, hidden_size=32, num_layers=1, num_heads=1, num_kv_heads=1,
                           intermediate_size=64)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from selfsteer.benchmark import task as T
+from selfsteer.toy import task as T
 from selfsteer.toy.model import build_tokenizer
 
 

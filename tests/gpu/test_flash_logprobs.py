@@ -61,7 +61,7 @@ def _per_token(model, contexts, responses, **kw):
 
 
 def test_flash_is_chosen_only_where_it_runs():
-    from selfsteer.runtime import attention_implementation
+    from selfsteer.utils.runtime import attention_implementation
 
     assert attention_implementation("cuda", torch.float16) == "flash_attention_2"
     assert attention_implementation("cuda", torch.bfloat16) == "flash_attention_2"
@@ -104,7 +104,7 @@ def test_flash_varlen_gradients_match_sdpa(models, rows):
 
 def test_reference_model_on_cuda_uses_flash_varlen(toy_model_path, models, rows):
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
 
     cfg = load_config("configs/tiny_cpu.yaml", ["model.dtype=float16", "reference.device=cuda"])
     ref = ReferenceModel(str(toy_model_path), cfg.reference, cfg.model)

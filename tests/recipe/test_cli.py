@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from selfsteer.recipe.cli import main
+from selfsteer.cli.recipe import main
 from selfsteer.recipe.records import principles_record
 
 from .conftest import write_prompts

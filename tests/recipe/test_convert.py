@@ -65,7 +65,7 @@ def test_missing_column_and_bad_rows_are_named(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    from selfsteer.recipe.cli import main
+    from selfsteer.cli.recipe import main
 
     src = _ultrafeedback(tmp_path / "uf.parquet", ROWS)
     assert main(["convert-ultrafeedback", str(src), str(tmp_path / "p.json"), "--limit", "1"]) == 0

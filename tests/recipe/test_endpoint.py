@@ -38,7 +38,7 @@ def server(toy_1024):
     """`selfsteer serve` in a subprocess on a free loopback port; yields its base URL."""
     env = {**os.environ, KEY_VAR: KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "selfsteer.recipe.cli", "serve", "--model", str(toy_1024), "--port", "0",
+        [sys.executable, "-m", "selfsteer.cli.recipe", "serve", "--model", str(toy_1024), "--port", "0",
          "--served-model-name", "toy", "--api-key-env", KEY_VAR, "--threads", "1", "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline, lines = time.monotonic() + 300, []
@@ -133,7 +133,7 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_error():
 
 
 def test_request_validation_without_a_server():
-    from selfsteer.recipe.serve import BadRequest, parse_request
+    from selfsteer.tools.serve import BadRequest, parse_request
     from selfsteer.toy import build_tokenizer
 
     tok = build_tokenizer()
@@ -157,7 +157,7 @@ def test_request_validation_without_a_server():
 def test_principles_phase_through_the_http_source(server, tmp_path, toy_cache):
     prompts = write_prompts(tmp_path / "prompts.json", 6)
     out = tmp_path / "principles.json"
-    args = [sys.executable, "-m", "selfsteer.recipe.cli", "principles", "--config", "configs/recipe_tiny_cpu.yaml",
+    args = [sys.executable, "-m", "selfsteer.cli.recipe", "principles", "--config", "configs/recipe_tiny_cpu.yaml",
             "--input", str(prompts), "--output", str(out), f"model.cache_dir={toy_cache}",
             "principles.llm.source=http", f"principles.llm.base_url={server}", f"principles.llm.api_key_env={KEY_VAR}",
             "principles.llm.http_retries=1", "ray.num_cpus=1"]
@@ -174,7 +174,7 @@ def test_principles_phase_through_the_http_source(server, tmp_path, toy_cache):
 def test_principles_phase_with_an_unreachable_endpoint_stops_before_any_actor(tmp_path, toy_cache):
     prompts = write_prompts(tmp_path / "prompts.json", 2)
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    args = [sys.executable, "-m", "selfsteer.recipe.cli", "principles", "--config", "configs/recipe_tiny_cpu.yaml",
+    args = [sys.executable, "-m", "selfsteer.cli.recipe", "principles", "--config", "configs/recipe_tiny_cpu.yaml",
             "--input", str(prompts), "--output", str(tmp_path / "out.json"), f"model.cache_dir={toy_cache}",
             "principles.llm.source=http", f"principles.llm.base_url={url}", "principles.llm.http_retries=0"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -189,7 +189,7 @@ def test_principles_phase_with_an_unreachable_endpoint_stops_before_any_actor(tm
 def test_a_run_with_the_http_source_never_writes_or_prints_the_key(server, tmp_path, toy_cache):
     out, refused_out = tmp_path / "run", tmp_path / "refused"
     secret = "sk-run-secret-5f3a9d2e71"  # distinctive: any hit is a leak, not a coincidence
-    args = [sys.executable, "-m", "selfsteer.cli", "run", "configs/tiny_cpu.yaml",
+    args = [sys.executable, "-m", "selfsteer.cli.main", "run", "configs/tiny_cpu.yaml",
             f"model.cache_dir={toy_cache}", "rounds=1", "data.prompts_per_round=2", "rollout.num_engines=1",
             "rollout.sampling.max_new_tokens=8", "tensorboard=true",
             "principles.mode=llm", "principles.llm.source=http", f"principles.llm.base_url={server}",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from selfsteer.gguf_import import GGUFImportError, import_gguf, load_gguf, saved_tensor_names
+from selfsteer.tools.gguf_import import GGUFImportError, import_gguf, load_gguf, saved_tensor_names
 from tests.recipe.conftest import smollm2_gguf
 
 PROMPTS = ["Why do we have leap years?", "Write a haiku about rain.", "What is 2 + 3?"]
@@ -52,7 +52,7 @@ def test_import_gguf_refuses_a_missing_file_and_an_existing_model(tmp_path):
 
 
 def test_import_gguf_cli_names_the_bad_file(tmp_path, capsys):
-    from selfsteer.cli import main
+    from selfsteer.cli.main import main
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file")

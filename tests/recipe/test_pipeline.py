@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*args, timeout=1800):
-    return subprocess.run([sys.executable, "-m", "selfsteer.recipe.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "selfsteer.cli.recipe", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
 
 

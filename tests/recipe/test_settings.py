@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfsteer.config import ConfigError
+from selfsteer.config.schema import ConfigError
 from selfsteer.recipe.settings import recipe_config, trainer_config
 
 

@@ -181,7 +181,7 @@ def test_scoped_env_sets_then_restores_set_and_unset_values(monkeypatch):
 
 
 def test_the_trainers_default_group_has_its_own_timeout():
-    from selfsteer.config import ConfigError, RunConfig, load_config
+    from selfsteer.config.schema import ConfigError, RunConfig, load_config
 
     cfg = load_config("configs/tiny_cpu.yaml", ["sync.timeout_s=30", "trainer.dist_timeout_s=900"])
     assert (cfg.sync.timeout_s, cfg.trainer.dist_timeout_s) == (30, 900)

@@ -1,0 +1,347 @@
+"""Starting the run's inputs and Ray roles, kept out of the driver so the loop reads as one page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+from selfsteer.config.schema import RunConfig
+from selfsteer.data.chat import encode_chat
+from selfsteer.data.prompts import PromptCursor, load_prompts
+from selfsteer.utils.runtime import actor_env
+
+logger = logging.getLogger(__name__)
+
+
+def task_start_settings(cfg: RunConfig):
+    """The alignment task's start-model settings: SFT knobs from `task`, architecture and seed from `model.toy`."""
+    from selfsteer.toy.start_model import StartModelSettings
+
+    t, k = cfg.model.toy, cfg.task
+    return StartModelSettings(seed=t.seed, examples=k.sft_examples, batch_size=k.sft_batch_size, lr=k.sft_lr,
+                              unprompted_rate=k.unprompted_rate, steerability=k.steerability,
+                              no_system_rate=k.no_system_rate, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                              num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                              intermediate_size=t.intermediate_size)
+
+
+def resolve_model(cfg: RunConfig) -> str:
+    if cfg.model.policy == "task":
+        from selfsteer.toy.start_model import build_start_model
+
+        return str(build_start_model(cfg.model.cache_dir, task_start_settings(cfg), split_seed=cfg.task.split_seed))
+    if cfg.model.policy != "toy":
+        if not (Path(cfg.model.policy) / "config.json").is_file():
+            raise FileNotFoundError(f"model.policy={cfg.model.policy!r} is not a local HF model directory (no config.json)")
+        return cfg.model.policy
+    from selfsteer.toy import build_toy_model
+
+    t = cfg.model.toy
+    return str(build_toy_model(cfg.model.cache_dir, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                               num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                               intermediate_size=t.intermediate_size,
+                               max_position_embeddings=t.max_position_embeddings,
+                               tie_word_embeddings=t.tie_word_embeddings, seed=t.seed))
+
+
+@dataclass
+class Inputs:
+    """What the driver reads: model paths, the prompt cursor, and a tokenizer for length checks."""
+
+    policy_path: str
+    reference_path: str
+    cursor: PromptCursor
+    tokenizer: Any
+    max_prompt_tokens: int
+    extra: dict = field(default_factory=dict)  # an algorithm's own start-up outputs (SIPO's stage-0 models)
+    resumed_round: int = 0  # the last finished round a resumed run continues after (0: a fresh run)
+    run_dir: Optional[Path] = None  # where skipped prompts are recorded (rounds/round_NNNN/skipped.jsonl)
+    schedule: Optional[list] = None  # lr schedule segment ends in rounds (checkpoint.lr_schedule); None: [rounds]
+
+    def drop_long(self, prompts, pairs, round_index: Optional[int] = None):
+        """Skip prompts whose longest principle context exceeds max_prompt_tokens; each is logged
+        with its uuid and, given the round, recorded in that round's skipped.jsonl. Returns
+        (kept prompts, kept pairs, skipped count)."""
+        kept_p, kept_pairs, skipped = [], [], []
+        for p, pair in zip(prompts, pairs):
+            longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in (pair["good_system"], pair["bad_system"]))
+            if longest <= self.max_prompt_tokens:
+                kept_p.append(p)
+                kept_pairs.append(pair)
+            else:
+                skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": longest,
+                                "max_prompt_tokens": self.max_prompt_tokens})
+                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens with its principles > "
+                               "data.max_prompt_tokens=%d", round_index, p.uid, p.index, longest, self.max_prompt_tokens)
+        if skipped and self.run_dir is not None and round_index is not None:
+            round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
+            round_dir.mkdir(parents=True, exist_ok=True)
+            (round_dir / "skipped.jsonl").write_text("".join(json.dumps(row) + "\n" for row in skipped))
+        return kept_p, kept_pairs, len(skipped)
+
+
+def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
+    from transformers import AutoTokenizer
+
+    policy = resolve_model(cfg)
+    extra = {}
+    if cfg.algo == "sipo":  # stage 0: trainer A, the engines and the reference start from pi_A0
+        from selfsteer.online.sipo_models import stage0
+
+        extra = {"sft_path": policy, **stage0(cfg, policy)}
+        policy = extra["policy_a"]
+    reference = cfg.model.reference or policy
+    prompts_path = cfg.data.prompts
+    target_field = cfg.self_contrast.target_field if cfg.algo == "self_contrast" else None  # SFT answers y*
+    if prompts_path == "toy":
+        from selfsteer.toy.prompts import write_toy_prompts
+
+        prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed, with_targets=bool(target_field))
+        target_field = target_field and "response"
+    elif prompts_path == "task":
+        from selfsteer.toy.task import write_task_prompts
+
+        prompts_path = write_task_prompts(run_dir / "prompts.jsonl", cfg.task.train_prompts, cfg.task.split_seed,
+                                          seed=cfg.seed, with_targets=bool(target_field))
+        target_field = target_field and "response"
+    records = load_prompts(prompts_path, cfg.data.prompt_field, cfg.data.id_field, target_field)
+    from selfsteer.run.preflight import check_prompt_count
+
+    check_prompt_count(cfg, len(records), str(prompts_path))  # toy/task prompts are counted only here
+    tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
+    from selfsteer.run.startup_checks import startup_warnings
+
+    startup_warnings(cfg, policy, tokenizer)  # before any actor starts: lr vs model size, unknown template words
+    return Inputs(policy, reference, PromptCursor(records, cfg.seed, cfg.data.shuffle), tokenizer,
+                  cfg.data.max_prompt_tokens, extra, run_dir=run_dir)
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Attach to a cluster (`ray.address`), or start Ray in-process with every listener on loopback.
+
+    On Linux Ray resolves the node address `127.0.0.1` to the machine's address, and then its GCS,
+    raylet, workers and agents listen on all interfaces; with Ray's single-machine mode (the one it
+    uses on macOS) the node address stays 127.0.0.1 and each of them binds to it.
+    """
+    if ray.is_initialized():
+        return
+    # Explicit, so an embedded run never writes an auth token into the user's home. (Ray reads the
+    # mode when it is imported, so a per-run token set here would not reach this process.)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
+        return
+    import ray._private.ray_constants as ray_constants
+
+    # Set for the start only: Ray's processes inherit it as they are spawned (workers get the
+    # raylet's environment), and a later `ray start` from this process is not affected.
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves the node address
+    try:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+    from selfsteer.actors import reaper
+
+    reaper.start()  # no Ray process outlives the driver, even after kill -9
+
+
+def schedule_steps(cfg: RunConfig, bounds: Optional[list] = None) -> list[int]:
+    """Optimizer steps per lr-schedule segment, from its segment ends in rounds."""
+    starts = [0, *(bounds or [cfg.rounds])]
+    return [(end - start) * steps_per_round(cfg) for start, end in zip(starts, starts[1:])]
+
+
+def steps_per_round(cfg: RunConfig) -> int:
+    tc = cfg.trainer
+    per_rank = max(cfg.data.prompts_per_round // tc.num_ranks, 1)
+    return math.ceil(math.ceil(per_rank / tc.micro_batch_size) / tc.grad_accum) * tc.epochs_per_round
+
+
+@dataclass
+class Roles:
+    cfg: RunConfig
+    pool: Any
+    principle_actor: Any
+    references: list  # reference.num_actors ReferenceModel actors
+    trainer: Any
+    syncer: Any
+    restarts: dict = field(default_factory=dict)  # role -> calls re-issued after an actor restart
+    extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
+    reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
+    shared_pg: Any = None  # placement=colocated on GPU: the placement group every role shares
+
+    @property
+    def reference(self):
+        """The first reference actor (the only one unless reference.num_actors > 1)."""
+        return self.references[0]
+
+    def principles(self, prompts, round_index: int):
+        engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
+        return self._call("principle generator", self.principle_actor, lambda: self.principle_actor.generate.remote(prompts, round_index, engines))
+
+    def reference_scores(self, contexts, responses) -> tuple[list[float], list[float]]:
+        """Summed log-probs and token counts per row, from every reference actor at once."""
+        parts = self._reference_calls("score", contexts, responses)
+        return self._in_order(len(contexts), [(rows, sums) for rows, (sums, _) in parts]), \
+            self._in_order(len(contexts), [(rows, counts) for rows, (_, counts) in parts])
+
+    def reference_token_scores(self, contexts, responses) -> list[list[float]]:
+        """Per-token log-probs per row (SePO), from every reference actor at once."""
+        return self._in_order(len(contexts), self._reference_calls("token_scores", contexts, responses))
+
+    def _reference_calls(self, method: str, contexts, responses) -> list[tuple[list[int], Any]]:
+        from selfsteer.actors.reference import shard_rows
+
+        shards = [rows for rows in shard_rows(contexts, responses, len(self.references)) if rows]
+        calls = []
+        for actor, rows in zip(self.references, shards):
+            ctx, resp = [contexts[i] for i in rows], [responses[i] for i in rows]
+            submit = lambda a=actor, c=ctx, r=resp: getattr(a, method).remote(c, r)  # noqa: E731
+            calls.append((actor, submit, submit()))  # all submitted before any is awaited
+        return [(rows, self._call("reference model", actor, submit, first=ref))
+                for rows, (actor, submit, ref) in zip(shards, calls)]
+
+    @staticmethod
+    def _in_order(n: int, parts) -> list:
+        out = [None] * n
+        for rows, values in parts:
+            for i, v in zip(rows, values):
+                out[i] = v
+        return out
+
+    def refresh_reference(self, actors=None, verify=None) -> None:
+        """Every reference actor (or `actors`) takes the policy's current weights (reference.refresh_every)."""
+        self.syncer.copy_into(list(actors or self.references), "reference model", verify=verify)
+        self.reference_refreshed = True
+
+    def generate(self, requests, sampling):
+        """Sample on the pool; a dead engine is restarted, brought to the current weights, re-asked."""
+        if not self.cfg.rollout.update_weights:  # offline: a restarted engine reloads the start weights
+            return self.pool.generate(requests, sampling, on_engine_restart=lambda: None)
+        return self.pool.generate(requests, sampling, on_engine_restart=lambda: self.syncer.resync(self.pool.engines),
+                                  expected_version=lambda: self.syncer.version)
+
+    def sleep_engines(self) -> dict[str, float]:
+        """placement=colocated: the engines free their weights (and KV cache) before the trainer
+        trains on the same devices; the sync after training wakes them. Returns the RSS freed."""
+        if self.cfg.placement != "colocated" or not self.pool.engines:
+            return {}
+        slept = ray.get([e.sleep.remote() for e in self.pool.engines], timeout=self.cfg.ray.call_timeout_s)
+        return {"rollout/sleep_rss_freed_mb": sum(x["rss_freed_mb"] for x in slept) / len(slept),
+                "rollout/sleep_supported": min(x["supported"] for x in slept)}
+
+    def _call(self, role: str, actor, submit, first=None):
+        """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor.
+
+        `first`: the call's result ref when already submitted (several actors working at once).
+        """
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        from selfsteer.actors.liveness import wait_until_alive
+
+        timeout = self.cfg.ray.call_timeout_s
+        for attempt in range(self.cfg.ray.max_restarts + 1):
+            try:
+                ref, first = first if first is not None else submit(), None
+                return ray.get(ref, timeout=timeout)
+            except GetTimeoutError as exc:
+                raise TimeoutError(f"{role} did not answer within ray.call_timeout_s={timeout} s") from exc
+            except RayActorError as exc:
+                if attempt == self.cfg.ray.max_restarts:
+                    raise RuntimeError(f"{role} died {attempt + 1} time(s); giving up: {exc}") from exc
+                logger.warning("%s died (%s); re-issuing the call to its restarted actor", role, type(exc).__name__)
+                key = role.replace(" ", "_") + "_restarts"
+                self.restarts[key] = self.restarts.get(key, 0) + 1
+                wait_until_alive(actor, role, timeout)
+                if any(actor is a for a in self.references) and self.reference_refreshed:
+                    # It restarted on the start weights (exact for refresh_every=1); checked unless sync.verify=never.
+                    self.refresh_reference([actor], verify=self.cfg.sync.verify != "never")
+
+    def resize_engines(self, num_engines: int) -> None:
+        """Grow or shrink the rollout pool; new engines get the trainer's current weights first."""
+        if num_engines == len(self.pool.engines):
+            return
+        if num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {num_engines}")
+        self.pool.resize(num_engines)
+        if self.cfg.rollout.update_weights:  # offline runs keep the start weights every engine loaded
+            self.syncer.sync(self.pool.engines)
+        logger.info("rollout pool resized to %d engine(s)", num_engines)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+        self.trainer.shutdown()
+        self.syncer.close()
+        for actor in (self.principle_actor, *self.references, *self.extra_actors):
+            ray.kill(actor)
+        if self.shared_pg is not None:
+            ray.util.remove_placement_group(self.shared_pg)
+
+
+def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
+    from selfsteer.actors.principle import PrincipleGenerator
+    from selfsteer.actors.reference import ReferenceModel
+    from selfsteer.actors.rollout import RolloutPool
+    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.syncer import WeightSyncer
+
+    init_ray(cfg)
+    # Before any actor: a config the cluster cannot place fails now, not after ray.startup_timeout_s.
+    from selfsteer.plan.planner import check_cluster, nodes_from_ray
+
+    check_cluster(cfg, nodes_from_ray(ray.nodes()))
+    from selfsteer.utils.storage import write_marker
+
+    marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
+    env = actor_env(cfg.ray.torch_threads, marker)
+    threads = cfg.ray.torch_threads
+    shared = colocated_group(cfg)
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker, shared=shared)
+    pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, env=marker, shared=shared)
+    pool.resize(cfg.rollout.num_engines)
+    rc = cfg.reference
+    if shared is not None:
+        from selfsteer.plan.colocation import actor_options
+
+        where = actor_options(shared[1]["reference"], shared[0])
+    else:
+        where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
+    references = [ray.remote(ReferenceModel).options(
+        **where, runtime_env={"env_vars": env},
+        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
+    ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads) for _ in range(rc.num_actors)]
+    principle_actor = ray.remote(PrincipleGenerator).options(
+        **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+    ray.get([*(r.ready.remote() for r in references), principle_actor.ready.remote()],
+            timeout=cfg.ray.startup_timeout_s)
+    syncer = WeightSyncer(trainer, cfg)
+    return Roles(cfg, pool, principle_actor, references, trainer, syncer, shared_pg=shared and shared[0])
+
+
+def colocated_group(cfg: RunConfig):
+    """placement=colocated on GPU: one placement group of whole-GPU bundles that every role shares
+    (selfsteer.plan.colocation); returns (group, slots by label). None otherwise (CPU: no GPU to share)."""
+    if cfg.placement != "colocated" or not cfg.trainer.num_gpus:
+        return None
+    from ray.util.placement_group import placement_group
+
+    from selfsteer.plan.colocation import colocated_slots
+
+    bundles, slots = colocated_slots(cfg)
+    pg = placement_group(bundles, strategy="PACK")
+    ray.get(pg.ready(), timeout=cfg.ray.startup_timeout_s)
+    return pg, {s.label: s for s in slots}

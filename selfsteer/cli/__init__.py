@@ -1,0 +1,1 @@
+"""selfsteer.cli: the `selfsteer` command: one dispatch table for every subcommand."""

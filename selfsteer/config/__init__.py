@@ -1,0 +1,1 @@
+"""selfsteer.config: typed run configuration (dataclasses from YAML with dotted overrides)."""

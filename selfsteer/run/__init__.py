@@ -1,0 +1,1 @@
+"""selfsteer.run: the online run."""

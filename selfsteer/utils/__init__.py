@@ -1,0 +1,1 @@
+"""selfsteer.utils: small shared helpers."""
