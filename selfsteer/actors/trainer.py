@@ -6,7 +6,6 @@ side of the weight sync and writes HF checkpoints. DeepSpeed is imported only in
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Optional
@@ -16,22 +15,18 @@ import torch
 
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
+from selfsteer.algorithms.registry import method
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
 from selfsteer.utils.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
 
-LOSSES = {"sso": "selfsteer.algorithms.sso:sso_loss", "dpo": "selfsteer.algorithms.dpo:dpo_loss",
-          "self_contrast": "selfsteer.online.self_contrast:loss", "sepo": "selfsteer.online.sepo:loss",
-          "sipo": "selfsteer.online.sipo:loss"}
 
 
 def _loss_fn(name: str):
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
-    module, fn = LOSSES[name].split(":")
-    return getattr(importlib.import_module(module), fn)
+    """The trainer loss of method `name` (selfsteer.algorithms.registry)."""
+    return method(name).loss_fn()
 
 
 class TrainerRankError(RuntimeError):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from selfsteer.algorithms.dpo import dpo_sigmoid_loss, upcast
 
-__all__ = ["cosine_similarities", "multi_negative_dpo_loss", "select_negatives"]
+__all__ = ["cosine_similarities", "multi_negative_dpo_loss", "select_negatives", "trainer_loss"]
 
 _COS_EPS = 1e-8
 
@@ -192,3 +192,18 @@ def multi_negative_dpo_loss(
     ref_r = upcast(ref_rejected.detach()).masked_fill(~negative_mask, 0.0)
     per_pair = dpo_sigmoid_loss(pi_chosen[:, None], pi_r, ref_chosen[:, None], ref_r, beta)
     return per_pair.masked_fill(~negative_mask, 0.0).sum() / count
+
+
+def trainer_loss(policy: dict, reference: dict, lengths: dict, *, beta: float):
+    """The trainer's loss for algo=self_contrast (algorithms.registry): mean DPO loss over each example's k (y*, negative) pairs."""
+    negs = sorted((k for k in policy if k.startswith("neg_")), key=lambda k: int(k[4:]))
+    pi_r = torch.stack([policy[k] for k in negs], 1)
+    ref_r = torch.stack([reference[k] for k in negs], 1)
+    value = multi_negative_dpo_loss(policy["chosen"], pi_r, reference["chosen"], ref_r, beta=beta)
+    with torch.no_grad():
+        chosen_reward = beta * (policy["chosen"] - reference["chosen"])
+        rejected_reward = beta * (pi_r - ref_r)
+        margins = chosen_reward[:, None] - rejected_reward
+    return value, {"loss": value.item(), "rewards/chosen": chosen_reward.mean().item(),
+                   "rewards/rejected": rejected_reward.mean().item(), "rewards/margins": margins.mean().item(),
+                   "rewards/accuracies": (margins > 0).float().mean().item()}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from selfsteer.algorithms.dpo import upcast
 
-__all__ = ["select_tokens", "sepo_loss", "sequence_reward", "token_rewards"]
+__all__ = ["select_tokens", "sepo_loss", "sequence_reward", "token_rewards", "trainer_loss"]
 
 
 def _check_pair(values: Tensor, mask: Tensor, vname: str, mname: str) -> None:
@@ -170,3 +170,15 @@ def sepo_loss(
     m_c = _selected_mean(policy_token_logps_chosen, mask_chosen_selected, "mask_chosen_selected")
     m_r = _selected_mean(policy_token_logps_rejected, mask_rejected_selected, "mask_rejected_selected")
     return F.softplus(-(beta * (m_c - m_r) - gamma)).mean()
+
+
+def trainer_loss(policy: dict, reference: dict, lengths: dict, *, beta: float, gamma: float):
+    """The trainer's loss for algo=sepo (algorithms.registry). The trainer sums log-probs over the selected tokens only
+    (the items' masks), so policy / lengths is the spec's per-response mean m."""
+    m_c, m_r = policy["chosen"] / lengths["chosen"], policy["rejected"] / lengths["rejected"]
+    every = torch.ones(m_c.shape[0], 1, dtype=torch.bool, device=m_c.device)
+    value = sepo_loss(m_c[:, None], every, m_r[:, None], every, beta=beta, gamma=gamma)
+    margin = (m_c - m_r).detach()
+    return value, {"loss": value.item(), "rewards/chosen": m_c.detach().mean().item(),
+                   "rewards/rejected": m_r.detach().mean().item(), "rewards/margins": margin.mean().item(),
+                   "rewards/accuracies": (margin > 0).float().mean().item()}

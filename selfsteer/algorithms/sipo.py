@@ -18,6 +18,7 @@ __all__ = [
     "pareto_filter",
     "select_pareto_best",
     "sipo_loss",
+    "trainer_loss",
 ]
 
 
@@ -197,3 +198,13 @@ def sipo_loss(
         raise ValueError(f"chosen_lengths must be > 0, got {lengths.tolist()}")
     dpo = dpo_sigmoid_loss(pi_c, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     return (dpo - alpha * pi_c / lengths).mean()
+
+
+def trainer_loss(policy, reference, lengths, *, beta: float, alpha: float):
+    """The trainer's loss for algo=sipo (algorithms.registry): sipo_loss with the chosen response's
+    token count (incl. EOS) as ℓ_c."""
+    value = sipo_loss(policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"],
+                      lengths["chosen"].float(), beta=beta, alpha=alpha)
+    margin = (policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"])
+    return value, {"loss": value.item(), "rewards/margins": beta * margin.mean().item(),
+                   "rewards/accuracies": (margin > 0).float().mean().item()}

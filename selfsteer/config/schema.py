@@ -15,6 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from selfsteer.algorithms.registry import METHODS, method
 from selfsteer.config.sections import (  # noqa: F401  (re-exported: `from selfsteer.config.schema import ...`)
     ConfigError, EvalConfig, LLMPrincipleConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
@@ -258,7 +259,7 @@ class RayConfig:
             raise ConfigError(f"ray.max_restarts={self.max_restarts!r} must be >= 0 (-1, Ray's 'no limit', is not supported)")
 
 
-ALGOS = ("sso", "dpo", "self_contrast", "sepo", "sipo")  # dpo: RLCD-style pairs (y+ good principle, y- bad) under plain DPO
+ALGOS = tuple(METHODS)  # the online methods (selfsteer.algorithms.registry)
 
 
 @dataclass(frozen=True)
@@ -306,13 +307,13 @@ class RunConfig:
         if self.placement == "colocated" and self.async_rounds:
             raise ConfigError("placement=colocated runs phases one after another on the same devices; "
                               "async_rounds=true needs placement=separate")
-        if self.placement == "colocated" and self.algo != "sso" and self.algo != "dpo":
-            raise ConfigError(f"placement=colocated runs algo sso or dpo, not {self.algo!r}")
+        if self.placement == "colocated" and not method(self.algo).supports("colocated"):
+            raise ConfigError(f"placement=colocated runs algo {_with('colocated')}, not {self.algo!r}")
         if self.placement == "colocated" and not self.rollout.update_weights:
             raise ConfigError("placement=colocated frees the engines' weights during training and reloads them "
                               "from the trainer; rollout.update_weights=false needs placement=separate")
-        if self.async_rounds and self.algo not in ("sso", "dpo"):
-            raise ConfigError(f"async_rounds=true runs algo sso or dpo only, not {self.algo!r}")
+        if self.async_rounds and not method(self.algo).supports("async"):
+            raise ConfigError(f"async_rounds=true runs algo {_with('async')} only, not {self.algo!r}")
         _check_positive("", "rounds", self.rounds)
         _check_positive("", "save_every", self.save_every)
         _check_positive("", "save_state_every", self.save_state_every)
@@ -330,8 +331,13 @@ class RunConfig:
             raise ConfigError("eval.every evaluates the weights the engines hold, and rollout.update_weights=false keeps "
                               "them at the start model; score the run's checkpoints with `selfsteer eval` instead")
         remedies = self.pairs != PairsConfig() or self.reference.refresh_every
-        if remedies and self.algo not in ("sso", "dpo"):
+        if remedies and not method(self.algo).supports("remedies"):
             raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")
+
+
+def _with(feature: str) -> str:
+    """The algos that support `feature`, for an error message ("sso or dpo")."""
+    return " or ".join(name for name, m in METHODS.items() if m.supports(feature))
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:

@@ -1,16 +1,16 @@
 """Online rounds, one module per method, on the same actors (specs in shared/spec/).
 
-Each module has `start(cfg, roles, inputs)` (its extra actors and round state, if any) and
-`run_round(cfg, roles, inputs, r, run_dir) -> metrics`; the driver picks one by `cfg.algo`.
+Which module runs which `algo` is the method's spec (selfsteer.algorithms.registry); each module
+has `start(cfg, roles, inputs)` and `run_round(cfg, roles, inputs, r, run_dir) -> metrics`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-ROUNDS = {"sso": "selfsteer.online.sso", "dpo": "selfsteer.online.sso",  # dpo: SSO's pairs under plain DPO
-          "self_contrast": "selfsteer.online.self_contrast", "sepo": "selfsteer.online.sepo",
-          "sipo": "selfsteer.online.sipo"}
+from selfsteer.algorithms.registry import METHODS
+
+ROUNDS = {name: m.round.split(":")[0] for name, m in METHODS.items()}
 
 
 def round_fn(cfg, roles, inputs):

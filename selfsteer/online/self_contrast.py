@@ -86,18 +86,3 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
                                                   for i in range(len(prompts))) / max(len(prompts), 1)})
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def loss(policy: dict, reference: dict, lengths: dict, *, beta: float):
-    """Trainer loss (`LOSSES["self_contrast"]`): mean DPO loss over each example's k (y*, negative) pairs."""
-    negs = sorted((k for k in policy if k.startswith("neg_")), key=lambda k: int(k[4:]))
-    pi_r = torch.stack([policy[k] for k in negs], 1)
-    ref_r = torch.stack([reference[k] for k in negs], 1)
-    value = multi_negative_dpo_loss(policy["chosen"], pi_r, reference["chosen"], ref_r, beta=beta)
-    with torch.no_grad():
-        chosen_reward = beta * (policy["chosen"] - reference["chosen"])
-        rejected_reward = beta * (pi_r - ref_r)
-        margins = chosen_reward[:, None] - rejected_reward
-    return value, {"loss": value.item(), "rewards/chosen": chosen_reward.mean().item(),
-                   "rewards/rejected": rejected_reward.mean().item(), "rewards/margins": margins.mean().item(),
-                   "rewards/accuracies": (margins > 0).float().mean().item()}

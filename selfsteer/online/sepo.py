@@ -99,15 +99,3 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
                        if isinstance(v, (int, float))}})
     (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def loss(policy: dict, reference: dict, lengths: dict, *, beta: float, gamma: float):
-    """Trainer loss (`LOSSES["sepo"]`). The trainer sums log-probs over the selected tokens only
-    (the items' masks), so policy / lengths is the spec's per-response mean m."""
-    m_c, m_r = policy["chosen"] / lengths["chosen"], policy["rejected"] / lengths["rejected"]
-    every = torch.ones(m_c.shape[0], 1, dtype=torch.bool, device=m_c.device)
-    value = sepo_loss(m_c[:, None], every, m_r[:, None], every, beta=beta, gamma=gamma)
-    margin = (m_c - m_r).detach()
-    return value, {"loss": value.item(), "rewards/chosen": m_c.detach().mean().item(),
-                   "rewards/rejected": m_r.detach().mean().item(), "rewards/margins": margin.mean().item(),
-                   "rewards/accuracies": (margin > 0).float().mean().item()}

@@ -34,15 +34,6 @@ REWRITE = ("Question: {q}\nResponse: {y}\nReview: {r}\nRevise the response using
            "more {b}. Write only the revised response.")
 
 
-def loss(policy, reference, lengths, *, beta: float, alpha: float):
-    """The trainer's adapter: sipo_loss with the chosen response's token count (incl. EOS) as ℓ_c."""
-    value = sipo_loss(policy["chosen"], policy["rejected"], reference["chosen"], reference["rejected"],
-                      lengths["chosen"].float(), beta=beta, alpha=alpha)
-    margin = (policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"])
-    return value, {"loss": value.item(), "rewards/margins": beta * margin.mean().item(),
-                   "rewards/accuracies": (margin > 0).float().mean().item()}
-
-
 def start(cfg, roles, inputs) -> None:
     from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer

@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from selfsteer.algorithms.registry import method
 from selfsteer.plan import memory as gm
 
-ROWS_PER_EXAMPLE = {"v1": 6, "v2": 4}  # SSO's (response, context) rows per triple (algorithms.sso.REQUIRED_KEYS)
 EPS = 1e-9
 
 
@@ -53,7 +53,7 @@ class Node:
 def requirements(cfg) -> list[Bundle]:
     """The bundles the run asks Ray for (roles.start_roles and the algorithm's own long-lived actors)."""
     tc, rc, ref, llm = cfg.trainer, cfg.rollout, cfg.reference, cfg.principles.llm
-    trainers = [("trainer", "trainer rank")] + ([("trainer B", "trainer B rank")] if cfg.algo == "sipo" else [])
+    trainers = [("trainer", "trainer rank")] + ([("trainer B", "trainer B rank")] if method(cfg.algo).trainers > 1 else [])
     if cfg.placement == "colocated" and tc.num_gpus:  # one placement group of whole-GPU bundles, shared
         from selfsteer.plan.colocation import colocated_slots
 
@@ -133,7 +133,7 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
     """Fill each GPU bundle's per-GPU memory estimate (CPU bundles keep none)."""
     p = gm.DTYPE_BYTES[cfg.model.dtype]
     width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
-    rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
+    rows = method(cfg.algo).rows(cfg)
     rc = cfg.rollout
     for b in bundles:
         if not b.gpus:
@@ -242,10 +242,11 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
              f"{shape.head_dim}), intermediate {shape.intermediate}, vocab {shape.vocab}, tied embeddings {shape.tied}"]
     if writer is not None:
         lines.append(f"principle writer: {writer.name}: {writer.params / 1e9:.3f} B parameters; sizes from {writer.source}")
+    spec = method(cfg.algo)
     tc = cfg.trainer
     lines.append(f"trainer: {tc.backend}" + (f" ZeRO-{tc.zero_stage}" if tc.backend == "deepspeed" else "")
                  + f" over {tc.num_ranks} ranks, micro-batch {tc.micro_batch_size} x "
-                 f"{ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == 'sso' else 2} rows of "
+                 f"{spec.rows(cfg)} rows of "
                  f"{cfg.data.max_prompt_tokens}+{cfg.rollout.sampling.max_new_tokens} tokens, gradient checkpointing "
                  f"{'on' if tc.gradient_checkpointing else 'off'}")
     if cfg.placement == "colocated":
@@ -272,7 +273,7 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
         from selfsteer.plan.timing import round_line
 
         lines.append(round_line(cfg, shape, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines, reference_gpus=1,
-                                rows=ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2))
+                                rows=spec.rows(cfg)))
     lines.append("")
     lines.append(f"GPUs requested: {used:g} of {nodes * gpus_per_node}; CPUs requested: {sum(b.cpus for b in bundles):g}")
     if problems:
@@ -292,7 +293,7 @@ def _colocated(cfg, shape, cluster: list[Node], gpu_bytes: float, total_gpus: in
     except ValueError as exc:
         return [f"colocated: {exc}"], [("placement", str(exc))]
     placed = place([Bundle("colocated", f"GPU bundle {i}", b["CPU"], 1.0) for i, b in enumerate(gpu_bundles)], cluster)
-    rows = ROWS_PER_EXAMPLE.get(cfg.loss.variant, 6) if cfg.algo == "sso" else 2
+    rows = method(cfg.algo).rows(cfg)
     width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
     return colocated_lines(cfg, shape, gpu_bytes, total_gpus, rows, width, gpu_bundles, slots, placed.problems)
 
@@ -313,7 +314,7 @@ def main(args) -> int:
     print(f"selfsteer plan {args.config}")
     print(text)
     gpus = args.nodes * args.gpus_per_node
-    if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus:
+    if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus and method(cfg.algo).supports("colocated"):
         from selfsteer.plan.colocated import colocated_variant
 
         other, _ = make_plan(colocated_variant(cfg, gpus), nodes=args.nodes, gpus_per_node=args.gpus_per_node,

@@ -13,11 +13,11 @@ import math
 PEAK_TFLOPS = 312.0  # A100 bf16 dense
 MFU = 0.4
 HBM_TBPS = 2.0
-RESPONSES_PER_PROMPT = 3  # SSO samples y+, y- and y^o per prompt (online.sso.sample_round)
 
 
 def round_seconds(cfg, shape, *, train_gpus: int, engines: int, reference_gpus: int, rows: int) -> dict[str, float]:
     """Seconds per phase of one round (sampling, reference, training), each on the GPUs it runs on."""
+    from selfsteer.algorithms.registry import method
     from selfsteer.plan import memory as gm
 
     p = gm.DTYPE_BYTES[cfg.model.dtype]
@@ -25,7 +25,7 @@ def round_seconds(cfg, shape, *, train_gpus: int, engines: int, reference_gpus: 
     tokens = prompts * rows * (cfg.data.max_prompt_tokens + new)  # scored (response, context) rows
     per_gpu = PEAK_TFLOPS * 1e12 * MFU
     recompute = 2 if cfg.trainer.gradient_checkpointing else 0
-    waves = math.ceil(prompts * RESPONSES_PER_PROMPT / engines / cfg.rollout.max_batch_size)
+    waves = math.ceil(prompts * method(cfg.algo).generations(cfg) / engines / cfg.rollout.max_batch_size)
     return {"sampling": waves * new * p * shape.params / (HBM_TBPS * 1e12),
             "reference": 2 * shape.params * tokens / (per_gpu * reference_gpus),
             "training": (6 + recompute) * shape.params * tokens * cfg.trainer.epochs_per_round / (per_gpu * train_gpus)}

@@ -86,7 +86,7 @@ class TrainerRunConfig(RunConfig):
     """
 
     def __post_init__(self):
-        from selfsteer.actors.trainer import LOSSES
+        from selfsteer.algorithms.registry import LOSSES
 
         if self.algo not in LOSSES:
             raise ConfigError(f"algo={self.algo!r} is not a trainer loss; valid: {sorted(LOSSES)}")

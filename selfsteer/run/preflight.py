@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from selfsteer.algorithms.registry import method
 from selfsteer.config.schema import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ def prepare_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -
     """Every check that needs no Ray, in order; returns `cfg` with an absolute output_dir and the
     state to resume from (None for a new run). Nothing in output_dir is changed before they pass,
     except that `overwrite` moves an old run aside."""
-    if resume and cfg.algo == "sipo":
-        raise InputError("--resume is not supported for algo=sipo (policy B's trainer state is not checkpointed)")
+    if resume and not method(cfg.algo).supports("resume"):
+        raise InputError(f"--resume is not supported for algo={cfg.algo} (its round state is not checkpointed)")
     cfg = resolve_output_dir(cfg)
     run_dir = Path(cfg.output_dir)
     check_inputs(cfg)

@@ -54,6 +54,9 @@ def test_errors():
 
 
 def test_registered_for_the_trainer():
-    from selfsteer.actors.trainer import LOSSES, _loss_fn
+    from selfsteer.actors.trainer import _loss_fn
+    from selfsteer.algorithms.registry import LOSSES
 
     assert LOSSES["dpo"] == "selfsteer.algorithms.dpo:dpo_loss" and _loss_fn("dpo") is dpo_loss
+    with pytest.raises(ValueError, match="unknown algo 'nope'; valid: sso, dpo"):
+        _loss_fn("nope")

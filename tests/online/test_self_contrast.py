@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from selfsteer.data.prompts import PromptDataError, load_prompts
-from selfsteer.online.self_contrast import keys, loss
+from selfsteer.algorithms.registry import self_contrast_keys as keys
+from selfsteer.algorithms.self_contrast import trainer_loss as loss
 
 
 def test_trainer_loss_matches_the_spec_worked_example():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selfsteer.algorithms.logprobs import pack_sequences, score_sequences, token_logprobs
-from selfsteer.online.sepo import loss
+from selfsteer.algorithms.sepo import trainer_loss as loss
 
 
 def test_trainer_loss_matches_the_spec_worked_example():

@@ -178,3 +178,39 @@ def test_selfsteer_run_exits_2_with_the_placement_message(tmp_path, toy_cache):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "rollout engine 0 needs {CPU 1} on one node" in proc.stderr
     assert "the cluster has" in proc.stderr and "CPU 1, GPU 0" in proc.stderr
+
+
+def test_plan_counts_the_rows_and_generations_self_contrast_really_uses(capsys):
+    """k+1 = 17 trainer rows per example and n_samples = 32 responses per prompt (the paper's
+    defaults), from the method's spec, which the round and the trainer read too."""
+    from selfsteer.algorithms.registry import method
+    from selfsteer.plan.timing import round_seconds
+
+    assert main(["plan", "configs/qwen2_7b_instruct.yaml", "algo=self_contrast"]) == 2  # 17 rows do not fit
+    out = capsys.readouterr().out
+    assert "micro-batch 1 x 17 rows of 1024+2048 tokens" in out
+    # Logits of 17 rows x 3072 tokens: 52,224 tokens x vocab 152,064 x (2*2 + 8) B = 95,296,684,032 B = 88.75 GiB.
+    assert "logits 88.75" in out and "placement=colocated" not in out  # self_contrast has no colocated variant
+    # Sampling: 2048 prompts x 32 / 1 engine / batch 256 = 256 waves x 2048 steps x 2Ψ B / 2 TB/s = 3,993 s.
+    assert "sampling 67 min" in out
+    cfg = load_config(REPO / "configs/qwen2_7b_instruct.yaml", ["algo=self_contrast"])
+    spec = method("self_contrast")
+    assert spec.keys(cfg) == ["chosen"] + [f"neg_{j}" for j in range(16)] and spec.generations(cfg) == 32
+    t = round_seconds(cfg, QWEN, train_gpus=6, engines=1, reference_gpus=1, rows=spec.rows(cfg))
+    assert t["sampling"] == pytest.approx(256 * 2048 * 2 * PSI / 2e12)
+    sso = load_config(REPO / "configs/qwen2_7b_instruct.yaml")
+    assert round_seconds(sso, QWEN, train_gpus=6, engines=1, reference_gpus=1, rows=6)["sampling"] == \
+        pytest.approx(24 * 2048 * 2 * PSI / 2e12)  # SSO: 2048 x 3 / 256 = 24 waves
+
+
+@pytest.mark.parametrize("overrides, generations, rows", [
+    (["algo=sso", "loss.variant=v1"], 3, 6), (["algo=sso", "loss.variant=v2"], 3, 4), (["algo=dpo"], 3, 2),
+    (["algo=self_contrast", "self_contrast.k=2", "self_contrast.n_samples=8"], 8, 3), (["algo=sepo"], 2, 2),
+    (["algo=sipo", "sipo.rewrite=false"], 4, 2), (["algo=sipo", "sipo.rewrite=true"], 12, 2)])  # 4 weights
+def test_each_method_spec_counts_what_its_round_samples_and_trains(overrides, generations, rows):
+    from selfsteer.algorithms.registry import method
+
+    cfg = load_config(REPO / ("configs/sipo_tiny_cpu.yaml" if "algo=sipo" in overrides[0] else "configs/tiny_cpu.yaml"),
+                      overrides)
+    spec = method(cfg.algo)
+    assert (spec.generations(cfg), spec.rows(cfg)) == (generations, rows)
