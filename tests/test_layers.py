@@ -8,7 +8,8 @@ An edge is the module an import names (`from selfsteer.sync import buckets` is a
 `selfsteer.sync.buckets`; `from selfsteer.sync.buckets import Bucket` too). The parent packages
 Python executes first are not edges: a package's `__init__` re-exporting its own submodule
 (`toy/__init__.py` -> `toy.model`) would otherwise close a loop with every submodule. Modules
-loaded by name at run time (`online.ROUNDS`) are checked separately: each must exist.
+loaded by name at run time (the rounds and losses of `algorithms.registry`) are checked
+separately: each must exist.
 """
 
 from __future__ import annotations
@@ -107,18 +108,32 @@ def test_no_import_cycle_inside_selfsteer():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-def test_every_algorithm_has_a_round_module():
-    from selfsteer.config.schema import ALGOS
-    from selfsteer.online import ROUNDS
+def _class(path: str) -> ast.ClassDef | None:
+    module, name = path.split(":")
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
 
-    assert set(ROUNDS) == set(ALGOS)
-    missing = {algo: name for algo, name in ROUNDS.items() if name not in MODULES}
-    assert not missing, f"online.ROUNDS names modules that do not exist: {missing}"
-    for name in set(ROUNDS.values()):  # the interface the driver calls
-        tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
-        defined = {n.name: [a.arg for a in n.args.args] for n in tree.body if isinstance(n, ast.FunctionDef)}
-        assert defined.get("start") == ["cfg", "roles", "inputs"], name
-        assert defined.get("run_round") == ["cfg", "roles", "inputs", "r", "run_dir"], name
+
+def test_every_method_names_a_round_class_and_a_loss_that_exist():
+    """The registry names rounds and losses by dotted path (imported when used): each must exist,
+    rounds with the interface the driver calls, losses in algorithms/ (a loss never imports upward)."""
+    from selfsteer.algorithms.registry import METHODS
+    from selfsteer.config.schema import ALGOS
+
+    assert set(METHODS) == set(ALGOS)
+    for name, spec in METHODS.items():
+        module, cls_name = spec.round.split(":")
+        assert module in MODULES and _within(module, ("selfsteer.online",)), (name, spec.round)
+        cls = _class(spec.round)
+        assert cls is not None, f"{spec.round}: no such class"
+        methods = {n.name: [a.arg for a in n.args.args] for n in cls.body if isinstance(n, ast.FunctionDef)}
+        assert methods.get("__init__") == ["self", "cfg", "roles", "inputs"], spec.round
+        assert methods.get("run") == ["self", "r"], spec.round
+        assert methods.get("close") == ["self"], spec.round
+        loss_module, fn = spec.loss.split(":")
+        assert _within(loss_module, ("selfsteer.algorithms",)) and loss_module in MODULES, (name, spec.loss)
+        tree = ast.parse(MODULES[loss_module].read_text(encoding="utf-8"))
+        assert any(isinstance(n, ast.FunctionDef) and n.name == fn for n in tree.body), spec.loss
 
 
 def test_the_top_of_the_package_holds_packages_not_loose_modules():

@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, replace
-from typing import Optional
-
-from selfsteer.engines.base import ChatRequest, Sampling
+from selfsteer.engines.base import Sampling
 from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
 from selfsteer.principles.prompt import generate_principles
 from selfsteer.utils.runtime import limit_threads, resolve_device, resolve_dtype
@@ -51,63 +49,66 @@ class PrincipleGenerator:
     def ready(self) -> str:
         return self.cfg.mode
 
-    def generate(self, prompts: list, round_index: int, engines: Optional[list] = None) -> tuple[list[dict], dict]:
-        """Returns one principle pair (as a dict) per prompt, and counts for the round metrics."""
+    def generate(self, prompts: list, round_index: int) -> tuple[list[dict], dict]:
+        """Returns one principle pair (as a dict) per prompt, and counts for the round metrics.
+
+        principles.llm.source=policy is not written here: the driver runs `write_principles` on the
+        rollout engines through its fault-handled generation call (`Roles.principles`).
+        """
         if self.cfg.mode == "library":
             pairs = [sample_library_pair(self.library, random.Random(f"{self.seed}:{p.uid}:{round_index}"),
                                          num_dimensions=self.cfg.num_dimensions,
                                          concision_prob=self.cfg.concision_prob,
                                          template=self.cfg.system_template) for p in prompts]
             return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
-        llm = self.cfg.llm
-        # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
-        # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
-        sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
-                            stop=("\n###",), seed=self.seed * 7919 + round_index)
-        from selfsteer.utils.progress import ProgressLine
+        return write_principles(self.cfg, self.seed, prompts, round_index, self._complete)
 
-        # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
-        bar = ProgressLine("principles", 2 * len(prompts), "requests")
-        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar),
-                                           max_retries=llm.max_retries, min_words=llm.min_words,
-                                           reject_answers=llm.reject_answers)
-        bar.close()
-        warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
-        if warning:
-            logger.warning(warning)
-        return [asdict(p) for p in pairs], stats
+    def _complete(self, texts: list[str], sampling: Sampling) -> list[str]:
+        """One chunk of principle requests on this actor's own writer (a local model or a server)."""
+        if self.endpoint is not None:
+            return self.endpoint.complete(texts, sampling)
+        if self.local_backend is None:
+            raise RuntimeError("principles.llm.source=policy is written on the rollout engines by the driver "
+                               "(Roles.principles), not in the principle actor")
+        from selfsteer.data.chat import encode_chat
 
-    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None):
-        calls = {"n": 0}
+        ids = [encode_chat(self.local_backend.tokenizer, t) for t in texts]
+        return [g.text for g in self.local_backend.generate(ids, [sampling] * len(ids))]
 
-        def complete(texts: list[str]) -> list[str]:
-            """In chunks of PROGRESS_CHUNK, so a long call shows progress (batching within a chunk)."""
-            out: list[str] = []
-            for i in range(0, len(texts), PROGRESS_CHUNK):
-                out += complete_chunk(texts[i:i + PROGRESS_CHUNK])
-                if bar is not None:
-                    bar.update(len(texts[i:i + PROGRESS_CHUNK]))
-            return out
 
-        def complete_chunk(texts: list[str]) -> list[str]:
-            # A fresh seed per call, or a retry would repeat the same failed sample.
+def write_principles(cfg, seed: int, prompts: list, round_index: int, complete) -> tuple[list[dict], dict]:
+    """principles.mode=llm: a (good, bad) pair per prompt from a writer model, and the round's counts.
+
+    `complete(texts, sampling) -> replies` runs one chunk of requests on the writer; each chunk gets a
+    fresh seed, or a retry would repeat the same failed sample.
+    """
+    llm = cfg.llm
+    # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
+    # header ("### Bad Guidelines\n...") would otherwise end empty (parse_completion drops the echo).
+    sampling = Sampling(temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens,
+                        stop=("\n###",), seed=seed * 7919 + round_index)
+    from selfsteer.utils.progress import ProgressLine
+
+    # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
+    bar = ProgressLine("principles", 2 * len(prompts), "requests")
+    calls = {"n": 0}
+
+    def chunked(texts: list[str]) -> list[str]:
+        """In chunks of PROGRESS_CHUNK, so a long call shows progress (batching within a chunk)."""
+        out: list[str] = []
+        for i in range(0, len(texts), PROGRESS_CHUNK):
             calls["n"] += 1
-            s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
-            if self.endpoint is not None:
-                return self.endpoint.complete(texts, s)
-            requests = [ChatRequest(prompt=t) for t in texts]
-            if self.local_backend is not None:
-                from selfsteer.data.chat import encode_chat
+            out += complete(texts[i:i + PROGRESS_CHUNK], replace(sampling, seed=sampling.seed * 31 + calls["n"]))
+            bar.update(len(texts[i:i + PROGRESS_CHUNK]))
+        return out
 
-                ids = [encode_chat(self.local_backend.tokenizer, r.prompt) for r in requests]
-                return [g.text for g in self.local_backend.generate(ids, [s] * len(ids))]
-            if not engines:
-                raise RuntimeError("principles.llm.source=policy needs the rollout engines, but none were given")
-            from selfsteer.actors.rollout import generate_on_engines
-
-            return [g.text for g in generate_on_engines(engines, requests, s)]
-
-        return complete
+    pairs, stats = generate_principles([p.prompt for p in prompts], chunked, max_retries=llm.max_retries,
+                                       min_words=llm.min_words, reject_answers=llm.reject_answers)
+    bar.close()
+    warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
+    if warning:
+        logger.warning(warning)
+    return [asdict(p) for p in pairs], stats
 
 
 def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index: int) -> str | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,8 @@ import ray
 from selfsteer.config.schema import RunConfig
 from selfsteer.data.chat import encode_chat
 from selfsteer.data.prompts import PromptCursor, load_prompts
+from selfsteer.utils.io import write_jsonl
+from selfsteer.utils.run_dir import RunDir
 from selfsteer.utils.runtime import actor_env
 
 logger = logging.getLogger(__name__)
@@ -65,26 +65,26 @@ class Inputs:
     run_dir: Optional[Path] = None  # where skipped prompts are recorded (rounds/round_NNNN/skipped.jsonl)
     schedule: Optional[list] = None  # lr schedule segment ends in rounds (checkpoint.lr_schedule); None: [rounds]
 
-    def drop_long(self, prompts, pairs, round_index: Optional[int] = None):
-        """Skip prompts whose longest principle context exceeds max_prompt_tokens; each is logged
-        with its uuid and, given the round, recorded in that round's skipped.jsonl. Returns
-        (kept prompts, kept pairs, skipped count)."""
+    def drop_long(self, prompts, pairs=None, round_index: Optional[int] = None):
+        """Skip prompts whose chat context (the longest of their principle contexts, given `pairs`)
+        exceeds max_prompt_tokens; each is logged with its uuid and, given the round, recorded in
+        that round's skipped.jsonl. Returns (kept prompts, kept pairs or None, skipped count)."""
         kept_p, kept_pairs, skipped = [], [], []
-        for p, pair in zip(prompts, pairs):
-            longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in (pair["good_system"], pair["bad_system"]))
+        for i, p in enumerate(prompts):
+            systems = (pairs[i]["good_system"], pairs[i]["bad_system"]) if pairs is not None else (None,)
+            longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in systems)
             if longest <= self.max_prompt_tokens:
                 kept_p.append(p)
-                kept_pairs.append(pair)
+                kept_pairs.append(pairs[i] if pairs is not None else None)
             else:
                 skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": longest,
                                 "max_prompt_tokens": self.max_prompt_tokens})
-                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens with its principles > "
-                               "data.max_prompt_tokens=%d", round_index, p.uid, p.index, longest, self.max_prompt_tokens)
+                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens%s > data.max_prompt_tokens=%d",
+                               round_index, p.uid, p.index, longest, " with its principles" if pairs else "",
+                               self.max_prompt_tokens)
         if skipped and self.run_dir is not None and round_index is not None:
-            round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
-            round_dir.mkdir(parents=True, exist_ok=True)
-            (round_dir / "skipped.jsonl").write_text("".join(json.dumps(row) + "\n" for row in skipped))
-        return kept_p, kept_pairs, len(skipped)
+            write_jsonl(RunDir(self.run_dir).round(round_index, create=True) / "skipped.jsonl", skipped)
+        return kept_p, kept_pairs if pairs is not None else None, len(skipped)
 
 
 def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
@@ -166,9 +166,11 @@ def schedule_steps(cfg: RunConfig, bounds: Optional[list] = None) -> list[int]:
 
 
 def steps_per_round(cfg: RunConfig) -> int:
+    """Optimizer steps a round takes when every prompt gives one example (the lr schedule's unit)."""
+    from selfsteer.training.steps import optimizer_steps
+
     tc = cfg.trainer
-    per_rank = max(cfg.data.prompts_per_round // tc.num_ranks, 1)
-    return math.ceil(math.ceil(per_rank / tc.micro_batch_size) / tc.grad_accum) * tc.epochs_per_round
+    return optimizer_steps(max(cfg.data.prompts_per_round // tc.num_ranks, 1), tc) * tc.epochs_per_round
 
 
 @dataclass
@@ -183,6 +185,7 @@ class Roles:
     extra_actors: list = field(default_factory=list)  # an algorithm's own roles (e.g. the embedder)
     reference_refreshed: bool = False  # holds policy weights: a restarted reference must get them again
     shared_pg: Any = None  # placement=colocated on GPU: the placement group every role shares
+    marker: dict = field(default_factory=dict)  # the storage marker's env: every role reads it back first
 
     @property
     def reference(self):
@@ -190,8 +193,29 @@ class Roles:
         return self.references[0]
 
     def principles(self, prompts, round_index: int):
-        engines = self.pool.engines if self.cfg.principles.mode == "llm" else None
-        return self._call("principle generator", self.principle_actor, lambda: self.principle_actor.generate.remote(prompts, round_index, engines))
+        """A (good, bad) principle pair per prompt and the round's counts.
+
+        principles.llm.source=policy: the policy writes them on the rollout engines through `generate`,
+        the same fault-handled call as the responses; other sources ask the principle actor.
+        """
+        pc = self.cfg.principles
+        if pc.mode == "llm" and pc.llm.source == "policy":
+            from selfsteer.actors.principle import write_principles
+
+            return write_principles(pc, self.cfg.seed, prompts, round_index, self._complete_on_engines)
+        return self.call("principle generator", self.principle_actor,
+                         lambda: self.principle_actor.generate.remote(prompts, round_index))
+
+    def _complete_on_engines(self, texts: list[str], sampling) -> list[str]:
+        from selfsteer.engines.base import ChatRequest
+
+        return [g.text for g in self.generate([ChatRequest(prompt=t) for t in texts], sampling)]
+
+    def spawn(self, cls, *args, resources: dict, env: Optional[dict] = None, **kwargs):
+        """A method's own long-lived actor (`spawn_actor`), killed with the run's roles."""
+        actor = spawn_actor(self.cfg, self.marker, cls, *args, resources=resources, env=env, **kwargs)
+        self.extra_actors.append(actor)
+        return actor
 
     def reference_scores(self, contexts, responses) -> tuple[list[float], list[float]]:
         """Summed log-probs and token counts per row, from every reference actor at once."""
@@ -212,7 +236,7 @@ class Roles:
             ctx, resp = [contexts[i] for i in rows], [responses[i] for i in rows]
             submit = lambda a=actor, c=ctx, r=resp: getattr(a, method).remote(c, r)  # noqa: E731
             calls.append((actor, submit, submit()))  # all submitted before any is awaited
-        return [(rows, self._call("reference model", actor, submit, first=ref))
+        return [(rows, self.call("reference model", actor, submit, first=ref))
                 for rows, (actor, submit, ref) in zip(shards, calls)]
 
     @staticmethod
@@ -244,8 +268,11 @@ class Roles:
         return {"rollout/sleep_rss_freed_mb": sum(x["rss_freed_mb"] for x in slept) / len(slept),
                 "rollout/sleep_supported": min(x["supported"] for x in slept)}
 
-    def _call(self, role: str, actor, submit, first=None):
+    def call(self, role: str, actor, submit, first=None):
         """One remote call on a stateless role, bounded in time, re-issued if Ray restarted the actor.
+
+        `submit()` issues the call and returns its ref; the actor must have been started with
+        `spawn_actor` (or `spawn`), which gives it `ray.max_restarts`.
 
         `first`: the call's result ref when already submitted (several actors working at once).
         """
@@ -307,7 +334,6 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.utils.storage import write_marker
 
     marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
-    env = actor_env(cfg.ray.torch_threads, marker)
     threads = cfg.ray.torch_threads
     shared = colocated_group(cfg)
     trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker, shared=shared)
@@ -320,16 +346,28 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
         where = actor_options(shared[1]["reference"], shared[0])
     else:
         where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
-    references = [ray.remote(ReferenceModel).options(
-        **where, runtime_env={"env_vars": env},
-        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
-    ).remote(inputs.reference_path, rc, cfg.model, torch_threads=threads) for _ in range(rc.num_actors)]
-    principle_actor = ray.remote(PrincipleGenerator).options(
-        **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": env}, max_restarts=cfg.ray.max_restarts, max_task_retries=0).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=threads)
+    references = [spawn_actor(cfg, marker, ReferenceModel, inputs.reference_path, rc, cfg.model, resources=where,
+                              torch_threads=threads) for _ in range(rc.num_actors)]
+    principle_actor = spawn_actor(cfg, marker, PrincipleGenerator, cfg.principles, cfg.seed, cfg.model,
+                                  resources=cfg.principles.llm.actor_resources(cfg.principles.mode),
+                                  torch_threads=threads)
     ray.get([*(r.ready.remote() for r in references), principle_actor.ready.remote()],
             timeout=cfg.ray.startup_timeout_s)
     syncer = WeightSyncer(trainer, cfg)
-    return Roles(cfg, pool, principle_actor, references, trainer, syncer, shared_pg=shared and shared[0])
+    return Roles(cfg, pool, principle_actor, references, trainer, syncer, shared_pg=shared and shared[0], marker=marker)
+
+
+def spawn_actor(cfg: RunConfig, marker: dict, cls, *args, resources: dict, env: Optional[dict] = None, **kwargs):
+    """One long-lived role actor, started the same way for every role.
+
+    Ray restarts it up to `ray.max_restarts` times and `Roles.call` re-issues the call (Ray's own
+    task retries stay off: a call is re-issued once, by us); it gets the storage marker every role
+    reads back first, the shared thread and quiet-library settings, and `env` on top.
+    """
+    return ray.remote(cls).options(
+        **resources, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, {**marker, **(env or {})})},
+        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
+    ).remote(*args, **kwargs)
 
 
 def colocated_group(cfg: RunConfig):

@@ -1,20 +1,25 @@
 """Online rounds, one module per method, on the same actors (specs in shared/spec/).
 
-Which module runs which `algo` is the method's spec (selfsteer.algorithms.registry); each module
-has `start(cfg, roles, inputs)` and `run_round(cfg, roles, inputs, r, run_dir) -> metrics`.
+Each method's round is an object that owns its state and its own actors: built once with
+`(cfg, roles, inputs)`, `run(r) -> metrics` per round, `close()` before the roles shut down. Which
+class runs which `algo` is the method's spec (selfsteer.algorithms.registry).
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import Protocol
 
-from selfsteer.algorithms.registry import METHODS
-
-ROUNDS = {name: m.round.split(":")[0] for name, m in METHODS.items()}
+from selfsteer.algorithms.registry import method
 
 
-def round_fn(cfg, roles, inputs):
-    """The round function for `cfg.algo`, its extra actors and state started."""
-    module = importlib.import_module(ROUNDS[cfg.algo])
-    module.start(cfg, roles, inputs)
-    return module.run_round
+class Round(Protocol):
+    def run(self, r: int) -> dict[str, float]:
+        """Run round `r` (checkpointed before it returns); the round's metrics."""
+
+    def close(self) -> None:
+        """Stop what the round started itself (its actors are killed with the roles)."""
+
+
+def start_round(cfg, roles, inputs) -> Round:
+    """The round of `cfg.algo`, its own actors and state started."""
+    return method(cfg.algo).round_class()(cfg, roles, inputs)

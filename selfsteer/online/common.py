@@ -1,15 +1,16 @@
-"""Round pieces every online method shares: persisting records, sync + checkpoint, metrics."""
+"""Round pieces every online method shares: sampling settings, prompts, train -> sync -> save, metrics."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from selfsteer.run import checkpoint
-from selfsteer.data.chat import chat_messages, encode_chat
+from selfsteer.data.chat import chat_messages
 from selfsteer.engines.base import Sampling
+from selfsteer.run import checkpoint
 from selfsteer.run.metrics import weighted_mean
+from selfsteer.training.steps import equal_shards
+from selfsteer.utils.io import write_jsonl  # noqa: F401  (the rounds' record writer)
+from selfsteer.utils.run_dir import RunDir
 
 
 def sampling(cfg, r: int) -> Sampling:
@@ -18,32 +19,10 @@ def sampling(cfg, r: int) -> Sampling:
     return Sampling(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=cfg.seed * 100003 + r)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Atomically, so a killed run never leaves a half-written record file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def new_round_dir(run_dir: Path, r: int) -> Path:
-    path = run_dir / "rounds" / f"round_{r:04d}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def next_prompts(cfg, inputs) -> tuple[list, int]:
-    """The round's prompts from the cursor, those too long skipped (and counted)."""
-    return short_prompts(inputs, inputs.cursor.next_batch(cfg.data.prompts_per_round))
-
-
-def short_prompts(inputs, prompts) -> tuple[list, int]:
-    """Prompts whose chat context fits `data.max_prompt_tokens`, and how many were skipped."""
-    kept = [p for p in prompts if len(encode_chat(inputs.tokenizer, p.prompt)) <= inputs.max_prompt_tokens]
-    return kept, len(prompts) - len(kept)
+def next_prompts(cfg, inputs, r: int) -> tuple[list, int]:
+    """The round's prompts from the cursor, those too long skipped (recorded in skipped.jsonl)."""
+    prompts, _, skipped = inputs.drop_long(inputs.cursor.next_batch(cfg.data.prompts_per_round), None, r)
+    return prompts, skipped
 
 
 def answer_ids(tokenizer, prompt: str, answer: str, context: list[int]) -> list[int]:
@@ -62,23 +41,43 @@ def answer_ids(tokenizer, prompt: str, answer: str, context: list[int]) -> list[
     return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
-def train_sync_save(cfg, roles, inputs, r: int, run_dir: Path, timer, items: list[dict], keys: list[str],
-                    loss_kwargs: dict) -> dict[str, float]:
-    """Train on `items` (equal shards), sync the engines, checkpoint; the round's shared metrics."""
-    usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
+def save(cfg, roles, run_dir: Path, r: int, cursor_state: dict) -> None:
+    """The round's HF checkpoint when `save_every` says so, and its resumable state."""
+    if checkpoint.state_due(r, cfg.save_every, cfg.rounds):
+        roles.trainer.save_hf(str(RunDir(run_dir).checkpoint(r)))
+    checkpoint.save_round(run_dir, r, roles.trainer, cursor_state, cfg)
+
+
+def train_sync_save(cfg, roles, r: int, run_dir: Path, timer, items: list[dict], keys: list[str], loss_kwargs: dict,
+                    cursor_state: dict, *, sleep: bool = False, wait=None) -> tuple[dict[str, float], dict]:
+    """Train on `items` (equal shards), sync the engines, refresh the reference when due, checkpoint.
+
+    Hooks for SSO's round: `sleep` frees colocated engines before training (timed as time/sleep);
+    `wait()` blocks until the round sampled ahead is done, before the sync (time/generation_wait).
+    Returns the round's shared metrics (without the per-row `avg_logp/*`) and the trainer's means.
+    """
+    usable = equal_shards(len(items), len(roles.trainer.ranks))
+    slept = {}
+    if sleep:
+        with timer("sleep"):
+            slept = roles.sleep_engines() if usable else {}  # placement=colocated: free the shared devices
     with timer("train"):
         results = roles.trainer.train(items[:usable], keys, loss_kwargs) if usable else []
+    if wait is not None:
+        timer.seconds["time/generation_wait"] = wait()  # engines take new weights only when idle
     with timer("sync"):
         sync_stats = roles.syncer.sync(roles.pool.engines) if cfg.rollout.update_weights else {}
+    if cfg.reference.refresh_every and r % cfg.reference.refresh_every == 0:
+        with timer("reference_refresh"):  # async_rounds: round r+1 was scored already; it takes effect at r+2
+            roles.refresh_reference()
     with timer("checkpoint"):
-        if r % cfg.save_every == 0 or r == cfg.rounds:
-            roles.trainer.save_hf(str(run_dir / "checkpoints" / f"round_{r:04d}"))
-        checkpoint.save_round(run_dir, r, roles.trainer, inputs.cursor.state_dict(), cfg)
+        save(cfg, roles, run_dir, r, cursor_state)
     trained = weighted_mean(results) if results else {}
     metrics = {f"train/{k}": v for k, v in trained.items() if not k.startswith("avg_logp/")}
-    metrics.update(sync_stats, **timer.seconds)
-    metrics.update({"data/unused_for_shards": float(len(items) - usable), "rollout/engines": float(len(roles.pool.engines)),
+    metrics.update(sync_stats, **slept, **timer.seconds)
+    metrics.update({"data/unused_for_shards": float(len(items) - usable),
+                    "rollout/engines": float(len(roles.pool.engines)),
                     "train/optimizer_steps": float(sum(x["optimizer_steps"] for x in results[:1])),
                     "faults/engine_restarts_total": float(roles.pool.stats.get("engine_restarts", 0))})
     metrics.update({f"faults/{k}_total": float(v) for k, v in roles.restarts.items()})
-    return metrics
+    return metrics, trained

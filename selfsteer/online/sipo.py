@@ -2,7 +2,7 @@
 Pareto filtering on implicit rewards, re-alignment of both policies.
 
 Roles: the run's trainer group and engines carry policy A (started from pi_A0 by stage 0, see
-sipo_models); `start` adds a second trainer group for policy B, loads B into every engine
+sipo_models); `SipoRound` adds a second trainer group for policy B, loads B into every engine
 (rollout.backend=hf_mod holds it beside A) and starts the frozen scorer. Each round:
   1. engines decode one greedy MOD candidate per w in W (w multiplies A); with `sipo.rewrite`,
      A reviews each candidate and MOD (same w) rewrites it, kept if better on A0 or B0;
@@ -16,50 +16,22 @@ different GPUs. Resume is not supported for SIPO (B's optimizer state is not che
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import ray
 import torch
 
-from selfsteer.algorithms.sipo import implicit_rewards, keep_rewrite, pareto_filter, select_pareto_best, sipo_loss
+from selfsteer.algorithms.registry import method
+from selfsteer.algorithms.sipo import implicit_rewards, keep_rewrite, pareto_filter, select_pareto_best
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import ChatRequest, Sampling
+from selfsteer.run.checkpoint import state_due
 from selfsteer.run.metrics import PhaseTimer, weighted_mean
-from selfsteer.online.common import answer_ids, new_round_dir, next_prompts, train_sync_save, write_jsonl
-
-KEYS = ["chosen", "rejected"]
+from selfsteer.online.common import answer_ids, next_prompts, train_sync_save
+from selfsteer.training.steps import equal_shards
+from selfsteer.utils.io import write_jsonl
+from selfsteer.utils.run_dir import RunDir
 REVIEW = ("Question: {q}\nResponse: {y}\nGive three suggestions to make the response more {a} and more {b}.")
 REWRITE = ("Question: {q}\nResponse: {y}\nReview: {r}\nRevise the response using the review, to be more {a} and "
            "more {b}. Write only the revised response.")
-
-
-def start(cfg, roles, inputs) -> None:
-    from selfsteer.actors.trainer import TrainerGroup
-    from selfsteer.actors.syncer import WeightSyncer
-    from selfsteer.online.sepo_oracle import load_pairs
-    from selfsteer.online.sipo_models import SipoScorer
-    from selfsteer.actors.roles import steps_per_round
-    from selfsteer.utils.runtime import actor_env
-
-    extra = inputs.extra
-    roles.trainer_b = TrainerGroup(cfg, extra["policy_b"], cfg.rounds * steps_per_round(cfg))
-    roles.syncer_b = WeightSyncer(roles.trainer_b, cfg)
-    ray.get([e.load_policy_b.remote(extra["policy_b"]) for e in roles.pool.engines], timeout=cfg.ray.startup_timeout_s)
-    roles.scorer = ray.remote(SipoScorer).options(
-        num_cpus=cfg.reference.num_cpus, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
-    ).remote(extra["sft_path"], extra["policy_a"], extra["policy_b"], list(cfg.sipo.weights), cfg.reference,
-             cfg.model, torch_threads=cfg.ray.torch_threads)
-    roles.rm_names = ray.get(roles.scorer.names.remote(), timeout=cfg.ray.startup_timeout_s)
-    roles.extra_actors.append(roles.scorer)
-    roles.file_pairs = ({r["prompt"]: (r["chosen"], r["rejected"]) for r in load_pairs(cfg.sipo.pairs_a)}
-                        if cfg.sipo.pairs_a else None)
-    _shutdown_b = roles.shutdown
-
-    def shutdown():
-        roles.trainer_b.shutdown()
-        _shutdown_b()
-    roles.shutdown = shutdown
 
 
 def _mod(cfg, roles, requests: list[ChatRequest], weights) -> list[list]:
@@ -94,90 +66,122 @@ def _rewrite(cfg, roles, prompts, candidates) -> tuple[list[list], list[list[str
     return rewrites, [[reviews[wi * n + j].text for j in range(n)] for wi in range(len(sp.weights))]
 
 
-def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
-    from selfsteer.online.sipo_models import originals
+class SipoRound:
+    """SIPO's round; owns policy B (its trainer group and syncer) and the frozen scorer.
 
-    sp, timer, tok = cfg.sipo, PhaseTimer(), inputs.tokenizer
-    round_dir = new_round_dir(run_dir, r)
-    prompts, skipped = next_prompts(cfg, inputs)
-    pairs = [(p, originals(cfg, p.prompt, roles.file_pairs)) for p in prompts]
-    prompts, origs = [p for p, o in pairs if o], [o for _, o in pairs if o]
-    nw = len(sp.weights)
-    with timer("generation"):
-        requests = [ChatRequest(p.prompt) for p in prompts]
-        cands = _mod(cfg, roles, requests, sp.weights) if prompts else []
-    contexts = [encode_chat(tok, p.prompt) for p in prompts]
-    orig_ids = [[answer_ids(tok, p.prompt, y, c) for y in o] for p, o, c in zip(prompts, origs, contexts)]
-    rewards = lambda rows, names: implicit_rewards(  # noqa: E731  [N, M] per row set
-        torch.tensor([rows[n] for n in names]).T, torch.tensor(rows["sft"])[:, None].expand(-1, len(names)), beta=sp.beta)
-    n, cand_ctx = len(prompts), [contexts[j] for _ in range(nw) for j in range(len(prompts))]  # w-major
-    score = lambda ctx, resp: ray.get(roles.scorer.score.remote(ctx, resp), timeout=cfg.ray.call_timeout_s)  # noqa: E731
-    kept_rewrites, reviews, rewritten, cand_scores = 0, None, set(), None
-    with timer("rewrite"):
-        if sp.rewrite and prompts:
-            rewrites, reviews = _rewrite(cfg, roles, prompts, cands)
-            a = score(cand_ctx, [c.token_ids for row in cands for c in row])
-            b = score(cand_ctx, [c.token_ids for row in rewrites for c in row])
-            keep = keep_rewrite(rewards(b, ["A0", "B0"]), rewards(a, ["A0", "B0"])).tolist()
-            for k, take in enumerate(keep):
-                if take:
-                    cands[k // n][k % n] = rewrites[k // n][k % n]
-                    rewritten.add((k // n, k % n))
-            kept_rewrites = sum(keep)
-            cand_scores = {m: [b[m][k] if take else a[m][k] for k, take in enumerate(keep)] for m in a}  # already scored
-    with timer("reference"):  # candidates (w-major, unless scored above) then originals (y1, y2) of every prompt
-        orig_ctx, orig_resp = [contexts[j] for j in range(n) for _ in range(2)], [y for o in orig_ids for y in o]
-        if not n:
-            scores = {}
-        elif cand_scores is None:
-            scores = score(cand_ctx + orig_ctx, [cands[wi][j].token_ids for wi in range(nw) for j in range(n)] + orig_resp)
-        else:
-            scores = {m: cand_scores[m] + rows for m, rows in score(orig_ctx, orig_resp).items()}
-    records, items_a, items_b = [], [], []
-    if n:
-        all_r = rewards(scores, roles.rm_names)  # [nw*n + 2n, M]
-        cand_r = all_r[:nw * n].reshape(nw, n, -1).transpose(0, 1)  # [n, nw, M]
-        orig_r = all_r[nw * n:].reshape(n, 2, -1)
-        masks = pareto_filter(cand_r, orig_r)  # [n, nw]
-        for j, p in enumerate(prompts):
-            best = select_pareto_best(cand_r[j], masks[j])
-            records.append({"prompt": p.prompt, "uuid": p.uid, "originals": list(origs[j]), "kept": best,
-                            "candidates": [{"weight": w, "text": cands[wi][j].text, "rewards": cand_r[j, wi].tolist(),
-                                            "pareto": bool(masks[j, wi]), "rewritten": (wi, j) in rewritten,
-                                            **({"review": reviews[wi][j]} if reviews else {})}
-                                           for wi, w in enumerate(sp.weights)],
-                            "original_rewards": orig_r[j].tolist(), "reward_models": roles.rm_names})
-            if best is None:
-                continue
-            c_ids, k_c = cands[best][j].token_ids, best * n + j
-            for o in range(2):
-                k_o = nw * n + 2 * j + o
-                for items, ref in ((items_a, "A0"), (items_b, "B0")):
-                    items.append({"chosen": {"context": contexts[j], "response": c_ids, "ref_logp": scores[ref][k_c]},
-                                  "rejected": {"context": contexts[j], "response": orig_ids[j][o],
-                                               "ref_logp": scores[ref][k_o]}})
-    write_jsonl(round_dir / "candidates.jsonl", records)  # on disk before any training on it
-    kwargs = {"beta": sp.beta, "alpha": sp.alpha}
-    metrics = train_sync_save(cfg, roles, inputs, r, run_dir, timer, items_a, KEYS, kwargs)
-    usable = len(items_b) - len(items_b) % len(roles.trainer_b.ranks)
-    with timer("train_b"):
-        results_b = roles.trainer_b.train(items_b[:usable], KEYS, kwargs) if usable else []
-    with timer("sync_b"):
-        for k, engine in enumerate(roles.pool.engines):
-            roles.syncer_b.copy_into(engine, f"rollout engine {k} (policy B)", method="load_buckets_b")
-    with timer("checkpoint_b"):
-        if r % cfg.save_every == 0 or r == cfg.rounds:
-            roles.trainer_b.save_hf(str(run_dir / "checkpoints_b" / f"round_{r:04d}"))
-    metrics.update({f"train_b/{k}": v for k, v in (weighted_mean(results_b) if results_b else {}).items()
-                    if not k.startswith("avg_logp/")})
-    metrics.update(timer.seconds)
-    kept = [rec for rec in records if rec["kept"] is not None]
-    metrics.update({"data/prompts": float(n), "data/skipped_long_prompts": float(skipped),
-                    "sipo/pareto_candidates": float(sum(c["pareto"] for rec in records for c in rec["candidates"])),
-                    "sipo/kept_prompts": float(len(kept)), "sipo/kept_rate": len(kept) / n if n else 0.0,
-                    "sipo/rewrites_kept": float(kept_rewrites), "data/pairs": float(len(items_a))})
-    if kept:
-        for m, name in enumerate(roles.rm_names[:2]):
-            metrics[f"sipo/reward_{name}_kept"] = sum(rec["candidates"][rec["kept"]]["rewards"][m] for rec in kept) / len(kept)
-    (round_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    Policy B's trainer gets the storage marker like every role (it writes checkpoints_b/); the
+    scorer is spawned like every other role, restarts and re-issued calls included.
+    """
+
+    def __init__(self, cfg, roles, inputs):
+        from selfsteer.actors.roles import steps_per_round
+        from selfsteer.actors.syncer import WeightSyncer
+        from selfsteer.actors.trainer import TrainerGroup
+        from selfsteer.online.sepo_oracle import load_pairs
+        from selfsteer.online.sipo_models import SipoScorer
+
+        self.cfg, self.roles, self.inputs = cfg, roles, inputs
+        spec, extra = method(cfg.algo), inputs.extra
+        self.keys, self.loss_kwargs = spec.keys(cfg), spec.loss_kwargs(cfg)
+        self.trainer_b = TrainerGroup(cfg, extra["policy_b"], cfg.rounds * steps_per_round(cfg), env=roles.marker)
+        self.syncer_b = WeightSyncer(self.trainer_b, cfg)
+        ray.get([e.load_policy_b.remote(extra["policy_b"]) for e in roles.pool.engines],
+                timeout=cfg.ray.startup_timeout_s)
+        self.scorer = roles.spawn(SipoScorer, extra["sft_path"], extra["policy_a"], extra["policy_b"],
+                                  list(cfg.sipo.weights), cfg.reference, cfg.model,
+                                  resources={"num_cpus": cfg.reference.num_cpus}, torch_threads=cfg.ray.torch_threads)
+        self.rm_names = ray.get(self.scorer.names.remote(), timeout=cfg.ray.startup_timeout_s)
+        self.file_pairs = ({r["prompt"]: (r["chosen"], r["rejected"]) for r in load_pairs(cfg.sipo.pairs_a)}
+                           if cfg.sipo.pairs_a else None)
+
+    def close(self) -> None:
+        self.trainer_b.shutdown()
+
+    def run(self, r: int) -> dict[str, float]:
+        from selfsteer.online.sipo_models import originals
+
+        cfg, roles, inputs = self.cfg, self.roles, self.inputs
+        sp, timer, tok, run_dir = cfg.sipo, PhaseTimer(), inputs.tokenizer, inputs.run_dir
+        round_dir = RunDir(run_dir).round(r, create=True)
+        prompts, skipped = next_prompts(cfg, inputs, r)
+        pairs = [(p, originals(cfg, p.prompt, self.file_pairs)) for p in prompts]
+        prompts, origs = [p for p, o in pairs if o], [o for _, o in pairs if o]
+        nw = len(sp.weights)
+        with timer("generation"):
+            requests = [ChatRequest(p.prompt) for p in prompts]
+            cands = _mod(cfg, roles, requests, sp.weights) if prompts else []
+        contexts = [encode_chat(tok, p.prompt) for p in prompts]
+        orig_ids = [[answer_ids(tok, p.prompt, y, c) for y in o] for p, o, c in zip(prompts, origs, contexts)]
+        rewards = lambda rows, names: implicit_rewards(  # noqa: E731  [N, M] per row set
+            torch.tensor([rows[n] for n in names]).T, torch.tensor(rows["sft"])[:, None].expand(-1, len(names)), beta=sp.beta)
+        n, cand_ctx = len(prompts), [contexts[j] for _ in range(nw) for j in range(len(prompts))]  # w-major
+        score = lambda ctx, resp: roles.call("SIPO scorer", self.scorer,  # noqa: E731
+                                             lambda: self.scorer.score.remote(ctx, resp))
+        kept_rewrites, reviews, rewritten, cand_scores = 0, None, set(), None
+        with timer("rewrite"):
+            if sp.rewrite and prompts:
+                rewrites, reviews = _rewrite(cfg, roles, prompts, cands)
+                a = score(cand_ctx, [c.token_ids for row in cands for c in row])
+                b = score(cand_ctx, [c.token_ids for row in rewrites for c in row])
+                keep = keep_rewrite(rewards(b, ["A0", "B0"]), rewards(a, ["A0", "B0"])).tolist()
+                for k, take in enumerate(keep):
+                    if take:
+                        cands[k // n][k % n] = rewrites[k // n][k % n]
+                        rewritten.add((k // n, k % n))
+                kept_rewrites = sum(keep)
+                cand_scores = {m: [b[m][k] if take else a[m][k] for k, take in enumerate(keep)] for m in a}  # already scored
+        with timer("reference"):  # candidates (w-major, unless scored above) then originals (y1, y2) of every prompt
+            orig_ctx, orig_resp = [contexts[j] for j in range(n) for _ in range(2)], [y for o in orig_ids for y in o]
+            if not n:
+                scores = {}
+            elif cand_scores is None:
+                scores = score(cand_ctx + orig_ctx, [cands[wi][j].token_ids for wi in range(nw) for j in range(n)] + orig_resp)
+            else:
+                scores = {m: cand_scores[m] + rows for m, rows in score(orig_ctx, orig_resp).items()}
+        records, items_a, items_b = [], [], []
+        if n:
+            all_r = rewards(scores, self.rm_names)  # [nw*n + 2n, M]
+            cand_r = all_r[:nw * n].reshape(nw, n, -1).transpose(0, 1)  # [n, nw, M]
+            orig_r = all_r[nw * n:].reshape(n, 2, -1)
+            masks = pareto_filter(cand_r, orig_r)  # [n, nw]
+            for j, p in enumerate(prompts):
+                best = select_pareto_best(cand_r[j], masks[j])
+                records.append({"prompt": p.prompt, "uuid": p.uid, "originals": list(origs[j]), "kept": best,
+                                "candidates": [{"weight": w, "text": cands[wi][j].text, "rewards": cand_r[j, wi].tolist(),
+                                                "pareto": bool(masks[j, wi]), "rewritten": (wi, j) in rewritten,
+                                                **({"review": reviews[wi][j]} if reviews else {})}
+                                               for wi, w in enumerate(sp.weights)],
+                                "original_rewards": orig_r[j].tolist(), "reward_models": self.rm_names})
+                if best is None:
+                    continue
+                c_ids, k_c = cands[best][j].token_ids, best * n + j
+                for o in range(2):
+                    k_o = nw * n + 2 * j + o
+                    for items, ref in ((items_a, "A0"), (items_b, "B0")):
+                        items.append({"chosen": {"context": contexts[j], "response": c_ids, "ref_logp": scores[ref][k_c]},
+                                      "rejected": {"context": contexts[j], "response": orig_ids[j][o],
+                                                   "ref_logp": scores[ref][k_o]}})
+        write_jsonl(round_dir / "candidates.jsonl", records)  # on disk before any training on it
+        metrics, _ = train_sync_save(cfg, roles, r, run_dir, timer, items_a, self.keys, self.loss_kwargs,
+                                     inputs.cursor.state_dict())
+        usable = equal_shards(len(items_b), len(self.trainer_b.ranks))
+        with timer("train_b"):
+            results_b = self.trainer_b.train(items_b[:usable], self.keys, self.loss_kwargs) if usable else []
+        with timer("sync_b"):
+            for k, engine in enumerate(roles.pool.engines):
+                self.syncer_b.copy_into(engine, f"rollout engine {k} (policy B)", method="load_buckets_b")
+        with timer("checkpoint_b"):
+            if state_due(r, cfg.save_every, cfg.rounds):
+                self.trainer_b.save_hf(str(RunDir(run_dir).checkpoint(r, "checkpoints_b")))
+        metrics.update({f"train_b/{k}": v for k, v in (weighted_mean(results_b) if results_b else {}).items()
+                        if not k.startswith("avg_logp/")})
+        metrics.update(timer.seconds)
+        kept = [rec for rec in records if rec["kept"] is not None]
+        metrics.update({"data/prompts": float(n), "data/skipped_long_prompts": float(skipped),
+                        "sipo/pareto_candidates": float(sum(c["pareto"] for rec in records for c in rec["candidates"])),
+                        "sipo/kept_prompts": float(len(kept)), "sipo/kept_rate": len(kept) / n if n else 0.0,
+                        "sipo/rewrites_kept": float(kept_rewrites), "data/pairs": float(len(items_a))})
+        if kept:
+            for m, name in enumerate(self.rm_names[:2]):
+                metrics[f"sipo/reward_{name}_kept"] = sum(rec["candidates"][rec["kept"]]["rewards"][m] for rec in kept) / len(kept)
+        return metrics

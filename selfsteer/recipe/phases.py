@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import ray
 
+from selfsteer.actors.principle import write_principles
 from selfsteer.config.schema import RunConfig, save_config
 from selfsteer.data.chat import encode_chat
 from selfsteer.data.prompts import PromptRecord
@@ -59,7 +61,10 @@ def build_principles(bench: Workbench, input_path: str | Path, output_path: str 
             for chunk in _chunks(todo, cfg.data.prompts_per_round):
                 prompts = [PromptRecord(uid=str(r["uuid"]), index=r["row"], prompt=r["prompt"]) for r in chunk]
                 # Round 0 for every chunk: library principles depend on (seed, uuid) only, however chunked.
-                pairs, counts = ray.get(actor.generate.remote(prompts, 0, engines), timeout=cfg.ray.call_timeout_s)
+                if engines:  # the policy writes its own principles on the rollout engines
+                    pairs, counts = write_principles(cfg.principles, cfg.seed, prompts, 0, partial(_on_engines, engines))
+                else:
+                    pairs, counts = ray.get(actor.generate.remote(prompts, 0), timeout=cfg.ray.call_timeout_s)
                 for record, pair in zip(chunk, pairs):
                     out.append(principles_record(record["prompt"], record["uuid"], "\n\n".join(pair["good_principles"]),
                                                  "\n\n".join(pair["bad_principles"])))
@@ -68,6 +73,12 @@ def build_principles(bench: Workbench, input_path: str | Path, output_path: str 
         out.finish()
     logger.info("principles: %s -> %s %s", input_path, output_path, _summary(stats))
     return stats
+
+
+def _on_engines(engines: list, texts: list[str], sampling) -> list[str]:
+    from selfsteer.actors.rollout import generate_on_engines
+
+    return [g.text for g in generate_on_engines(engines, [ChatRequest(prompt=t) for t in texts], sampling)]
 
 
 def build_sso_data(bench: Workbench, input_path: str | Path, output_path: str | Path, *, model_path: str,

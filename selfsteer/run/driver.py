@@ -1,8 +1,9 @@
 """The online loop: start the roles, run `cfg.rounds` rounds of `cfg.algo`, apply control, resume, shut down.
 
 The driver only calls actors (single controller). What one round does is the method's module in
-`selfsteer.online` (SSO/DPO: `online.sso`), which checkpoints before it returns; the driver
-writes each round's metrics and watches the signal's health between rounds.
+`selfsteer.online` (the method's round object, named in its spec in `algorithms.registry`), which
+checkpoints before it returns; the driver writes each round's metrics and watches the signal's
+health between rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable, Optional
 from tqdm.auto import tqdm
 
 from selfsteer import online
+from selfsteer.algorithms.registry import method
 from selfsteer.run import checkpoint, preflight
 from selfsteer.config.schema import RunConfig, save_config, to_dict
 from selfsteer.run.metrics import MetricsWriter, SignalWatch
@@ -44,7 +46,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
     inputs = prepare_inputs(cfg, run_dir)
     inputs.schedule = schedule
     roles = start_roles(cfg, inputs)
-    writer = None
+    writer = method_round = None
     try:
         if state is not None:
             inputs.resumed_round = state["round"]
@@ -64,14 +66,14 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         gold = GoldEval(cfg, run_dir, state["round"] if state else 0) if cfg.eval.every else None
         if gold is not None:
             writer.scalars(0, gold.start(roles.pool))  # the start weights: round 0 of the curves
-        step = online.round_fn(cfg, roles, inputs)
+        method_round = online.start_round(cfg, roles, inputs)
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
             apply_control(run_dir, roles)
             if on_round_start is not None:
                 on_round_start(round_index, roles)
-            metrics = step(cfg, roles, inputs, round_index, run_dir)
+            metrics = method_round.run(round_index)
             if gold is not None:
                 metrics.update(gold.after_round(round_index, roles.pool))
             checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round
@@ -79,7 +81,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             writer.write(round_index, metrics)  # durable before state.json marks the round finished
             checkpoint.pause_point("after_metrics", run_dir, round_index)
             checkpoint.commit_round(run_dir)
-            logger.info("round %d | %s", round_index, _summary(metrics))
+            logger.info("round %d | %s", round_index, _summary(metrics, method(cfg.algo)))
             if watch.alerting:
                 logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "
                                "is collapsing (see README 'Signal health')%s", round_index, cfg.signal.metric,
@@ -90,6 +92,8 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         if gold is not None:
             gold.finish()  # before/after summary and eval/gold.png
     finally:
+        if method_round is not None:
+            method_round.close()
         if writer is not None:
             writer.close()
         roles.shutdown()
@@ -123,12 +127,7 @@ def request_scale(run_dir: str | Path, num_engines: int) -> Path:
     return path
 
 
-def _summary(m: dict[str, float]) -> str:
-    keys = ["train/loss", "train/loss/base", "train/loss/g", "train/w/mean", "train/rewards/margins",
-            "train/rewards/accuracies", "data/triples", "rollout/staleness"]
-    phases = " ".join(f"{k[5:]}={m[k]:.2f}" for k in PHASES if k in m)  # every phase, seconds
-    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in keys if k in m) + f" | s: {phases}"
-
-
-PHASES = ["time/principles", "time/generation", "time/persist", "time/reference", "time/train",
-          "time/generation_wait", "time/sync", "time/reference_refresh", "time/checkpoint", "time/round"]
+def _summary(m: dict[str, float], spec) -> str:
+    """The round's line: the method's own summary columns, then its phases in seconds."""
+    phases = " ".join(f"{k[5:]}={m[k]:.2f}" for k in spec.phases if k in m)
+    return " ".join(f"{k.split('/', 1)[1]}={m[k]:.4g}" for k in spec.summary if k in m) + f" | s: {phases}"

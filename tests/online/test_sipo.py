@@ -102,7 +102,7 @@ def test_two_online_rounds_with_rewrite(ray_local, tmp_path, toy_cache):
     def look(r, roles):  # both policies' engine copies, before round r samples
         engine = roles.pool.engines[-1]
         seen[r] = (ray.get(engine.weights_fingerprint.remote(roles.syncer.buckets)),
-                   ray.get(engine.weights_fingerprint_b.remote(roles.syncer_b.buckets)), roles.syncer.buckets)
+                   ray.get(engine.weights_fingerprint_b.remote(roles.syncer.buckets)), roles.syncer.buckets)  # B: A's layout
 
     run(cfg, on_round_start=look)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -92,7 +92,7 @@ def test_generate_counts_each_rejection_retries_and_falls_back():
 def test_fallback_rate_above_the_threshold_is_reported_loudly(caplog):
     import logging
 
-    from selfsteer.actors.principle import PrincipleGenerator, fallback_warning
+    from selfsteer.actors.principle import fallback_warning, write_principles
     from selfsteer.config.schema import load_config
     from selfsteer.data.prompts import PromptRecord
 
@@ -103,13 +103,11 @@ def test_fallback_rate_above_the_threshold_is_reported_loudly(caplog):
     assert fallback_warning(stats, 6, 0.5, 2) is None  # 50%: at the threshold, not above
     assert fallback_warning({"fallbacks": 0}, 0, 0.5, 2) is None
 
-    # The actor logs it after a round whose writer only echoed headers (a scripted writer stands in for the LLM).
+    # It is logged after a round whose writer only echoed headers (a scripted writer stands in for the LLM).
     cfg = load_config(None, ["principles.mode=llm", "principles.llm.max_retries=0"])
-    actor = PrincipleGenerator(cfg.principles, seed=0)
-    actor._completer = lambda engines, sampling, bar=None: (lambda texts: ["1. **"] * len(texts))
     prompts = [PromptRecord(uid=f"q{i}", index=i, prompt=f"question {i}?") for i in range(2)]
     with caplog.at_level(logging.WARNING, logger="selfsteer.actors.principle"):
-        pairs, stats = actor.generate(prompts, round_index=1)
+        pairs, stats = write_principles(cfg.principles, 0, prompts, 1, lambda texts, sampling: ["1. **"] * len(texts))
     assert stats["fallbacks"] == 2 and stats["rejected_header_echo"] == 2
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "100% of 2 prompts fell back" in caplog.records[0].message
