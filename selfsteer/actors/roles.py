@@ -38,9 +38,9 @@ def resolve_model(cfg: RunConfig) -> str:
 
         return str(build_start_model(cfg.model.cache_dir, task_start_settings(cfg), split_seed=cfg.task.split_seed))
     if cfg.model.policy != "toy":
-        if not (Path(cfg.model.policy) / "config.json").is_file():
-            raise FileNotFoundError(f"model.policy={cfg.model.policy!r} is not a local HF model directory (no config.json)")
-        return cfg.model.policy
+        from selfsteer.utils.paths import require_hf_model
+
+        return require_hf_model(cfg.model.policy, "model.policy")
     from selfsteer.toy import build_toy_model
 
     t = cfg.model.toy

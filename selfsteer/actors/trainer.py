@@ -16,6 +16,7 @@ import torch
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.registry import method
+from selfsteer.training.steps import optimizer_steps
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
 from selfsteer.utils.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
 from selfsteer.utils.storage import check_marker
@@ -129,7 +130,7 @@ class TrainerRank:
         micro = [items[i:i + tc.micro_batch_size] for i in range(0, len(items), tc.micro_batch_size)]
         from selfsteer.utils.progress import ProgressLine
 
-        total_steps = -(-len(micro) // tc.grad_accum) * tc.epochs_per_round
+        total_steps = optimizer_steps(len(items), tc) * tc.epochs_per_round
         bar = ProgressLine("training", total_steps, "optimizer steps") if self.rank == 0 else None
         for _ in range(tc.epochs_per_round):
             for g in range(0, len(micro), tc.grad_accum):

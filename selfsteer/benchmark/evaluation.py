@@ -6,22 +6,13 @@ the chat formatting the rollouts use, so what is evaluated is what the engines w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
+from selfsteer.config.sections import EvalSettings  # noqa: F401  (the benchmark's settings type)
 from selfsteer.toy import task as T
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
 from selfsteer.principles.library import compose_v1_system
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    prompts: int = 96  # held-out prompts, kinds in equal shares
-    samples: int = 4  # sampled responses per prompt
-    temperature: float = 1.0  # the policy's own distribution, not the rollouts' sharpened one
-    max_new_tokens: int = 32
-    seed: int = 1234
 
 
 class Evaluator:
@@ -56,14 +47,15 @@ def summarize(scores: list[list[dict[str, float]]], responses: list[list[str]]) 
     return out
 
 
+def win(score: float, baseline: float) -> float:
+    """One comparison: 1 for a win, 0.5 for a tie, 0 for a loss (a win rate is the mean of these)."""
+    return 1.0 if score > baseline else 0.5 if score == baseline else 0.0
+
+
 def win_rate(scores: list[list[dict[str, float]]], baseline: list[list[dict[str, float]]]) -> float:
     """P(gold > baseline gold) + 0.5 P(tie), response i of a prompt against the baseline's response i."""
-    wins = total = 0.0
-    for row, base in zip(scores, baseline):
-        for s, b in zip(row, base):
-            wins += 1.0 if s["gold"] > b["gold"] else 0.5 if s["gold"] == b["gold"] else 0.0
-            total += 1
-    return wins / total
+    wins = [win(s["gold"], b["gold"]) for row, base in zip(scores, baseline) for s, b in zip(row, base)]
+    return sum(wins) / len(wins)
 
 
 def evaluate(model_dir: str, prompts: list[T.TaskPrompt], settings: EvalSettings = EvalSettings(),

@@ -114,12 +114,10 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Gold evaluation during a run (selfsteer.online.gold_eval): the rollout engines answer the
-    alignment task's held-out prompts with the weights they hold, and the task's program scores
-    them. Needs `data.prompts: task` (held-out prompts never seen in training)."""
+class EvalSettings:
+    """How the alignment task's held-out prompts are answered and scored (selfsteer.benchmark.evaluation),
+    during a run (`eval.*`) and by the benchmark alike."""
 
-    every: int = 0  # score the start weights, then every N-th round and the last; 0: off
     prompts: int = 96  # held-out prompts, kinds in equal shares (the alignment benchmark's set)
     samples: int = 4  # sampled answers per prompt (besides one greedy answer)
     temperature: float = 1.0  # the policy's own distribution, not the rollouts' sharpened one
@@ -127,10 +125,22 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self):
-        _check_positive("eval", "every", self.every, allow_zero=True)
         for name in ("prompts", "samples", "max_new_tokens"):
             _check_positive("eval", name, getattr(self, name))
         _check_positive("eval", "temperature", self.temperature, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig(EvalSettings):
+    """Gold evaluation during a run (selfsteer.online.gold_eval): the rollout engines answer the
+    alignment task's held-out prompts with the weights they hold, and the task's program scores
+    them. Needs `data.prompts: task` (held-out prompts never seen in training)."""
+
+    every: int = 0  # score the start weights, then every N-th round and the last; 0: off
+
+    def __post_init__(self):
+        _check_positive("eval", "every", self.every, allow_zero=True)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from difflib import SequenceMatcher
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from selfsteer.engines.base import Generation
 
@@ -95,6 +95,3 @@ def training_items(triples: list[Triple], keys: list[str], ref_logps: list[float
         items.append(item)
     return items
 
-
-def generation_dict(g: Generation) -> dict:
-    return asdict(g)

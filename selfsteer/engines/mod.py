@@ -9,7 +9,7 @@ model per step, and a fused two-model decode is not part of its API, so SIPO run
 from __future__ import annotations
 
 import inspect
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -94,17 +94,3 @@ class MODBackend(HFBackend):
                                   eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
                                   logits_processor=LogitsProcessorList([fused]))
         return [self._finish(p, t, stop) for p, t in zip(prompts, seq[:, longest:].tolist())]
-
-
-def mod_greedy_reference(model_a, model_b, prompt: list[int], weight: float, max_new_tokens: int,
-                         eos_ids: Optional[list[int]] = None) -> list[int]:
-    """One prompt, no cache, no padding: the definition MOD decoding must match (tests use it)."""
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            x = torch.tensor([ids])
-            z = fuse_logits(model_a(input_ids=x).logits[0, -1], model_b(input_ids=x).logits[0, -1], weight)
-            ids.append(int(z.argmax()))
-            if eos_ids and ids[-1] in eos_ids:
-                break
-    return ids[len(prompt):]

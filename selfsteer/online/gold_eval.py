@@ -41,8 +41,7 @@ class GoldEval:
     def __init__(self, cfg, run_dir: Path, last_finished: int = 0):
         e = cfg.eval
         self.every, self.rounds = e.every, cfg.rounds
-        self.settings = E.EvalSettings(prompts=e.prompts, samples=e.samples, temperature=e.temperature,
-                                       max_new_tokens=e.max_new_tokens, seed=e.seed)
+        self.settings = e  # an EvalSettings (EvalConfig adds only `every`)
         _, heldout = T.split_prompts(cfg.task.split_seed)
         self.prompts = T.balanced(heldout, e.prompts, seed=cfg.task.split_seed)  # the benchmark's held-out set
         self.dir = Path(run_dir) / "eval"
@@ -154,6 +153,6 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["round"])))
-    tmp.replace(path)
+    from selfsteer.utils.io import write_jsonl
+
+    write_jsonl(path, sorted(rows, key=lambda r: r["round"]))

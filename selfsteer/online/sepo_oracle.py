@@ -140,9 +140,7 @@ def oracle_path(cfg, ref_path: str, cache_root: Optional[str]) -> tuple[str, dic
     import ray
 
     sp = cfg.sepo
-    if sp.oracle_path:
-        if not (Path(sp.oracle_path) / "config.json").is_file():
-            raise FileNotFoundError(f"sepo.oracle_path={sp.oracle_path!r} is not a local HF model directory")
+    if sp.oracle_path:  # checked by preflight.check_inputs, before Ray starts
         return sp.oracle_path, {}
     if sp.oracle_pairs:
         pairs = load_pairs(sp.oracle_pairs)
@@ -155,8 +153,9 @@ def oracle_path(cfg, ref_path: str, cache_root: Optional[str]) -> tuple[str, dic
                          "prompt/chosen/rejected to train one)")
     settings = {"beta": sp.oracle_beta, "steps": sp.oracle_steps, "lr": sp.oracle_lr, "batch_size": sp.oracle_batch_size,
                 "seed": cfg.seed}
-    root = Path(cache_root) if cache_root else Path.home() / ".cache" / "selfsteer"
-    out = root / f"sepo-oracle-{cache_key(ref_path, pairs, settings)}"
+    from selfsteer.utils.paths import cache_root as resolve_cache
+
+    out = resolve_cache(cache_root) / f"sepo-oracle-{cache_key(ref_path, pairs, settings)}"
     task = ray.remote(train_oracle).options(num_cpus=sp.num_cpus)
     stats = ray.get(task.remote(ref_path, pairs, str(out), torch_threads=cfg.ray.torch_threads, **settings),
                     timeout=cfg.ray.startup_timeout_s)

@@ -10,7 +10,6 @@ fine for the toy task; a large model would want LoRA adapters over one base inst
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -54,10 +53,7 @@ def task_stage0_pairs(n: int, seed: int, split_seed: int, objective_a: str, obje
 def stage0(cfg, sft_path: str) -> dict:
     """Paths of pi_A0 and pi_B0 (given, or DPO-trained from `sft_path` and cached), and their stats."""
     sp = cfg.sipo
-    if sp.policy_a:
-        for name in ("policy_a", "policy_b"):
-            if not (Path(getattr(sp, name)) / "config.json").is_file():
-                raise FileNotFoundError(f"sipo.{name}={getattr(sp, name)!r} is not a local HF model directory")
+    if sp.policy_a:  # checked by preflight.check_inputs, before Ray starts
         return {"policy_a": sp.policy_a, "policy_b": sp.policy_b, "stats": {}}
     if sp.pairs_a:
         pairs = {"a": load_pairs(sp.pairs_a), "b": load_pairs(sp.pairs_b)}
@@ -66,7 +62,9 @@ def stage0(cfg, sft_path: str) -> dict:
         pairs = {"a": a, "b": b}
     settings = {"beta": sp.beta, "steps": sp.stage0_steps, "lr": sp.stage0_lr, "batch_size": sp.stage0_batch_size,
                 "seed": cfg.seed}
-    root = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path.home() / ".cache" / "selfsteer"
+    from selfsteer.utils.paths import cache_root
+
+    root = cache_root(cfg.model.cache_dir)
     out = {"stats": {}}
     for x in ("a", "b"):
         path = root / f"sipo-policy-{x}-{cache_key(sft_path, pairs[x], settings)}"

@@ -29,6 +29,7 @@ from selfsteer.principles.library import compose_v2_system
 from selfsteer.recipe.records import dpo_record, principles_record, read_records, sso_record
 from selfsteer.recipe.resume import PhaseOutput
 from selfsteer.recipe.workbench import Progress, Workbench
+from selfsteer.utils.paths import require_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ def _sample_phase(bench: Workbench, phase: str, input_path, output_path, out_id:
         todo = [r for r in loaded.records if str(r["uuid"]) not in out.done]
         stats = {**_start_stats(loaded, todo), "skipped_long": 0, "identical_pairs": 0}
         if todo:
-            if not (Path(model_path) / "config.json").is_file():
-                raise FileNotFoundError(f"{model_path!r} is not a local HF model directory (no config.json)")
+            require_hf_model(model_path, "model")
             tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
             pool = bench.pool(model_path)
             for n, chunk in enumerate(_chunks(todo, cfg.data.prompts_per_round)):

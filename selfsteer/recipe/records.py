@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -73,12 +72,9 @@ def write_records(path: str | Path, records: list[dict]) -> Path:
     """Write `records` as the recipe's JSON list, atomically: the old file stays until the new one is whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(dumps_records(records))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from selfsteer.utils.io import write_text
+
+    write_text(path, dumps_records(records))
     return path
 
 

@@ -13,10 +13,8 @@ renamed, so a model directory that exists is complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -26,19 +24,20 @@ from typing import Optional
 import ray
 
 from selfsteer.actors.trainer import TrainerGroup
+from selfsteer.algorithms.registry import method
 from selfsteer.config.schema import RunConfig
 from selfsteer.data.chat import encode_chat
-from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
+from selfsteer.data.triples import Triple, scoring_rows, training_items
 from selfsteer.engines.base import Generation
 from selfsteer.run.metrics import weighted_mean
 from selfsteer.recipe.records import read_records
 from selfsteer.recipe.settings import trainer_config
 from selfsteer.recipe.workbench import Progress, Workbench
+from selfsteer.training.steps import equal_shards, optimizer_steps
 
 logger = logging.getLogger(__name__)
 
 CHUNK_EXAMPLES = 256  # examples per trainer call (rounded to whole optimizer steps)
-DPO_KEYS = ["chosen", "rejected"]  # y+ and y- under the bare prompt x (SSO_ROWS)
 
 
 class TrainingError(RuntimeError):
@@ -81,14 +80,14 @@ def train_on_file(bench: Workbench, cfg: RunConfig, input_path: str | Path, outp
     if cfg.data.shuffle:
         random.Random(cfg.seed).shuffle(triples)
     tc = cfg.trainer
-    usable = len(triples) - len(triples) % tc.num_ranks  # equal shards: ranks step together
+    usable = equal_shards(len(triples), tc.num_ranks)
     if usable == 0:
         raise TrainingError(f"{input_path}: {len(triples)} usable example(s) ({skipped_long} over "
                             f"data.max_prompt_tokens), fewer than trainer.num_ranks={tc.num_ranks}")
     chunks = _chunks(triples[:usable], tc.num_ranks * tc.micro_batch_size * tc.grad_accum)
-    total_steps = tc.epochs_per_round * sum(_steps(len(c) // tc.num_ranks, tc) for c in chunks)
+    total_steps = tc.epochs_per_round * sum(optimizer_steps(len(c) // tc.num_ranks, tc) for c in chunks)
     keys = _keys(cfg, algo)
-    loss_kwargs = dataclasses.asdict(cfg.loss) if algo == "sso" else {"beta": cfg.loss.beta}
+    loss_kwargs = method(algo).loss_kwargs(cfg)
 
     from selfsteer.actors.roles import init_ray
 
@@ -131,11 +130,8 @@ def train_on_file(bench: Workbench, cfg: RunConfig, input_path: str | Path, outp
 
 
 def _keys(cfg: RunConfig, algo: str) -> list[str]:
-    if algo == "dpo":
-        return list(DPO_KEYS)
-    from selfsteer.algorithms.sso import REQUIRED_KEYS
-
-    return [k for k in SSO_ROWS if k in REQUIRED_KEYS[cfg.loss.variant]]
+    """The rows the loss reads: the method's own (selfsteer.algorithms.registry)."""
+    return method(algo).keys(cfg)
 
 
 def _triples(tokenizer, records: list[dict], algo: str, cfg: RunConfig) -> tuple[list[Triple], int]:
@@ -179,9 +175,6 @@ def _chunks(triples: list[Triple], step_examples: int) -> list[list[Triple]]:
     return [triples[i:i + size] for i in range(0, len(triples), size)]
 
 
-def _steps(per_rank: int, tc) -> int:
-    """Optimizer steps one trainer call takes for `per_rank` examples per rank (TrainerRank.train)."""
-    return math.ceil(math.ceil(per_rank / tc.micro_batch_size) / tc.grad_accum)
 
 
 def _start_reference(cfg: RunConfig, model_path: str):

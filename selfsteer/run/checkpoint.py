@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from selfsteer.utils.io import write_text
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
@@ -137,10 +139,4 @@ def pause_point(name: str, run_dir: Path, round_index: int) -> None:
             time.sleep(60)
 
 
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+_write_durably = write_text  # atomic and fsynced (selfsteer.utils.io)

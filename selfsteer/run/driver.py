@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,6 +22,7 @@ from selfsteer.config.schema import RunConfig, save_config, to_dict
 from selfsteer.run.metrics import MetricsWriter, SignalWatch
 from selfsteer.online.gold_eval import GoldEval
 from selfsteer.actors.roles import Roles, prepare_inputs, start_roles
+from selfsteer.utils.io import write_json
 from selfsteer.utils.runtime import quiet_libraries
 
 logger = logging.getLogger(__name__)
@@ -121,9 +121,7 @@ def request_scale(run_dir: str | Path, num_engines: int) -> Path:
     if num_engines < 1:
         raise ValueError(f"num_engines must be >= 1, got {num_engines}")
     path = Path(run_dir) / "control.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"num_engines": num_engines}))
-    os.replace(tmp, path)
+    write_json(path, {"num_engines": num_engines}, indent=None)
     return path
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from selfsteer.utils.io import write_json
+
 
 class PhaseTimer:
     """Seconds per named phase of a round, reported as `time/<phase>`."""
@@ -50,12 +52,7 @@ class MetricsWriter:
         clean = _numbers(metrics)
         round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
         if round_dir.is_dir():
-            tmp = round_dir / ".metrics.json.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(_json_safe(clean), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, round_dir / "metrics.json")
+            write_json(round_dir / "metrics.json", _json_safe(clean))
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"round": round_index, **_json_safe(clean)}) + "\n")
             fh.flush()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.algorithms.registry import method
+from selfsteer.utils.paths import is_hf_model
 from selfsteer.config.schema import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -92,13 +93,22 @@ def check_writable(run_dir: Path) -> None:
         raise InputError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
 
 
+def _method_models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The model directories a method reads besides the policy (checked before Ray starts)."""
+    if cfg.algo == "sepo":
+        return [("sepo.oracle_path", cfg.sepo.oracle_path)]
+    if cfg.algo == "sipo":
+        return [("sipo.policy_a", cfg.sipo.policy_a), ("sipo.policy_b", cfg.sipo.policy_b)]
+    return []
+
+
 def check_inputs(cfg: RunConfig) -> None:
     """Model directories, tokenizer chat template, devices, principle library and prompts file."""
     from selfsteer.data.prompts import PromptDataError, load_prompts
     from selfsteer.principles.library import LibraryError, load_library
 
-    for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference)):
-        if path and path not in ("toy", "task") and not (Path(path) / "config.json").is_file():
+    for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference), *_method_models(cfg)):
+        if path and path not in ("toy", "task") and not is_hf_model(path):
             raise InputError(f"{key}={path!r} is not a local HF model directory (no config.json)")
     if cfg.model.policy not in ("toy", "task"):
         _check_chat_template(cfg)

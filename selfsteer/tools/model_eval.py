@@ -47,7 +47,7 @@ def task_scorer(prompts: list[str], which: str) -> Optional[Scorer]:
     """
     if which == "none":
         return None
-    from selfsteer.benchmark import task as T  # lazy: the benchmark package only when its prompts are used
+    from selfsteer.toy import task as T  # lazy: the task only when its prompts are used
 
     known = T.prompts_by_text()
     missing = next((i for i, p in enumerate(prompts) if p not in known), None)
@@ -77,10 +77,6 @@ def _generate(model_dir: Path, prompts: list[str], samples: int, max_new_tokens:
     return texts, sampled
 
 
-def _win(a: float, b: float) -> float:
-    return 1.0 if a > b else 0.5 if a == b else 0.0
-
-
 def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, samples: int = 1,
              max_new_tokens: int = 128, temperature: float = 0.7, top_p: float = 0.8, scorer: str = "auto",
              seed: int = 0, out: Optional[str] = None) -> dict:
@@ -90,6 +86,7 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
     gold_samples; with a baseline also baseline_greedy/baseline_samples (and their golds and the
     per-prompt wins). The summary is also written beside `out` as <out>.summary.json.
     """
+    from selfsteer.benchmark.evaluation import win
     from selfsteer.data.prompts import load_prompts
 
     if samples < 0:
@@ -117,8 +114,8 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
             if base_dir is not None:
                 row["baseline_gold_greedy"] = gold(row["prompt"], row["baseline_greedy"])
                 row["baseline_gold_samples"] = [gold(row["prompt"], s) for s in row["baseline_samples"]]
-                row["win_greedy"] = _win(row["gold_greedy"], row["baseline_gold_greedy"])
-                row["win_samples"] = [_win(a, b) for a, b in zip(row["gold_samples"], row["baseline_gold_samples"])]
+                row["win_greedy"] = win(row["gold_greedy"], row["baseline_gold_greedy"])
+                row["win_samples"] = [win(a, b) for a, b in zip(row["gold_samples"], row["baseline_gold_samples"])]
         summary.update(_means(rows, base_dir is not None))
     if out:
         out_path = Path(out)

@@ -196,8 +196,9 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, served_
     from selfsteer.engines.hf_engine import HFBackend
     from selfsteer.utils.runtime import limit_threads, resolve_device, resolve_dtype
 
-    if not (Path(model_path) / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model_path!r} is not a local HF model directory (no config.json)")
+    from selfsteer.utils.paths import require_hf_model
+
+    require_hf_model(model_path, "--model")
     limit_threads(torch_threads)
     backend = HFBackend(model_path, device=resolve_device(device), dtype=resolve_dtype(dtype),
                         trust_remote_code=trust_remote_code, max_batch_size=max_batch_size)

@@ -32,7 +32,9 @@ CHAT_TEMPLATE = (
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SELFSTEER_CACHE", Path.home() / ".cache" / "selfsteer"))
+    from selfsteer.utils.paths import cache_root
+
+    return cache_root()
 
 
 def _check_extra_words(extra_words) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ import socket
 from pathlib import Path
 from typing import Optional
 
+from selfsteer.utils.io import write_text
+
 MARKER_FILE = ".selfsteer-storage-marker"
 MARKER_ENV = "SELFSTEER_RUN_MARKER"  # json {"path": ..., "token": ...} in each role's environment
 # Tests: "role=/driver/prefix=/role/prefix" makes the roles named so look the path up under another prefix,
@@ -31,12 +33,7 @@ def write_marker(run_dir: Path) -> dict[str, str]:
     """Write a fresh marker into `run_dir` (durably); returns the env vars that carry it to roles."""
     token = secrets.token_hex(16)
     path = Path(run_dir) / MARKER_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(token)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text(path, token)
     return {MARKER_ENV: json.dumps({"path": str(path), "token": token})}
 
 

@@ -10,16 +10,29 @@ import pytest
 from selfsteer.config.schema import ConfigError, RunConfig, load_config, save_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))  # configs/real_model/ too
 TINY = REPO / "configs" / "tiny_cpu.yaml"
 
 
 def test_configs_dir_is_not_empty():
     assert CONFIGS, "configs/*.yaml found nothing; the parametrized test below would silently run zero cases"
+    assert REPO / "configs" / "real_model" / "ifeval_smollm2.yaml" in CONFIGS  # subfolders are walked
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def _is_library(path: Path) -> bool:
+    """A principle library (a YAML list of dimensions) rather than a run config (a mapping)."""
+    import yaml
+
+    return isinstance(yaml.safe_load(path.read_text()), list)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
 def test_every_shipped_config_loads_and_validates(path):
+    if _is_library(path):  # e.g. configs/real_model/ifeval_principles.yaml, read by principles.library_file
+        from selfsteer.principles.library import load_library
+
+        assert load_library(path), path
+        return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
     # Loading is total: every section is the typed dataclass, not an OmegaConf container.

@@ -8,7 +8,7 @@ import pytest
 
 from selfsteer.algorithms.pair_filter import FILTER_KEYS
 from selfsteer.algorithms.sso import REQUIRED_KEYS
-from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, generation_dict, scoring_rows, training_items
+from selfsteer.data.triples import SSO_ROWS, Triple, drop_reason, scoring_rows, training_items
 from selfsteer.engines.base import Generation
 
 
@@ -146,6 +146,4 @@ def test_record_has_the_paper_online_fields():
     assert json.loads(json.dumps(record)) == record  # one JSONL line as written
 
 
-def test_generation_dict():
-    g = _gen("hi", [5, 3], [1, 2])
-    assert generation_dict(g) == {"text": "hi", "token_ids": [5, 3], "finish_reason": "stop", "prompt_ids": [1, 2]}
+

@@ -1,4 +1,5 @@
-"""HFBackend on the toy model: request order, padding-invariant greedy, finish reasons, seeds, stops, weights."""
+"""HFBackend on the toy model: padding-invariant greedy, chunked request order, stops, weights, the
+backend registry. The contract every backend keeps: tests/engines/test_engine_contract.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
+from tests.helpers import stop_word
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -116,62 +118,9 @@ def test_greedy_equals_model_generate(engine, sharp_path, prompt_ids):
         assert out.text == engine.tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_finish_reason_length(engine, prompt_ids):
-    for n in (1, 7):
-        out = engine.generate(prompt_ids[:2], [Sampling(temperature=0.0, max_new_tokens=n)] * 2)
-        for o in out:
-            assert o.finish_reason == "length"
-            assert len(o.token_ids) == n
-            assert engine.tokenizer.eos_token_id not in o.token_ids
-
-
-def test_max_new_tokens_is_capped_by_the_context_size(engine):
-    # max_position_embeddings is 512: a 508-token prompt leaves room for 4 new tokens.
-    ids = [engine.tokenizer.convert_tokens_to_ids("tea")] * 508
-    out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=50)])[0]
-    assert out.finish_reason == "length" and len(out.token_ids) == 4
-
-
-def test_eos_ends_with_stop_and_is_kept_in_tokens_not_text(toy_path):
-    from selfsteer.engines.hf_engine import HFBackend
-
-    # The plain toy model (tied, 0.02 init) repeats its last token: a context ending in <|im_end|>
-    # makes it emit <|im_end|> at once.
-    engine = HFBackend(str(toy_path))
-    eos = engine.tokenizer.eos_token_id
-    ids = encode_chat(engine.tokenizer, "hi")
-    outs = engine.generate([ids + [eos], ids], [Sampling(temperature=0.0, max_new_tokens=6)] * 2)
-    assert outs[0].token_ids == [eos] and outs[0].finish_reason == "stop" and outs[0].text == ""
-    assert outs[1].finish_reason == "length" and len(outs[1].token_ids) == 6  # batched with the early stop
-
-
-def test_sampling_with_seed_is_reproducible(engine, prompt_ids):
-    def run(seed):
-        sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=seed)
-        return [o.token_ids for o in engine.generate(prompt_ids, [sampling] * len(prompt_ids))]
-
-    first = run(3)
-    torch.manual_seed(999)  # global RNG state in between must not matter
-    assert run(3) == first
-    assert run(4) != first
-    greedy = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
-    assert first != greedy
-
-
-def _stop_word(text: str) -> tuple[str, int]:
-    """A word from the middle of `text` whose first occurrence (as a substring) is that word."""
-    words = text.split()
-    for k in range(2, len(words)):
-        word = words[k]
-        start = len(" ".join(words[:k])) + 1
-        if len(word) >= 3 and text.find(word) == start:
-            return word, start
-    raise AssertionError(f"no usable stop word in {text!r}")
-
-
 def test_stop_string_cuts_text(engine, prompt_ids):
     full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    word, start = _stop_word(full.text)
+    word, start = stop_word(full.text)
     stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
                               [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
     assert stopped[0].finish_reason == "stop"
@@ -183,16 +132,9 @@ def test_stop_string_cuts_text(engine, prompt_ids):
         assert stopped[1].text == other.text and stopped[1].finish_reason == other.finish_reason
 
 
-def test_stop_string_absent_changes_nothing(engine, prompt_ids):
-    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    out = engine.generate([prompt_ids[0]], [Sampling(temperature=0.0, max_new_tokens=12, stop=("zebra",))])[0]
-    assert "zebra" not in full.text
-    assert (out.text, out.token_ids, out.finish_reason) == (full.text, full.token_ids, full.finish_reason)
-
-
 def test_stop_string_token_ids_are_a_prefix_of_the_full_generation(engine, prompt_ids):
     full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    word, _ = _stop_word(full.text)
+    word, _ = stop_word(full.text)
     # Batched with a row that runs on, so HF keeps stepping after row 0 stopped.
     stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
                               [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)[0]
@@ -256,15 +198,6 @@ def test_bucket_flats_refuse_a_plan_that_does_not_match(engine):
     layout = [(n, tuple(p.shape), p.dtype) for n, p in engine.named_parameters()]
     assert engine.bucket_flats(plan_buckets(layout[1:], 1 << 20)) is None  # a parameter missing
     assert engine.bucket_flats(plan_buckets([(n, s, torch.float16) for n, s, _ in layout], 1 << 20)) is None
-
-
-def test_named_parameters_match_the_checkpoint(engine, sharp_path):
-    from safetensors.torch import load_file
-
-    stored = load_file(sharp_path / "model.safetensors")
-    params = dict(engine.named_parameters())
-    assert params.keys() == stored.keys()
-    assert all(torch.equal(params[n], stored[n]) for n in stored)
 
 
 def test_backend_registry():

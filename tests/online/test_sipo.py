@@ -23,7 +23,8 @@ def test_mod_decoding_matches_the_fused_greedy_definition(two_policies, weight):
     """Batched, left-padded, KV-cached MOD == token-by-token argmax of fuse_logits over full forwards."""
     from transformers import AutoModelForCausalLM
 
-    from selfsteer.engines.mod import MODBackend, mod_greedy_reference
+    from selfsteer.engines.mod import MODBackend
+    from tests.helpers import mod_greedy_reference
 
     path_a, path_b = two_policies
     engine = MODBackend(path_a, max_batch_size=8)

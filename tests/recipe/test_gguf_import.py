@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from selfsteer.tools.gguf_import import GGUFImportError, import_gguf, load_gguf, saved_tensor_names
+from selfsteer.tools.gguf_import import GGUFImportError, import_gguf, load_gguf
 from tests.recipe.conftest import smollm2_gguf
 
 PROMPTS = ["Why do we have leap years?", "Write a haiku about rain.", "What is 2 + 3?"]
@@ -25,7 +25,12 @@ def _greedy(model, tokenizer, prompt: str, n: int = 6) -> list[int]:
 def test_import_gguf_round_trip_is_tied_and_generates_like_the_gguf_model(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    names = saved_tensor_names(smollm2_dir)
+    from safetensors import safe_open
+
+    names = []  # every tensor in the directory's safetensors files (a tied weight appears once)
+    for file in sorted(smollm2_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as fh:
+            names.extend(fh.keys())
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names  # one tied tensor
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["use_cache"] is True

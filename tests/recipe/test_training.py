@@ -7,7 +7,8 @@ import pytest
 from selfsteer.data.chat import encode_chat
 from selfsteer.data.triples import scoring_rows
 from selfsteer.recipe.settings import recipe_config
-from selfsteer.recipe.training import _chunks, _keys, _steps, _triples
+from selfsteer.recipe.training import _chunks, _keys, _triples
+from selfsteer.training.steps import equal_shards, optimizer_steps
 
 SSO = {"prompt": "what is 3 plus 4 ?", "uuid": "u1", "row": 0, "p_system": "be logical .",
        "n_system": "be illogical .", "chosen": "3 plus 4 is 7 .", "rejected": "it is a cat .", "raw": "7 ."}
@@ -67,4 +68,7 @@ def test_chunks_hold_whole_optimizer_steps():
     chunks = _chunks(items, step_examples=2 * 2 * 4)  # 2 ranks x micro 2 x accum 4
     assert all(len(c) == 256 for c in chunks[:-1]) and sum(map(len, chunks)) == 1000
     # Per chunk steps add up to the steps of one pass over everything (the LR schedule's length).
-    assert sum(_steps(len(c) // 2, TC) for c in chunks) == _steps(1000 // 2, TC) == 63
+    assert sum(optimizer_steps(len(c) // 2, TC) for c in chunks) == optimizer_steps(1000 // 2, TC) == 63
+    # 500 per rank: 250 micro-batches, 62 full groups of 4 and a short one that steps too.
+    assert optimizer_steps(7, TC) == 1 and optimizer_steps(9, TC) == 2 and optimizer_steps(0, TC) == 0
+    assert equal_shards(1001, 2) == 1000 and equal_shards(5, 4) == 4 and equal_shards(3, 4) == 0

@@ -52,7 +52,7 @@ def _no_template_model(toy_model_path, dest):
     return dest
 
 
-@pytest.mark.parametrize("case", ["library", "no_template", "missing_model", "bad_prompts", "non_utf8",
+@pytest.mark.parametrize("case", ["library", "no_template", "missing_model", "missing_oracle", "bad_prompts", "non_utf8",
                                   "too_few_prompts", "output_under_a_file", *(
                                       [] if torch.cuda.is_available() else ["trainer_cuda", "rollout_cuda"])])
 def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, capsys, toy_model_path, case):
@@ -68,6 +68,8 @@ def test_bad_inputs_exit_2_naming_the_file_or_key(tmp_path, capsys, toy_model_pa
         words, named = [f"model.policy={model}"], "chat template"
     elif case == "missing_model":
         words, named = [f"model.policy={tmp_path / 'nowhere'}"], "model.policy"
+    elif case == "missing_oracle":  # a method's own model directory is checked before Ray starts too
+        words, named = ["algo=sepo", f"sepo.oracle_path={tmp_path / 'no-oracle'}"], "sepo.oracle_path="
     elif case == "bad_prompts":
         prompts.write_text('{"prompt": "ok"}\n{"prompt": \n')
         words, named = [f"data.prompts={prompts}"], f"{prompts}: line 2"
