@@ -40,7 +40,7 @@ class ModelConfig:
     "task" the alignment task's SFT start model (see `task`)."""
 
     policy: str = "toy"  # the model trained: a local HF directory, toy or task
-    # None: the reference is a frozen copy of the policy the run started from (spec §1).
+    # None: the reference is a frozen copy of the policy the run started from (docs/concepts/sso.md §1).
     reference: Optional[str] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False  # run a model repository's own Python code; off unless you trust it
@@ -70,7 +70,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Spec §7: T 0.7, top_p 0.8 for y+, y-, y^o; max_new_tokens is capped by context size."""
+    """SSO sampling (docs/concepts/sso.md §7): T 0.7, top_p 0.8 for y+, y-, y^o; max_new_tokens is capped by
+    context size."""
 
     temperature: float = 0.7  # sampling temperature for y+, y- (and y^o unless raw_greedy); 0 is greedy
     top_p: float = 0.8  # nucleus sampling mass
@@ -146,7 +147,7 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """SSO loss settings (spec §5); defaults are the paper's online run (§3)."""
+    """SSO loss settings (docs/concepts/sso.md §5); defaults are the paper's online run (docs/concepts/sso.md §3)."""
 
     variant: str = "v1"  # v1: the paper's online loss W*(L_b + G); v2: AutoAlign's (no bare-prompt pair)
     base: str = "ipo"  # ipo (on per-token means) | dpo (on sums): the base preference loss

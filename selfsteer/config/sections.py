@@ -55,7 +55,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SelfContrastConfig:
-    """`algo: self_contrast` (shared/spec/self_contrast.md): y* vs k embedding-selected own samples."""
+    """`algo: self_contrast` (docs/concepts/self-contrast.md): y* vs k embedding-selected own samples."""
 
     target_field: str = "response"  # the SFT answer y* in the prompts file (toy data has one)
     n_samples: int = 32  # answers sampled per prompt (the paper: 32)
@@ -77,7 +77,7 @@ class SelfContrastConfig:
 
 @dataclass(frozen=True)
 class SepoConfig:
-    """`algo: sepo` (shared/spec/sepo.md): oracle token rewards pick the tokens the policy trains on."""
+    """`algo: sepo` (docs/concepts/sepo.md): oracle token rewards pick the tokens the policy trains on."""
 
     oracle_path: Optional[str] = None  # a DPO-trained oracle (HF dir); else one is trained and cached
     oracle_pairs: Optional[str] = None  # JSONL prompt/chosen/rejected to train it on (toy: built-in pairs)
@@ -136,9 +136,9 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PairsConfig:
     """Which of a round's SSO/DPO pairs the trainer sees: remedies for an eroding self-generated
-    signal (README "Signal health"). Defaults keep every pair the spec keeps."""
+    signal (docs/guide/signal-health.md). Defaults keep every pair the spec keeps."""
 
-    filter: str = "none"  # none | v1: spec sso.md §7's optional filter, on the reference's log-probs
+    filter: str = "none"  # none | v1: the optional filter of docs/concepts/sso.md §7, on the reference's log-probs
     drop_similar: float = 1.0  # drop pairs whose y+/y- similarity (difflib ratio) is >= this; 1.0: identical only
     replay: float = 0.0  # per new pair, this many pairs drawn from earlier rounds (0: none)
     replay_rounds: int = 4  # how many earlier rounds the replay draws from
@@ -153,7 +153,7 @@ class PairsConfig:
 
 @dataclass(frozen=True)
 class SipoConfig:
-    """`algo: sipo` (shared/spec/sipo.md): MOD candidates of two policies, Pareto-filtered on
+    """`algo: sipo` (docs/concepts/sipo.md): MOD candidates of two policies, Pareto-filtered on
     implicit rewards, re-align both. Stage 0 DPO-trains pi_A0 and pi_B0 from the start model."""
 
     weights: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # W: one greedy MOD candidate per w (w multiplies A)
