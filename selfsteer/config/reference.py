@@ -31,6 +31,7 @@ them by section (`trainer: {lr: 1.0e-6}`), and the command line overrides them w
 names (`selfsteer run CONFIG trainer.lr=1e-6`); an unknown key, a wrong type or an invalid value
 stops the run before Ray starts, naming the key and the file. See [Configuration](../guide/configuration.md)
 for the shipped config files and how to point a run at your own models and data.
+
 """
 
 
