@@ -1,4 +1,4 @@
-"""Online rounds, one module per method, on the same actors (specs in shared/spec/).
+"""Online rounds, one module per method, on the same actors (the methods: docs/concepts/).
 
 Each module has `start(cfg, roles, inputs)` (its extra actors and round state, if any) and
 `run_round(cfg, roles, inputs, r, run_dir) -> metrics`; the driver picks one by `cfg.algo`.
