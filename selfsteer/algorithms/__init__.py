@@ -1,1 +1,1 @@
-"""Pure, Ray-free loss and selection functions (see ../shared/spec/)."""
+"""Pure, Ray-free loss and selection functions (the formulas: docs/concepts/)."""

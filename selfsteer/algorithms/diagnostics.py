@@ -1,7 +1,7 @@
 """Gold-free health signals of a round's self-generated preference data (no reward model needed).
 
 The SSO signal lives while y+ really differs from y- and each principle still steers the policy
-(alignment_benchmark_notes.md: adherence to the bad principle erodes and pairs become identical).
+(docs/benchmarks/alignment.md, "Design notes": adherence to the bad principle erodes and pairs become identical).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def pair_similarity(chosen: list[str], rejected: list[str], raw: list[str]) -> d
 
 
 def steering_gaps(avg_logps: dict[str, float]) -> dict[str, float]:
-    """Gaps of per-token policy log-probs A(y|c) (spec sso.md §7 filter), from the trainer's scores.
+    """Gaps of per-token policy log-probs A(y|c) (docs/concepts/sso.md §7 filter), from the trainer's scores.
 
     Positive `gap_chosen` = the good principle still makes y+ likelier than the bad one does;
     `chosen_over_bare` > 0 = y+ is something the unprompted policy has not yet absorbed.

@@ -1,7 +1,7 @@
 """Plain sigmoid DPO: the per-pair loss shared by Self-Contrast and SIPO, and `dpo_loss` for the trainer.
 
-Specs: ``shared/spec/self_contrast.md`` §2 (TRL sigmoid DPO) and
-``shared/spec/sipo.md`` §2 (re-alignment DPO term), ``shared/spec/sso.md`` §4 (the recipe's
+Specs: ``docs/concepts/self-contrast.md`` §2 (TRL sigmoid DPO) and
+``docs/concepts/sipo.md`` §2 (re-alignment DPO term), ``docs/concepts/sso.md`` §4 (the recipe's
 phase-5 DPO). Pure torch; only `dpo_loss` reduces (batch mean).
 """
 
@@ -68,7 +68,7 @@ def dpo_loss(policy: dict[str, Tensor], reference: dict[str, Tensor], lengths: d
              beta: float = 0.1) -> tuple[Tensor, dict[str, float]]:
     """Plain sigmoid DPO on (chosen, rejected) pairs, in the trainer's loss-registry signature.
 
-    The recipe's phase 5 (spec ``shared/spec/sso.md`` §4): DPO with ``beta`` 0.1 of the original
+    The recipe's phase 5 (``docs/concepts/sso.md`` §4): DPO with ``beta`` 0.1 of the original
     policy on the SSO generator's pairs, both scored under the bare prompt.
 
     Args:

@@ -76,7 +76,7 @@ def _load(path: str):
 
 
 def sso_keys(cfg) -> list[str]:
-    """The SSO variant's rows (spec §5), in SSO_ROWS order."""
+    """The SSO variant's rows (docs/concepts/sso.md §5), in SSO_ROWS order."""
     from selfsteer.algorithms.sso import REQUIRED_KEYS
     from selfsteer.data.triples import SSO_ROWS
 

@@ -1,6 +1,6 @@
 """Self-Contrast: negative selection and multi-negative DPO loss.
 
-Spec ``shared/spec/self_contrast.md`` §2 (formulas as implemented by
+``docs/concepts/self-contrast.md`` §2 (formulas as implemented by
 THUDM/Self-Contrast, mode ``lastdedup``) and §3 (this API). Pure torch and
 ``random``; no model calls, no Ray, no I/O.
 """
@@ -23,7 +23,7 @@ _COS_EPS = 1e-8
 
 
 def cosine_similarities(target: Tensor, candidates: Tensor) -> Tensor:
-    """Cosine similarity of each candidate to ``target`` (spec §2).
+    """Cosine similarity of each candidate to ``target`` (docs/concepts/self-contrast.md §2).
 
     ``s_i = e*·e_i / max(‖e*‖ ‖e_i‖, 1e-8)`` on raw float32 embeddings: the
     eps clamps the *product* of norms, as in the official code.
@@ -44,7 +44,7 @@ def cosine_similarities(target: Tensor, candidates: Tensor) -> Tensor:
 
 
 def _unique_indices(candidates: Tensor, texts: Sequence[str] | None, dup_threshold: float) -> list[int]:
-    """Rollout-order indices of first occurrences (spec §2 step 1)."""
+    """Rollout-order indices of first occurrences (docs/concepts/self-contrast.md §2 step 1)."""
     if texts is not None:
         seen: set[str] = set()
         out = []
@@ -74,7 +74,7 @@ def select_negatives(
     texts: Sequence[str] | None = None,
     dup_threshold: float = 1.0 - 1e-6,
 ) -> list[int]:
-    """Picks ``k`` negatives for one prompt, official ``lastdedup`` mode (spec §2–§3).
+    """Picks ``k`` negatives for one prompt, official ``lastdedup`` mode (docs/concepts/self-contrast.md §2–§3).
 
     Ranks the samples by similarity to the SFT target, removes duplicates,
     drops the most target-like uniques (they may be as good as ``y*``), drops
@@ -120,18 +120,18 @@ def select_negatives(
         raise ValueError(f"{len(texts)} texts for {n} candidate embeddings")
 
     sims = cosine_similarities(target_embedding, candidate_embeddings)
-    # ρ_i = #{j : s_j < s_i} over all N samples: ties share the lower rank (§6.1).
+    # ρ_i = #{j : s_j < s_i} over all N samples: ties share the lower rank (docs/concepts/self-contrast.md §6.1).
     ranks = (sims[None, :] < sims[:, None]).sum(-1).tolist()
 
     uniques = _unique_indices(candidate_embeddings, texts, dup_threshold)
     if not uniques:
         return []
-    # Pre-dedup N (§6.2); the U - 1 cap always drops the most similar unique.
+    # Pre-dedup N (docs/concepts/self-contrast.md §6.2); the U - 1 cap always drops the most similar unique.
     n_keep = min(math.floor(n * (1.0 - drop_fraction) + 1e-9), len(uniques) - 1)
     tau = sorted(ranks[i] for i in uniques)[n_keep]
     kept = [i for i in uniques if ranks[i] < tau]  # boundary ties all dropped
     if texts is not None:
-        # Empties are removed only now: they already took slots in the cut (§6.3).
+        # Empties are removed only now: they already took slots in the cut (docs/concepts/self-contrast.md §6.3).
         kept = [i for i in kept if texts[i].lstrip(" ") != ""]
     if len(kept) < k:
         return []
@@ -147,11 +147,11 @@ def multi_negative_dpo_loss(
     beta: float = 0.1,
     negative_mask: Tensor | None = None,
 ) -> Tensor:
-    """Mean sigmoid-DPO loss over all valid (target, negative) pairs (spec §2–§3).
+    """Mean sigmoid-DPO loss over all valid (target, negative) pairs (docs/concepts/self-contrast.md §2–§3).
 
     ``ℓ_bj = softplus(-β[(πc_b - rc_b) - (πr_bj - rr_bj)])`` and the result is
     the mean of ``ℓ_bj`` over valid pairs: per-pair *losses* are averaged, not
-    negative log-ratios inside one sigmoid (spec §4 shows the difference).
+    negative log-ratios inside one sigmoid (docs/concepts/self-contrast.md §4 shows the difference).
 
     Args:
         pi_chosen: Policy summed log-probs of ``y*``, ``[B]``.

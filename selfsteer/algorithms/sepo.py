@@ -1,6 +1,6 @@
 """SePO (Selective Preference Optimization): token rewards, selection, loss.
 
-Spec ``shared/spec/sepo.md`` §2 (formulas as implemented by SteveKGYang/SePO)
+``docs/concepts/sepo.md`` §2 (formulas as implemented by SteveKGYang/SePO)
 and §3 (this API). Pure torch; no model calls, no Ray.
 
 Convention: ``[B, T]`` tensors whose column ``t`` holds
@@ -30,7 +30,7 @@ def _check_pair(values: Tensor, mask: Tensor, vname: str, mname: str) -> None:
 
 
 def token_rewards(oracle_token_logps: Tensor, ref_token_logps: Tensor, mask: Tensor) -> Tensor:
-    """Per-token reward ``r_t = log π_o(y_t|·) - log π_ref(y_t|·)`` (spec §2).
+    """Per-token reward ``r_t = log π_o(y_t|·) - log π_ref(y_t|·)`` (docs/concepts/sepo.md §2).
 
     No β: a positive scale would not change the ranking that selection uses.
 
@@ -55,7 +55,7 @@ def token_rewards(oracle_token_logps: Tensor, ref_token_logps: Tensor, mask: Ten
 
 
 def sequence_reward(token_rewards: Tensor, mask: Tensor) -> Tensor:
-    """Sequence reward ``Σ_{t∈mask} r_t`` (spec §1: online ``oracle`` pair labelling).
+    """Sequence reward ``Σ_{t∈mask} r_t`` (docs/concepts/sepo.md §1: online ``oracle`` pair labelling).
 
     Args:
         token_rewards: ``[B, T]``, e.g. from :func:`token_rewards`.
@@ -73,7 +73,7 @@ def sequence_reward(token_rewards: Tensor, mask: Tensor) -> Tensor:
 
 
 def select_tokens(token_rewards: Tensor, mask: Tensor, *, fraction: float = 0.3, largest: bool) -> Tensor:
-    """Selects the top (chosen) or bottom (rejected) reward tokens per row (spec §2–§3).
+    """Selects the top (chosen) or bottom (rejected) reward tokens per row (docs/concepts/sepo.md §2–§3).
 
     Per row: ``n = mask.sum()``, ``k = 0`` if ``n == 0`` else
     ``max(1, int(fraction * n))`` (float64 product, truncated, as in the
@@ -134,7 +134,7 @@ def sepo_loss(
     beta: float = 1.0,
     gamma: float = 0.0,
 ) -> Tensor:
-    """Reference-free SePO loss on the selected tokens (spec §2–§3).
+    """Reference-free SePO loss on the selected tokens (docs/concepts/sepo.md §2–§3).
 
     ``m = Σ_{t∈S} log π_θ(y_t) / |S|`` per response and
     ``L = mean_b softplus(-(β (m_c - m_r) - γ))``. The defaults β=1, γ=0

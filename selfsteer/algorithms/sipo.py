@@ -1,6 +1,6 @@
 """SIPO (Self-Improvement towards Pareto Optimality): MOD fusion, filters, loss.
 
-Spec ``shared/spec/sipo.md`` §2 (formulas as implemented by zyttt-coder/SIPO)
+``docs/concepts/sipo.md`` §2 (formulas as implemented by zyttt-coder/SIPO)
 and §3 (this API). Pure torch; no model calls, no Ray.
 """
 
@@ -28,7 +28,7 @@ def _check_same_shape(a: Tensor, b: Tensor, aname: str, bname: str) -> None:
 
 
 def fuse_logits(logits_a: Tensor, logits_b: Tensor, weight: float) -> Tensor:
-    """MOD next-token logits ``w·z_A + (1-w)·z_B`` (spec §2, ``f_type=reverse_kl``).
+    """MOD next-token logits ``w·z_A + (1-w)·z_B`` (docs/concepts/sipo.md §2, ``f_type=reverse_kl``).
 
     Both vocabularies are truncated to the smaller one. Fusing raw logits or
     log-softmaxes gives the same argmax and softmax (they differ by a constant).
@@ -60,7 +60,7 @@ def fuse_logits(logits_a: Tensor, logits_b: Tensor, weight: float) -> Tensor:
 
 
 def implicit_rewards(policy_logps: Tensor, sft_logps: Tensor, *, beta: float = 0.1) -> Tensor:
-    """DPO implicit reward ``R_j(x, y) = β(log π_j(y|x) - log π_sft(y|x))`` (spec §2).
+    """DPO implicit reward ``R_j(x, y) = β(log π_j(y|x) - log π_sft(y|x))`` (docs/concepts/sipo.md §2).
 
     Args:
         policy_logps: Summed response log-probs (incl. EOS) under ``π_j``, any shape.
@@ -81,7 +81,7 @@ def implicit_rewards(policy_logps: Tensor, sft_logps: Tensor, *, beta: float = 0
 
 
 def pareto_filter(candidate_rewards: Tensor, original_rewards: Tensor) -> Tensor:
-    """Candidates that strictly beat every original on every reward model (spec §2).
+    """Candidates that strictly beat every original on every reward model (docs/concepts/sipo.md §2).
 
     Args:
         candidate_rewards: ``[..., N, M]``, M reward models (A⁰, B⁰, soups).
@@ -105,7 +105,7 @@ def pareto_filter(candidate_rewards: Tensor, original_rewards: Tensor) -> Tensor
 
 
 def select_pareto_best(candidate_rewards: Tensor, mask: Tensor) -> int | None:
-    """Index of the passing candidate with the largest reward sum (spec §2).
+    """Index of the passing candidate with the largest reward sum (docs/concepts/sipo.md §2).
 
     At most one candidate per prompt is kept.
 
@@ -134,7 +134,7 @@ def select_pareto_best(candidate_rewards: Tensor, mask: Tensor) -> int | None:
 
 
 def keep_rewrite(rewrite_rewards: Tensor, mod_rewards: Tensor) -> Tensor:
-    """Keep the rewrite ``y'`` over its MOD sample ``y`` (spec §2, §6.5).
+    """Keep the rewrite ``y'`` over its MOD sample ``y`` (docs/concepts/sipo.md §2, §6.5).
 
     Args:
         rewrite_rewards: ``[N, M]`` rewards of the rewrites (M = 2: A⁰, B⁰).
@@ -162,7 +162,7 @@ def sipo_loss(
     beta: float = 0.1,
     alpha: float = 0.1,
 ) -> Tensor:
-    """Re-alignment loss: sigmoid DPO + length-normalised NLL of the chosen (spec §2).
+    """Re-alignment loss: sigmoid DPO + length-normalised NLL of the chosen (docs/concepts/sipo.md §2).
 
     ``L = mean_b [softplus(-β((πc - rc) - (πr - rr))) - α·πc/ℓ_c]``.
 
@@ -172,7 +172,7 @@ def sipo_loss(
         ref_chosen_logps: Reference (``π_X⁰``) sums of ``c``, ``[B]`` (detached).
         ref_rejected_logps: Reference sums of the rejected, ``[B]`` (detached).
         chosen_lengths: ``ℓ_c > 0``, ``[B]`` (int or float): chosen response
-            tokens incl. EOS; pass the official padded length for parity (§6.1).
+            tokens incl. EOS; pass the official padded length for parity (docs/concepts/sipo.md §6.1).
         beta: DPO inverse temperature, ``> 0``.
         alpha: NLL weight (official script default 1, spec value 0.1).
 

@@ -1,4 +1,4 @@
-"""SSO (Self-Steering Optimization) losses: spec ``shared/spec/sso.md`` §2–§5.
+"""SSO (Self-Steering Optimization) losses: ``docs/concepts/sso.md`` §2–§5.
 
 Pure tensor functions; no model calls. Inputs are per-example *summed*
 response log-probs ``S`` (policy with grad, reference frozen) and token
@@ -17,13 +17,13 @@ __all__ = ["BASES", "REQUIRED_KEYS", "pair_rewards", "preference_loss", "sso_los
 
 BASES = ("dpo", "ipo")
 
-#: Score keys each variant reads (spec §5 table); any other key is ignored.
+#: Score keys each variant reads (docs/concepts/sso.md §5 table); any other key is ignored.
 REQUIRED_KEYS: dict[str, frozenset[str]] = {
     "v1": frozenset({"chosen", "rejected", "chosen_pos", "rejected_pos", "raw_neg", "chosen_neg"}),
     "v2": frozenset({"chosen_pos", "rejected_pos", "raw_neg", "chosen_neg"}),
 }
 
-# pair -> (winner key, loser key, metric prefix). The x- pair is y^o ≻ y+ (§3).
+# pair -> (winner key, loser key, metric prefix). The x- pair is y^o ≻ y+ (docs/concepts/sso.md §3).
 _PAIRS = {
     "base": ("chosen", "rejected", "rewards/"),
     "pos": ("chosen_pos", "rejected_pos", "rewards_pos/"),
@@ -68,7 +68,7 @@ def preference_loss(
     beta: float,
     kind: str,
 ) -> Tensor:
-    """Per-example base preference loss (spec §2), no reduction.
+    """Per-example base preference loss (docs/concepts/sso.md §2), no reduction.
 
     With ``h = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)``:
     ``dpo`` is ``softplus(-beta * h)`` (= ``-log σ(beta h)``, stable for large
@@ -112,7 +112,7 @@ def pair_rewards(
     beta: float,
     prefix: str = "rewards/",
 ) -> dict[str, float]:
-    """Implicit-reward metrics of one preference pair (spec §2), detached.
+    """Implicit-reward metrics of one preference pair (docs/concepts/sso.md §2), detached.
 
     Args:
         pi_chosen, pi_rejected: Policy scores of the pair, shape ``[B]`` each.
@@ -179,7 +179,7 @@ def sso_loss(
     use_g: bool = True,
     sft_gamma: float = 0.1,
 ) -> tuple[Tensor, dict[str, float]]:
-    """SSO training loss, v1 (spec §3) or v2 (spec §4); API per spec §5.
+    """SSO training loss, v1 (docs/concepts/sso.md §3) or v2 (§4); API per §5.
 
     v1: ``mean(W * (L_b + G))`` with ``G = g_beta (L_p + L_n)`` and
     ``W = σ(-(w_alpha A(y+|x) + (1 - w_alpha) A(y-|x)))``; ``use_g`` / ``use_w``
@@ -203,7 +203,7 @@ def sso_loss(
 
     Returns:
         ``(loss, metrics)``: scalar loss (≥ float32, differentiable w.r.t.
-        ``policy``) and python-float metrics (spec §5 key list).
+        ``policy``) and python-float metrics (docs/concepts/sso.md §5 key list).
 
     Raises:
         KeyError: A required key is missing (message names it).
@@ -216,7 +216,7 @@ def sso_loss(
     _check_beta(beta)
     pol, ref, n = _gather(policy, reference, lengths, sorted(REQUIRED_KEYS[variant]))
     # W and SFT always use policy averages; preference terms use A only for ipo
-    # (LLaMA-Factory rule, spec §1).
+    # (LLaMA-Factory rule, docs/concepts/sso.md §1).
     avg = {k: pol[k] / n[k] for k in pol}
     pi, rho = (avg, {k: ref[k] / n[k] for k in ref}) if base == "ipo" else (pol, ref)
 

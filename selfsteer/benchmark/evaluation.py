@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from selfsteer.config.sections import EvalSettings  # noqa: F401  (the benchmark's settings type)
+from selfsteer.config.sections import EvalConfig as EvalSettings  # one settings type: `eval.*` (its `every` unused here)
 from selfsteer.toy import task as T
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling

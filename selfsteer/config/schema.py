@@ -25,14 +25,14 @@ from selfsteer.config.sections import (  # noqa: F401  (re-exported: `from selfs
 class ToyModelConfig:
     """The tiny Llama model built locally when `model.policy` is "toy" (see selfsteer.toy)."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    max_position_embeddings: int = 512
-    tie_word_embeddings: bool = True
-    seed: int = 0
+    hidden_size: int = 64  # width of the toy Llama (the alignment task's start model uses 128)
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 4  # attention heads (vLLM CPU kernels need head size >= 32)
+    num_kv_heads: int = 2  # grouped-query KV heads, as in the real models the toy stands in for
+    intermediate_size: int = 128  # SwiGLU MLP width
+    max_position_embeddings: int = 512  # context length: prompt plus response tokens
+    tie_word_embeddings: bool = True  # one embedding/lm_head tensor, as small instruct models ship
+    seed: int = 0  # weight init (and the task model's SFT) seed: the same seed builds the same model
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,11 @@ class ModelConfig:
     """Which weights play which role. Paths are local HF directories; "toy" builds the toy model,
     "task" the alignment task's SFT start model (see `task`)."""
 
-    policy: str = "toy"
-    # None: the reference is a frozen copy of the policy the run started from (spec §1).
+    policy: str = "toy"  # the model trained: a local HF directory, toy or task
+    # None: the reference is a frozen copy of the policy the run started from (docs/concepts/sso.md §1).
     reference: Optional[str] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run a model repository's own Python code; off unless you trust it
     toy: ToyModelConfig = field(default_factory=ToyModelConfig)
     cache_dir: Optional[str] = None  # where the toy model is cached; default ~/.cache/selfsteer
 
@@ -56,11 +56,11 @@ class ModelConfig:
 class DataConfig:
     """Prompt source: a local json/jsonl/parquet file read through `datasets`, or "toy"."""
 
-    prompts: str = "toy"
-    prompt_field: str = "prompt"
+    prompts: str = "toy"  # a local .json/.jsonl/.parquet file, toy (built-in toy prompts) or task
+    prompt_field: str = "prompt"  # the record field holding the prompt text
     id_field: str = "uuid"  # optional per record; the row index is used where absent
-    prompts_per_round: int = 8
-    shuffle: bool = True
+    prompts_per_round: int = 8  # prompts drawn per round (the cursor is checkpointed, so a resume draws the same)
+    shuffle: bool = True  # shuffle the prompts once per pass, seeded by `seed`
     # Prompts whose chat-templated context exceeds this many tokens are skipped and counted.
     max_prompt_tokens: int = 256
 
@@ -71,11 +71,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Spec §7: T 0.7, top_p 0.8 for y+, y-, y^o; max_new_tokens is capped by context size."""
+    """SSO sampling (docs/concepts/sso.md §7): T 0.7, top_p 0.8 for y+, y-, y^o; max_new_tokens is capped by
+    context size."""
 
-    temperature: float = 0.7
-    top_p: float = 0.8
-    max_new_tokens: int = 2048
+    temperature: float = 0.7  # sampling temperature for y+, y- (and y^o unless raw_greedy); 0 is greedy
+    top_p: float = 0.8  # nucleus sampling mass
+    max_new_tokens: int = 2048  # response length cap
     raw_greedy: bool = False  # v2 samples y^o greedily
 
     def __post_init__(self):
@@ -88,10 +89,10 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "hf"  # hf | vllm | auto | hf_mod (HF holding a second policy: SIPO's MOD decoding)
-    num_engines: int = 2
-    num_cpus: float = 1.0  # per engine
-    num_gpus: float = 0.0  # per engine
-    tensor_parallel_size: int = 1
+    num_engines: int = 2  # rollout engine actors; `selfsteer scale` resizes the pool between rounds
+    num_cpus: float = 1.0  # Ray CPUs per engine
+    num_gpus: float = 0.0  # Ray GPUs per engine (per tensor-parallel worker)
+    tensor_parallel_size: int = 1  # vLLM: GPUs per engine (one sync rank per worker)
     device: str = "auto"  # auto | cpu | cuda
     max_batch_size: int = 64  # requests per generate() call inside one engine
     # False: engines keep the start weights, so every round's pairs come from the start model
@@ -127,9 +128,9 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    device: str = "auto"
+    num_cpus: float = 1.0  # Ray CPUs per reference actor
+    num_gpus: float = 0.0  # Ray GPUs per reference actor
+    device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
     micro_batch_size: int = 16  # sequences per forward pass
     packing: bool = True  # shared contexts once, several sequences per row; checked against padded rows at start
     # 0: the start model, fixed for the whole run (the spec). k: after every k-th round's sync the
@@ -147,16 +148,16 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """SSO loss settings (spec §5); defaults are the paper's online run (§3)."""
+    """SSO loss settings (docs/concepts/sso.md §5); defaults are the paper's online run (docs/concepts/sso.md §3)."""
 
-    variant: str = "v1"
-    base: str = "ipo"
-    beta: float = 0.2
-    g_beta: float = 0.1
-    w_alpha: float = 0.66
-    use_w: bool = True
-    use_g: bool = True
-    sft_gamma: float = 0.1
+    variant: str = "v1"  # v1: the paper's online loss W*(L_b + G); v2: AutoAlign's (no bare-prompt pair)
+    base: str = "ipo"  # ipo (on per-token means) | dpo (on sums): the base preference loss
+    beta: float = 0.2  # base beta, also inside the G terms
+    g_beta: float = 0.1  # v1: weight of G (not a beta inside it)
+    w_alpha: float = 0.66  # v1: W's mix of A(y+|x) and A(y-|x) (the paper's script: 0.66)
+    use_w: bool = True  # v1: multiply by W (larger when y+/y- are unlikely on the bare prompt)
+    use_g: bool = True  # v1: add the principle-context pairs G
+    sft_gamma: float = 0.1  # v2: weight of the SFT term
 
     def __post_init__(self):
         _check_choice("loss", "variant", self.variant, ("v1", "v2"))
@@ -169,29 +170,29 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     backend: str = "deepspeed"  # deepspeed | torch (plain torch DDP)
-    num_ranks: int = 2
-    zero_stage: int = 3
-    num_cpus: float = 1.0  # per rank
-    num_gpus: float = 0.0  # per rank
-    device: str = "auto"
+    num_ranks: int = 2  # trainer processes (data-parallel / ZeRO ranks)
+    zero_stage: int = 3  # DeepSpeed ZeRO stage 0-3 (the deepspeed backend only)
+    num_cpus: float = 1.0  # Ray CPUs per rank
+    num_gpus: float = 0.0  # Ray GPUs per rank
+    device: str = "auto"  # auto (cuda when the rank has a GPU) | cpu | cuda
     dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
     # The ranks' own process group (DeepSpeed's all-gathers/reduce-scatters): a collective waiting
     # longer fails the rank (on NCCL its watchdog ends the process). Not sync.timeout_s: a first
     # ZeRO-3 step or a long round can legitimately outlast a stalled weight sync's limit.
     dist_timeout_s: float = 1800.0
-    lr: float = 5e-7
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    lr: float = 5e-7  # peak learning rate (the paper: 5e-7; a >50M model above 1e-5 warns at start)
+    weight_decay: float = 0.1  # AdamW weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (the paper's 0.9, 0.95)
     lr_scheduler: str = "cosine"  # cosine | constant (over the whole run's steps)
     # `--resume rounds=N` past the run's planned rounds: restart = the added rounds get their own
     # warmup + decay from trainer.lr; keep_end = the rate stays where the old schedule ended (0 for cosine).
     extend_schedule: str = "restart"
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # share of the schedule's steps spent warming up
     micro_batch_size: int = 1  # triples per rank per forward/backward
-    grad_accum: int = 16
-    epochs_per_round: int = 1
-    grad_clip: float = 1.0
-    gradient_checkpointing: bool = False
+    grad_accum: int = 16  # micro-batches per optimizer step
+    epochs_per_round: int = 1  # passes over a round's pairs
+    grad_clip: float = 1.0  # gradient-norm clip; 0: none
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     # All (response, context) rows of a micro-batch go through one forward pass; packing runs each
     # distinct context once with all its responses, several per row under a 4D mask (no padding
     # waste), after checking at start that the model scores packed rows as it scores padded ones.
@@ -219,8 +220,8 @@ class TrainerConfig:
 @dataclass(frozen=True)
 class SyncConfig:
     method: str = "collective"  # collective (gloo/nccl broadcast) | object_store
-    bucket_mb: float = 256.0
-    timeout_s: float = 600.0
+    bucket_mb: float = 256.0  # flat bucket size per broadcast (CPU shared memory: 64 suits; CUDA IPC: 256)
+    timeout_s: float = 600.0  # a sync peer that does not join or stalls fails the sync after this long
     # Weight checksums, trainer vs receivers: "first" checks a run's first sync, any sync after an
     # engine restart or a pool change, and the first copy into each other actor (a refreshing
     # reference); "always" every one; "never" none. true/false (older configs) mean always/never.
@@ -240,7 +241,7 @@ class SyncConfig:
 class RayConfig:
     address: Optional[str] = None  # None: start Ray in-process; "auto": attach to a cluster
     num_cpus: Optional[int] = None  # only for an in-process Ray
-    dashboard_host: str = "127.0.0.1"
+    dashboard_host: str = "127.0.0.1"  # unused: the in-process Ray starts without a dashboard and binds loopback
     torch_threads: int = 1  # intra-op threads per actor on CPU; 2 cores are shared by all roles
     # Upper bound on any single remote call (generation, scoring, a training round): a stalled
     # actor becomes an error naming it instead of a silent hang.
@@ -264,10 +265,10 @@ ALGOS = tuple(METHODS)  # the online methods (selfsteer.algorithms.registry)
 
 @dataclass(frozen=True)
 class RunConfig:
-    algo: str = "sso"
-    rounds: int = 3
-    seed: int = 0
-    output_dir: str = "runs/sso"
+    algo: str = "sso"  # sso | dpo | self_contrast | sepo | sipo: which method's rounds run
+    rounds: int = 3  # online rounds (extend a finished run with --resume rounds=N)
+    seed: int = 0  # seeds prompt order, principle draws, sampling and the toy model
+    output_dir: str = "runs/sso"  # the run directory; an existing run there is refused without --resume/--overwrite
     save_every: int = 1  # HF checkpoint every N rounds (the last round is always saved)
     # Resumable trainer state (optimizer included) every N rounds and at the last round; --resume
     # goes back to the last round with one and re-does the rounds after it (exactly).
@@ -279,11 +280,11 @@ class RunConfig:
     # reference and engines share the devices; engines sleep while the trainer trains and take
     # weights through shared memory (CPU) or CUDA IPC handles (GPU).
     placement: str = "separate"
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard event files under output_dir/tensorboard
     # transformers'/datasets' own progress bars (loading weights, writing shards); off keeps the
     # round lines readable, selfsteer's own phase bars and lines stay (runtime.quiet_libraries).
     library_progress_bars: bool = False
-    wandb_project: Optional[str] = None
+    wandb_project: Optional[str] = None  # also log to this Weights & Biases project (needs the wandb extra)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -38,9 +38,9 @@ class TaskConfig:
     or `principles.library_file` is "task". The start model's architecture and seed are `model.toy`'s."""
 
     split_seed: int = 0  # which prompts are held out
-    sft_examples: int = 16000
-    sft_batch_size: int = 16
-    sft_lr: float = 2.0e-3
+    sft_examples: int = 16000  # synthetic conversations the start model is SFT'd on
+    sft_batch_size: int = 16  # start-model SFT batch size
+    sft_lr: float = 2.0e-3  # start-model SFT learning rate
     unprompted_rate: float = 0.5  # P(a rule is met) where no principle names it
     steerability: float = 1.0  # P(the SFT response obeys a principle it was given)
     no_system_rate: float = 0.34  # share of SFT conversations without a system prompt
@@ -55,15 +55,15 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SelfContrastConfig:
-    """`algo: self_contrast` (shared/spec/self_contrast.md): y* vs k embedding-selected own samples."""
+    """`algo: self_contrast` (docs/concepts/self-contrast.md): y* vs k embedding-selected own samples."""
 
     target_field: str = "response"  # the SFT answer y* in the prompts file (toy data has one)
-    n_samples: int = 32
+    n_samples: int = 32  # answers sampled per prompt (the paper: 32)
     k: int = 16  # negatives per prompt; a prompt with fewer usable ones gives no pairs this round
     drop_fraction: float = 0.25  # the most y*-like samples cut before drawing (lastdedup-75)
-    beta: float = 0.1
+    beta: float = 0.1  # DPO beta
     encoder_path: Optional[str] = None  # a sentence-transformers directory; None = packaged all-MiniLM-L6-v2
-    embed_batch_size: int = 64
+    embed_batch_size: int = 64  # texts per encoder forward pass
     num_cpus: float = 0.25  # the embedding actor
 
     def __post_init__(self):
@@ -77,18 +77,18 @@ class SelfContrastConfig:
 
 @dataclass(frozen=True)
 class SepoConfig:
-    """`algo: sepo` (shared/spec/sepo.md): oracle token rewards pick the tokens the policy trains on."""
+    """`algo: sepo` (docs/concepts/sepo.md): oracle token rewards pick the tokens the policy trains on."""
 
     oracle_path: Optional[str] = None  # a DPO-trained oracle (HF dir); else one is trained and cached
     oracle_pairs: Optional[str] = None  # JSONL prompt/chosen/rejected to train it on (toy: built-in pairs)
     oracle_train_pairs: int = 64  # toy pairs when neither of the above is given
-    oracle_beta: float = 0.1
-    oracle_steps: int = 40
-    oracle_lr: float = 1.0e-3
-    oracle_batch_size: int = 8
+    oracle_beta: float = 0.1  # DPO beta of the oracle's training
+    oracle_steps: int = 40  # optimizer steps of the oracle's training
+    oracle_lr: float = 1.0e-3  # learning rate of the oracle's training
+    oracle_batch_size: int = 8  # pairs per oracle training step
     fraction: float = 0.3  # share of each response's tokens kept (top for chosen, bottom for rejected)
     beta: float = 1.0  # the released code's effective values: beta 1, no margin
-    gamma: float = 0.0
+    gamma: float = 0.0  # margin inside the loss: softplus(-(beta*(m_c - m_r) - gamma))
     num_cpus: float = 0.25  # the oracle actor (and its one-off training task)
 
     def __post_init__(self):
@@ -103,10 +103,10 @@ class SignalConfig:
     """Watch one gold-free signal metric; alert (and optionally stop) once it is out of bounds for
     `patience` rounds in a row. Default: alert when most y+/y- pairs come out identical."""
 
-    metric: str = "signal/pair_identical"
-    max_value: Optional[float] = 0.5
-    min_value: Optional[float] = None
-    patience: int = 2
+    metric: str = "signal/pair_identical"  # the metrics.jsonl key watched (any signal/, train/ or data/ metric)
+    max_value: Optional[float] = 0.5  # out of bounds above this (null: no upper bound)
+    min_value: Optional[float] = None  # out of bounds below this (null: no lower bound)
+    patience: int = 2  # rounds in a row out of bounds before the alert
     early_stop: bool = False  # end the run (after saving the round) instead of only alerting
 
     def __post_init__(self):
@@ -114,41 +114,31 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """How the alignment task's held-out prompts are answered and scored (selfsteer.benchmark.evaluation),
-    during a run (`eval.*`) and by the benchmark alike."""
+class EvalConfig:
+    """Gold evaluation during a run (selfsteer.online.gold_eval): the rollout engines answer the
+    alignment task's held-out prompts with the weights they hold, and the task's program scores
+    them. Needs `data.prompts: task` (held-out prompts never seen in training)."""
 
+    every: int = 0  # score the start weights, then every N-th round and the last; 0: off
     prompts: int = 96  # held-out prompts, kinds in equal shares (the alignment benchmark's set)
     samples: int = 4  # sampled answers per prompt (besides one greedy answer)
     temperature: float = 1.0  # the policy's own distribution, not the rollouts' sharpened one
-    max_new_tokens: int = 32
-    seed: int = 1234
+    max_new_tokens: int = 32  # answer length cap
+    seed: int = 1234  # seeds the sampled answers, so rounds compare alike
 
     def __post_init__(self):
+        _check_positive("eval", "every", self.every, allow_zero=True)
         for name in ("prompts", "samples", "max_new_tokens"):
             _check_positive("eval", name, getattr(self, name))
         _check_positive("eval", "temperature", self.temperature, allow_zero=True)
 
 
 @dataclass(frozen=True)
-class EvalConfig(EvalSettings):
-    """Gold evaluation during a run (selfsteer.online.gold_eval): the rollout engines answer the
-    alignment task's held-out prompts with the weights they hold, and the task's program scores
-    them. Needs `data.prompts: task` (held-out prompts never seen in training)."""
-
-    every: int = 0  # score the start weights, then every N-th round and the last; 0: off
-
-    def __post_init__(self):
-        _check_positive("eval", "every", self.every, allow_zero=True)
-        super().__post_init__()
-
-
-@dataclass(frozen=True)
 class PairsConfig:
     """Which of a round's SSO/DPO pairs the trainer sees: remedies for an eroding self-generated
-    signal (README "Signal health"). Defaults keep every pair the spec keeps."""
+    signal (docs/guide/signal-health.md). Defaults keep every pair the spec keeps."""
 
-    filter: str = "none"  # none | v1: spec sso.md §7's optional filter, on the reference's log-probs
+    filter: str = "none"  # none | v1: the optional filter of docs/concepts/sso.md §7, on the reference's log-probs
     drop_similar: float = 1.0  # drop pairs whose y+/y- similarity (difflib ratio) is >= this; 1.0: identical only
     replay: float = 0.0  # per new pair, this many pairs drawn from earlier rounds (0: none)
     replay_rounds: int = 4  # how many earlier rounds the replay draws from
@@ -163,26 +153,26 @@ class PairsConfig:
 
 @dataclass(frozen=True)
 class SipoConfig:
-    """`algo: sipo` (shared/spec/sipo.md): MOD candidates of two policies, Pareto-filtered on
+    """`algo: sipo` (docs/concepts/sipo.md): MOD candidates of two policies, Pareto-filtered on
     implicit rewards, re-align both. Stage 0 DPO-trains pi_A0 and pi_B0 from the start model."""
 
     weights: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # W: one greedy MOD candidate per w (w multiplies A)
     beta: float = 0.1  # implicit-reward and DPO beta
     alpha: float = 0.1  # weight of the length-normalised NLL of the chosen candidate
     rewrite: bool = False  # review + rewrite each candidate (MOD, same w), kept if better on A0 or B0
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # MOD candidate length cap
     # Stage 0. Files: JSONL prompt/chosen/rejected per objective; the task model: built-in pairs
     # where `objective_a` and `objective_b` (gold rules) disagree. Or give trained policies.
     pairs_a: Optional[str] = None
-    pairs_b: Optional[str] = None
+    pairs_b: Optional[str] = None  # objective B's stage-0 pairs (JSONL prompt/chosen/rejected)
     policy_a: Optional[str] = None  # HF dirs of already DPO-trained pi_A0 / pi_B0 (skip stage 0)
-    policy_b: Optional[str] = None
-    objective_a: str = "Politeness"
-    objective_b: str = "Length"
-    stage0_pairs: int = 256
-    stage0_steps: int = 120
-    stage0_lr: float = 1.0e-3
-    stage0_batch_size: int = 8
+    policy_b: Optional[str] = None  # pi_B0's HF directory (with policy_a)
+    objective_a: str = "Politeness"  # the task's gold rule objective A prefers (built-in stage-0 pairs)
+    objective_b: str = "Length"  # the task's gold rule objective B prefers; must differ from objective_a
+    stage0_pairs: int = 256  # built-in pairs per objective
+    stage0_steps: int = 120  # stage-0 DPO optimizer steps (0: none)
+    stage0_lr: float = 1.0e-3  # stage-0 DPO learning rate
+    stage0_batch_size: int = 8  # pairs per stage-0 step
 
     def __post_init__(self):
         if not self.weights or any(not 0 <= w <= 1 for w in self.weights):
@@ -203,11 +193,11 @@ class LLMPrincipleConfig:
 
     # policy (through the rollout engines) | model (a separate local model) | http (an OpenAI-compatible server)
     source: str = "policy"
-    model_path: Optional[str] = None
-    max_retries: int = 2
-    temperature: float = 0.7
-    top_p: float = 0.8
-    max_new_tokens: int = 256
+    model_path: Optional[str] = None  # source=model: the writer's local HF directory
+    max_retries: int = 2  # retries of an empty, unparseable or rejected reply before the fallback pair
+    temperature: float = 0.7  # the writer's sampling temperature (the recipe's 0.7)
+    top_p: float = 0.8  # the writer's nucleus mass (the recipe's 0.8)
+    max_new_tokens: int = 256  # per guideline
     # source=http (selfsteer.principles.endpoint): e.g. vLLM's `vllm serve` or `selfsteer serve`.
     base_url: Optional[str] = None  # API root, e.g. http://127.0.0.1:8000/v1
     model_name: Optional[str] = None  # served model name; None = the server's first model
@@ -218,7 +208,7 @@ class LLMPrincipleConfig:
     # source=model: the writer actor's Ray resources; it loads the model on a GPU when num_gpus > 0.
     # 0 CPUs: it shares the CPUs of the roles (the CPU default, where it mostly waits).
     num_cpus: float = 0.0
-    num_gpus: float = 0.0
+    num_gpus: float = 0.0  # source=model: GPUs of the writer actor
     # Reply screen (selfsteer.principles.screen): degenerate replies are retried, counted, then fall back.
     min_words: int = 4  # a guideline shorter than this (after header-like scaffolding) is rejected
     reject_answers: bool = True  # reject replies that answer the query instead of guiding the answer
@@ -253,8 +243,8 @@ class LLMPrincipleConfig:
 class PrincipleConfig:
     mode: str = "library"  # library | llm
     library_file: Optional[str] = None  # YAML/JSON of dimensions; None = built-in v1 library
-    num_dimensions: int = 2
-    concision_prob: float = 0.2
+    num_dimensions: int = 2  # library dimensions drawn per prompt
+    concision_prob: float = 0.2  # chance Concision is added to the draw
     # Library mode's system prompt: a preset (selfsteer | paper | v2 | bare) or your own text with
     # the placeholders {adjectives} {guidelines} {principles} {quality} {never_reveal}
     # (selfsteer.principles.library.SYSTEM_TEMPLATES).

@@ -24,7 +24,7 @@ class PromptRecord:
 
 def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str = "uuid",
                  target_field: Optional[str] = None) -> list[PromptRecord]:
-    """Read and validate every row; ids default to the row index (spec §8) when the file has none.
+    """Read and validate every row; ids default to the row index (docs/concepts/sso.md §8) when the file has none.
 
     `target_field` names a required non-empty string answer per row (SFT data), when the algorithm needs one.
     """
@@ -34,7 +34,7 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
         raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
     if target_field and target_field not in ds.column_names:
         raise PromptDataError(f"{path}: row 0: missing target field {target_field!r} (columns: {ds.column_names})")
-    # Spec §8: if the first record has no id, every record gets its row index.
+    # docs/concepts/sso.md §8: if the first record has no id, every record gets its row index.
     has_ids = id_field in ds.column_names and ds[0][id_field] not in (None, "")
     records, seen = [], {}
     for row, example in enumerate(_rows(ds, path)):

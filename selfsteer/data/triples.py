@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from selfsteer.engines.base import Generation
 
-# key -> (response, context) per spec §5: which response is scored under which context.
+# key -> (response, context) per docs/concepts/sso.md §5: which response is scored under which context.
 SSO_ROWS = {
     "chosen": ("chosen", "x"),
     "rejected": ("rejected", "x"),
@@ -41,7 +41,7 @@ class Triple:
         return getattr(self, name).token_ids
 
     def record(self, round_index: int) -> dict:
-        """The paper's online record (spec §8) plus what selfsteer adds for auditing."""
+        """The paper's online record (docs/concepts/sso.md §8) plus what selfsteer adds for auditing."""
         return {
             "instruction": self.prompt, "idx": self.index, "uuid": self.uid, "round": round_index,
             "history": [], "p_system": self.p_system, "n_system": self.n_system, "system": "",
@@ -56,7 +56,7 @@ def _unlabelled(text: str) -> str:
 
 
 def drop_reason(chosen: str, rejected: str, raw: str, max_similarity: float = 1.0) -> str | None:
-    """Spec §7: a triple teaches nothing if y+ = y- (ignoring a leading label) or y^o repeats one.
+    """docs/concepts/sso.md §7: a triple teaches nothing if y+ = y- (ignoring a leading label) or y^o repeats one.
 
     `max_similarity` < 1 also drops near-identical pairs (pairs.drop_similar): difflib ratio of
     the unlabelled y+ and y- at or above it.

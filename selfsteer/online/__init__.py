@@ -1,4 +1,4 @@
-"""Online rounds, one module per method, on the same actors (specs in shared/spec/).
+"""Online rounds, one module per method, on the same actors (the methods: docs/concepts/).
 
 Each method's round is an object that owns its state and its own actors: built once with
 `(cfg, roles, inputs)`, `run(r) -> metrics` per round, `close()` before the roles shut down. Which

@@ -41,7 +41,7 @@ class GoldEval:
     def __init__(self, cfg, run_dir: Path, last_finished: int = 0):
         e = cfg.eval
         self.every, self.rounds = e.every, cfg.rounds
-        self.settings = e  # an EvalSettings (EvalConfig adds only `every`)
+        self.settings = e  # the benchmark's EvalSettings is this EvalConfig
         _, heldout = T.split_prompts(cfg.task.split_seed)
         self.prompts = T.balanced(heldout, e.prompts, seed=cfg.task.split_seed)  # the benchmark's held-out set
         self.dir = Path(run_dir) / "eval"

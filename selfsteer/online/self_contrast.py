@@ -1,9 +1,9 @@
-"""Self-Contrast online round (shared/spec/self_contrast.md §1): engines sample n answers per
+"""Self-Contrast online round (docs/concepts/self-contrast.md §1): engines sample n answers per
 prompt, the embedding actor embeds y* and the samples, `select_negatives` keeps k unlike y*, the
 reference scores y* and the negatives, and the trainer steps on the multi-negative DPO loss.
 
-Deviation (spec §6.8): the official method is one offline round; here every round re-samples from
-the current policy, with π_ref fixed at the start model. The negative draw is seeded per round
+Deviation (docs/concepts/self-contrast.md §6 item 8): the official method is one offline round; here
+every round re-samples from the current policy, with π_ref fixed at the start model. The negative draw is seeded per round
 (`seed`, round) rather than once per run, so a resumed round draws the same negatives.
 """
 
@@ -50,7 +50,7 @@ class SelfContrastRound:
             generations = roles.generate(requests, sampling(cfg, r))
             samples = [generations[i * sc.n_samples:(i + 1) * sc.n_samples] for i in range(len(prompts))]
         with timer("embedding"):
-            texts = [g.text.lstrip(" ") for g in generations]  # spec §1: strip leading spaces
+            texts = [g.text.lstrip(" ") for g in generations]  # docs/concepts/self-contrast.md §1: strip leading spaces
             emb = roles.call("embedder", self.embedder, lambda: self.embedder.embed.remote(
                 [p.target for p in prompts] + texts)) if prompts else torch.zeros(0, 1)
             targets, cands = emb[:len(prompts)], emb[len(prompts):].view(len(prompts), sc.n_samples, -1)

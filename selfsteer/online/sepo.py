@@ -1,6 +1,6 @@
-"""SePO online round (shared/spec/sepo.md §1): engines sample two answers per prompt, the frozen
+"""SePO online round (docs/concepts/sepo.md §1): engines sample two answers per prompt, the frozen
 oracle and reference score every token, the pair is labelled by the oracle's sequence reward
-(the online `oracle` source, spec §6.9), the top / bottom `fraction` of tokens by reward are
+(the online `oracle` source, docs/concepts/sepo.md §6.9), the top / bottom `fraction` of tokens by reward are
 selected, and the trainer steps on the reference-free loss over those tokens only.
 
 Eligible tokens are every response token including EOS (the spec's default, not the released

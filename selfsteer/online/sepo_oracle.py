@@ -1,4 +1,4 @@
-"""SePO's oracle: a copy of the reference DPO-trained on response-level pairs (spec §1 step 1),
+"""SePO's oracle: a copy of the reference DPO-trained on response-level pairs (docs/concepts/sepo.md §1 step 1),
 trained once and cached on disk by a hash of its inputs, so later runs load it directly.
 
 The pairs are a JSONL file of {"prompt", "chosen", "rejected"} (e.g. UltraFeedback's binarised

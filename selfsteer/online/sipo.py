@@ -1,4 +1,4 @@
-"""SIPO online round (shared/spec/sipo.md §1): MOD candidates from two policies, review/rewrite,
+"""SIPO online round (docs/concepts/sipo.md §1): MOD candidates from two policies, review/rewrite,
 Pareto filtering on implicit rewards, re-alignment of both policies.
 
 Roles: the run's trainer group and engines carry policy A (started from pi_A0 by stage 0, see

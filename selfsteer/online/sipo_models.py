@@ -1,4 +1,4 @@
-"""SIPO's fixed models (spec sipo.md §1-§2): stage 0 trains pi_A0 and pi_B0 by DPO from the start
+"""SIPO's fixed models (docs/concepts/sipo.md §1-§2): stage 0 trains pi_A0 and pi_B0 by DPO from the start
 model (once, cached by a hash of their inputs), and a scorer actor turns summed log-probs under
 pi_sft, pi_A0, pi_B0 and the weight soups into implicit rewards.
 

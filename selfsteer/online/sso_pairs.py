@@ -1,6 +1,6 @@
 """Which of a round's pairs the trainer sees: the remedies for an eroding self-generated signal.
 
-`pairs.filter: v1` (spec sso.md §7's optional filter) scores the six (response, context) rows it
+`pairs.filter: v1` (the optional filter of docs/concepts/sso.md §7) scores the six (response, context) rows it
 needs on the reference actor: the sampling policy itself in round 1, and every round with
 `reference.refresh_every: 1`; with a fixed reference it asks whether the *start* model sees the
 principles steer the pair. `pairs.replay` mixes earlier rounds' items into training, and

@@ -1,1 +1,1 @@
-"""Principle pairs for SSO (spec §7): the v1 dimension library and the v2 LLM principle prompt."""
+"""Principle pairs for SSO (docs/concepts/sso.md §7): the v1 dimension library and the v2 LLM principle prompt."""

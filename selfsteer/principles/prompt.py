@@ -1,11 +1,11 @@
-"""The v2 principle prompt: a model writes a bad and a good guideline for each query (spec §7).
+"""The v2 principle prompt: a model writes a bad and a good guideline for each query (docs/concepts/sso.md §7).
 
 Two completion calls per query, each sent as one user turn with stop string `"\\n###"` (a header on a new line):
 
     call 1: principle_prompt(q)                 ends at "### Bad Guideline"   -> bad text
     call 2: principle_prompt(q) + bad + header  ends at "### Good Guideline"  -> good text
 
-Unlike the official code (spec §10 item 15) we strip replies, retry empty and degenerate ones
+Unlike the official code (docs/concepts/sso.md §10 item 15) we strip replies, retry empty and degenerate ones
 (`selfsteer.principles.screen`: too short, header echoes, good equal to bad, a copied worked example,
 an answer instead of a guideline), accept a single reply that holds both headers, cap reply length, and fall back to the
 Helpfulness pair.
@@ -35,7 +35,7 @@ _INSTRUCTIONS = (
     f'"{BAD_HEADER}", then the good guideline under the header "{GOOD_HEADER}", as in the examples below.'
 )
 
-# (query, bad guideline, good guideline): a logic pair, a safety pair and a helpfulness pair (spec §7).
+# (query, bad guideline, good guideline): a logic pair, a safety pair and a helpfulness pair (docs/concepts/sso.md §7).
 _EXAMPLES = (
     (
         "Maria has 23 stickers. She gives 8 to her brother and then loses 4 on her way to school. "

@@ -1,4 +1,4 @@
-"""The published five-phase SSO recipe (spec sso.md §4, §8) on selfsteer's actors.
+"""The published five-phase SSO recipe (docs/concepts/sso.md §4, §8) on selfsteer's actors.
 
     prompts.json --principles--> principles.json --sso-data--> sso_data.json --train sso--> generator/
     principles.json + generator --dpo-data--> dpo_data.json --train dpo (original policy)--> final/

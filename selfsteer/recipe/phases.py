@@ -160,7 +160,7 @@ def _sample_phase(bench: Workbench, phase: str, input_path, output_path, out_id:
 
 
 def _systems(principles: list[dict]) -> tuple[str, str]:
-    """x+ and x- system prompts from a record's principles (spec §7, v2 wording ours)."""
+    """x+ and x- system prompts from a record's principles (docs/concepts/sso.md §7, v2 wording ours)."""
     return (compose_v2_system([p["good_principle"] for p in principles], good=True),
             compose_v2_system([p["bad_principle"] for p in principles], good=False))
 

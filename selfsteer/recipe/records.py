@@ -1,4 +1,4 @@
-"""The recipe's JSON records (spec sso.md §8): builders in the exact field order, reading, validation.
+"""The recipe's JSON records (docs/concepts/sso.md §8): builders in the exact field order, reading, validation.
 
 Every file the recipe writes is one JSON list, indent 2, UTF-8 unescaped, no trailing newline: the
 bytes of the recipe's own `json.dump(records, f, ensure_ascii=False, indent=2)`. Inputs are read

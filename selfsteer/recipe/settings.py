@@ -1,7 +1,7 @@
 """The recipe's settings: its defaults under the user's config, and the config each trainer group gets.
 
 The recipe runs on the same `RunConfig` as the online loop. Where neither the YAML file nor a
-command-line override sets a key, the recipe's own value applies (spec sso.md §4, the recipe's
+command-line override sets a key, the recipe's own value applies (docs/concepts/sso.md §4, the recipe's
 sso.bash and dpo.bash): v2 loss with base dpo and beta 0.1, greedy y^o, principles written by an
 LLM, lr 5e-7 with cosine decay and 4% warmup, accumulation 4 for SSO and 32 for the final DPO.
 """
@@ -17,7 +17,7 @@ from selfsteer.config.schema import ConfigError, RunConfig, load_config
 
 RECIPE_DEFAULTS: dict[str, Any] = {
     "principles.mode": "llm",
-    "rollout.sampling.raw_greedy": True,  # y^o greedy (spec §7, v2)
+    "rollout.sampling.raw_greedy": True,  # y^o greedy (docs/concepts/sso.md §7, v2)
     "loss.variant": "v2",
     "loss.base": "dpo",
     "loss.beta": 0.1,

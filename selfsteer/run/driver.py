@@ -84,7 +84,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             logger.info("round %d | %s", round_index, _summary(metrics, method(cfg.algo)))
             if watch.alerting:
                 logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "
-                               "is collapsing (see README 'Signal health')%s", round_index, cfg.signal.metric,
+                               "is collapsing (see docs/guide/signal-health.md)%s", round_index, cfg.signal.metric,
                                metrics.get(cfg.signal.metric, float("nan")), watch.streak,
                                "; stopping (signal.early_stop)" if cfg.signal.early_stop else "")
                 if cfg.signal.early_stop:

@@ -5,7 +5,7 @@ dimension is a binary rule a response can satisfy or break independently of the 
 synthetic responses are built so that breaking one never breaks another); the gold reward is
 the mean over dimensions. Four are surface rules (opener, final mark, length cap, banned phrase)
 and one needs computing (Correctness: a sum, a count, a copied phrase, a colour fact) — the
-prototype in `shared/spec/alignment_benchmark_notes.md` found such rules steer weakly.
+prototype (docs/benchmarks/alignment.md, "Design notes") found such rules steer weakly.
 
 Everything is in the toy tokenizer's word-level world: lower-case words and punctuation tokens.
 """

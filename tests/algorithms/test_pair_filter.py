@@ -1,4 +1,4 @@
-"""v1 pair filter (spec sso.md §7) on hand-computed values."""
+"""v1 pair filter (docs/concepts/sso.md §7) on hand-computed values."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests for selfsteer.algorithms.self_contrast against shared/spec/self_contrast.md §2–§4."""
+"""Tests for selfsteer.algorithms.self_contrast against docs/concepts/self-contrast.md §2–§4."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from selfsteer.algorithms.dpo import dpo_sigmoid_loss
 from selfsteer.algorithms.self_contrast import cosine_similarities, multi_negative_dpo_loss, select_negatives
 
-# Spec §4 worked example.
+# docs/concepts/self-contrast.md §4 worked example.
 TARGET = [1.0, 0.0, 0.0]
 CANDS = [[.9, .1, 0], [.2, .9, .1], [.5, .5, .5], [-.3, .8, .2], [.9, .1, 0], [.7, .7, 0],
          [.1, .1, .95], [.6, -.2, .7]]
@@ -26,7 +26,7 @@ def t(x, **kw):
     return torch.tensor(x, dtype=torch.float32, **kw)
 
 
-# ---------------------------------------------------------------- scalar reference (spec §2)
+# ---------------------------------------------------------------- scalar reference (docs/concepts/self-contrast.md §2)
 def ref_cos(u, v):
     dot = sum(a * b for a, b in zip(u, v))
     nu = math.sqrt(sum(a * a for a in u))
@@ -35,7 +35,7 @@ def ref_cos(u, v):
 
 
 def ref_select(target, cands, *, drop_fraction, k, rng, texts=None, dup_threshold=1.0 - 1e-6):
-    """Plain-Python `lastdedup` selection, step by step as spec §2 describes it."""
+    """Plain-Python `lastdedup` selection, step by step as docs/concepts/self-contrast.md §2 describes it."""
     n = len(cands)
     s = [ref_cos(target, c) for c in cands]
     rho = [sum(1 for j in range(n) if s[j] < s[i]) for i in range(n)]
@@ -122,7 +122,7 @@ def test_degenerate_inputs():
 
 
 def test_boundary_ties_are_all_dropped():
-    # Two distinct texts share the boundary rank: both go, leaving fewer than n_keep (§6.1).
+    # Two distinct texts share the boundary rank: both go, leaving fewer than n_keep (§6 item 1).
     cands = [[1, 0], [1, 0], [0, 1], [1, 1]]
     got = select_negatives(t([1.0, 0.0]), t(cands), drop_fraction=0.25, k=2, rng=random.Random(0),
                            texts=["p", "q", "r", "s"])
@@ -178,7 +178,7 @@ def test_worked_example_loss():
     assert loss.item() == pytest.approx(0.716025, abs=1e-5)
     per_pair = dpo_sigmoid_loss(t(PI_C)[:, None], t(PI_R), t(REF_C)[:, None], t(REF_R), 0.1)
     assert per_pair.flatten().tolist() == pytest.approx(PER_PAIR, abs=1e-5)
-    # Averaging the negatives' log-ratios inside one sigmoid is the wrong reading (spec §4).
+    # Averaging the negatives' log-ratios inside one sigmoid is the wrong reading (docs/concepts/self-contrast.md §4).
     h = (t(PI_C) - t(REF_C)) - (t(PI_R) - t(REF_R)).mean(-1)
     assert torch.nn.functional.softplus(-0.1 * h).mean().item() == pytest.approx(0.714434, abs=1e-5)
     assert loss.item() == pytest.approx(ref_loss(PI_C, PI_R, REF_C, REF_R, 0.1), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Tests for selfsteer.algorithms.sepo against shared/spec/sepo.md §2–§4."""
+"""Tests for selfsteer.algorithms.sepo against docs/concepts/sepo.md §2–§4."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from selfsteer.algorithms.sepo import select_tokens, sepo_loss, sequence_reward, token_rewards
 
 NEG_INF = float("-inf")
-# Spec §4 worked example. Chosen row 0 oracle/ref given; the other rows only give r.
+# docs/concepts/sepo.md §4 worked example. Chosen row 0 oracle/ref given; the other rows only give r.
 ORACLE_C0 = [-1.25, -.5, -2, -.375, -1, -1.125, -.125, -2.5, -.625, -.625]
 REF_C0 = [-1.5, -.5, -1.25, -.875, -1, -1.375, -.25, -2, -1.125, -.875]
 R_CHOSEN = [[.25, 0, -.75, .5, 0, .25, .125, -.5, .5, .25], [.5, -.5, 0, .375]]

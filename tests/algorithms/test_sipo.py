@@ -1,4 +1,4 @@
-"""Tests for selfsteer.algorithms.sipo against shared/spec/sipo.md §2–§4."""
+"""Tests for selfsteer.algorithms.sipo against docs/concepts/sipo.md §2–§4."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from selfsteer.algorithms.sipo import (
     sipo_loss,
 )
 
-# Spec §4 worked example.
+# docs/concepts/sipo.md §4 worked example.
 ORIGINALS = [[.30, -.10, .05], [.10, .20, 0]]
 CANDIDATES = [[.35, .25, .10], [.40, .20, .30], [.50, .60, -.01], [.31, .21, .06]]
 PI_C, PI_R, REF_C, REF_R, LENS = [-50.0, -80.0], [-60.0, -70.0], [-52.0, -79.0], [-58.0, -72.0], [25, 40]
@@ -28,7 +28,7 @@ def t(x, **kw):
     return torch.tensor(x, **kw)
 
 
-# ---------------------------------------------------------------- scalar reference (spec §2)
+# ---------------------------------------------------------------- scalar reference (docs/concepts/sipo.md §2)
 def softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
@@ -178,7 +178,7 @@ def test_sipo_loss_worked_example():
     dpo = [softplus(-z) for z in (0.4, -0.3)]  # z = β h
     assert dpo == pytest.approx([0.513015, 0.854355], abs=1e-6)
     assert [-p / n for p, n in zip(PI_C, LENS)] == [2.0, 2.0]
-    # Official padded-length rule (spec §6.1): ℓ = 61 / 60.
+    # Official padded-length rule (docs/concepts/sipo.md §6.1): ℓ = 61 / 60.
     assert sipo_loss(*args, torch.tensor([61.0, 60.0])).item() == pytest.approx(0.791336, abs=1e-5)
     assert sipo_loss(*args, torch.tensor(LENS), beta=0.1, alpha=0.1).item() == pytest.approx(
         ref_loss(PI_C, PI_R, REF_C, REF_R, LENS, 0.1, 0.1), abs=1e-6)

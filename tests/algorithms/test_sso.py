@@ -1,4 +1,4 @@
-"""Tests for selfsteer.algorithms.sso against spec shared/spec/sso.md §2–§6."""
+"""Tests for selfsteer.algorithms.sso against docs/concepts/sso.md §2–§6."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from selfsteer.algorithms.sso import REQUIRED_KEYS, pair_rewards, preference_los
 
 V1_KEYS = ("chosen", "rejected", "chosen_pos", "rejected_pos", "raw_neg", "chosen_neg")
 V2_KEYS = V1_KEYS[2:]
-# Spec §6 worked example (B = 2): policy S, reference S, lengths.
+# docs/concepts/sso.md §6 worked example (B = 2): policy S, reference S, lengths.
 POLICY = {"chosen": [-12, -30], "rejected": [-14, -40], "chosen_pos": [-9, -24],
           "rejected_pos": [-16, -45], "raw_neg": [-11, -18], "chosen_neg": [-15, -35]}
 REFERENCE = {"chosen": [-13, -31], "rejected": [-13.5, -38], "chosen_pos": [-10, -26],
@@ -85,7 +85,7 @@ def test_worked_example(kwargs, idx, expected):
 ])
 def test_preference_loss_pairs(kind, win, lose, h, expected):
     pol, ref, n = example(dtype=torch.float64)
-    f = (lambda d, k: d[k] / n[k]) if kind == "ipo" else (lambda d, k: d[k])  # ipo on A, dpo on S (§1)
+    f = (lambda d, k: d[k] / n[k]) if kind == "ipo" else (lambda d, k: d[k])  # ipo on A, dpo on S (sso.md §1)
     out = preference_loss(f(pol, win), f(pol, lose), f(ref, win), f(ref, lose), beta=0.2, kind=kind)
     assert out.shape == (2,)  # no averaging inside
     assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64), atol=1e-5)
@@ -200,7 +200,7 @@ def test_pair_rewards_direct():
 
 
 def scalar_sso(P, R, N, variant, base, beta, g_beta, w_alpha, use_w, use_g, gamma):
-    """Slow plain-Python loop written straight from spec §2–§5 (lists in, floats out)."""
+    """Slow plain-Python loop written straight from docs/concepts/sso.md §2–§5 (lists in, floats out)."""
     B, sig = len(P["chosen_pos"]), lambda z: 1.0 / (1.0 + math.exp(-z))
     f = (lambda d, k, i: d[k][i] / N[k][i]) if base == "ipo" else (lambda d, k, i: d[k][i])
     pairs = {"rewards_pos/": ("chosen_pos", "rejected_pos"), "rewards_neg/": ("raw_neg", "chosen_neg")}

@@ -1,4 +1,4 @@
-"""Round records: triple cleanup (spec §7), SSO scoring rows (spec §5 table) and the online record (§8)."""
+"""Round records (docs/concepts/sso.md): triple cleanup (§7), SSO scoring rows (§5 table), the online record (§8)."""
 
 from __future__ import annotations
 

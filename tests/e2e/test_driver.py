@@ -30,7 +30,7 @@ def test_two_online_rounds_end_to_end(tmp_path, toy_cache):
                     "train/rewards/accuracies", "rollout/chosen_tokens", "principles/fallbacks",
                     "time/generation", "time/train", "time/sync", "sync/buckets"):
             assert key in m, key
-        assert 0.5 <= m["train/w/mean"] < 1.0  # W = sigma(-(...)) with A <= 0 (spec §3)
+        assert 0.5 <= m["train/w/mean"] < 1.0  # W = sigma(-(...)) with A <= 0 (docs/concepts/sso.md §3)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     seen_prompts = []

@@ -1,5 +1,5 @@
 """Faults injected into a real run: kill -9 of an engine, the reference and the principle actor,
-a trainer rank dying, and an engine that stops answering. See README "Faults"."""
+a trainer rank dying, and an engine that stops answering. See docs/guide/faults.md."""
 
 from __future__ import annotations
 

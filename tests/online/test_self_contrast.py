@@ -16,7 +16,7 @@ from selfsteer.algorithms.self_contrast import trainer_loss as loss
 
 
 def test_trainer_loss_matches_the_spec_worked_example():
-    # spec §4: β 0.1, two prompts, k = 2 -> L = 0.716025 (mean of per-pair losses).
+    # docs/concepts/self-contrast.md §4: β 0.1, two prompts, k = 2 -> L = 0.716025 (mean of per-pair losses).
     pc, rc = torch.tensor([-10.0, -20.0]), torch.tensor([-11.0, -19.0])
     pr, rr = torch.tensor([[-15.0, -12.0], [-25.0, -18.0]]), torch.tensor([[-14.0, -13.0], [-24.5, -20.0]])
     policy = {"chosen": pc.clone().requires_grad_(), "neg_0": pr[:, 0].clone().requires_grad_(), "neg_1": pr[:, 1].clone()}

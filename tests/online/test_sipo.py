@@ -1,4 +1,4 @@
-"""SIPO online (shared/spec/sipo.md): MOD decoding in the engine, soups, stage-0 pairs, and 2 real rounds."""
+"""SIPO online (docs/concepts/sipo.md): MOD decoding in the engine, soups, stage-0 pairs, and 2 real rounds."""
 
 from __future__ import annotations
 

@@ -158,11 +158,11 @@ def test_start_roles_fails_at_once_when_the_local_ray_cannot_place_the_config(ra
     assert len(placement_group_table()) == groups  # no trainer placement group was even asked for
 
 
-def test_readme_shows_the_plan_as_it_prints(capsys):
-    """README "GPU clusters" pastes this command's output; it must stay what the command prints."""
+def test_docs_show_the_plan_as_it_prints(capsys):
+    """docs/guide/cluster.md ("GPU clusters") pastes this command's output; it must stay what the command prints."""
     assert main(["plan", "configs/qwen2_7b_instruct.yaml", "--nodes", "1", "--gpus-per-node", "8",
                  "--gpu-memory-gib", "80", "--cpus-per-node", "64"]) == 0
-    assert capsys.readouterr().out in (REPO / "README.md").read_text()
+    assert capsys.readouterr().out in (REPO / "docs/guide/cluster.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,1 +1,1 @@
-"""Tests for selfsteer.principles against spec shared/spec/sso.md §7."""
+"""Tests for selfsteer.principles against docs/concepts/sso.md §7."""

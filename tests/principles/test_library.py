@@ -1,4 +1,4 @@
-"""Library dimensions, v1/v2 system prompts, library sampling and library files (spec §7)."""
+"""Library dimensions, v1/v2 system prompts, library sampling and library files (docs/concepts/sso.md §7)."""
 
 from __future__ import annotations
 

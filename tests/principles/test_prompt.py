@@ -1,4 +1,4 @@
-"""The v2 principle prompt, reply parsing and batched principle generation (spec §7, §10 item 15)."""
+"""The v2 principle prompt, reply parsing and batched principle generation (docs/concepts/sso.md §7, §10 item 15)."""
 
 from __future__ import annotations
 

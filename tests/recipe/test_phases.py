@@ -49,5 +49,5 @@ def test_an_interrupted_sso_data_phase_resumes_where_it_stopped(ray_local, tmp_p
     assert [r["uuid"] for r in records] == [r["uuid"] for r in rows]
     assert records[:4] == first  # the first run's samples were kept, not re-drawn
     assert not side.exists()
-    # y^o is greedy (spec §7, v2): the same prompt under no principle gives the same text in both runs.
+    # y^o is greedy (docs/concepts/sso.md §7, v2): the same prompt under no principle gives the same text in both runs.
     assert all(r["raw"][1]["value"] for r in records)

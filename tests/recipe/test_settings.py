@@ -10,7 +10,7 @@ from selfsteer.recipe.settings import recipe_config, trainer_config
 
 def test_defaults_are_the_recipes():
     cfg = recipe_config()
-    assert (cfg.loss.variant, cfg.loss.base, cfg.loss.beta) == ("v2", "dpo", 0.1)  # spec §4
+    assert (cfg.loss.variant, cfg.loss.base, cfg.loss.beta) == ("v2", "dpo", 0.1)  # docs/concepts/sso.md §4
     assert cfg.rollout.sampling.raw_greedy and cfg.principles.mode == "llm"
     assert (cfg.trainer.lr, cfg.trainer.grad_accum, cfg.trainer.warmup_ratio) == (5e-7, 4, 0.04)
     assert recipe_config(dpo=True).trainer.grad_accum == 32

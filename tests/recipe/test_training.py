@@ -29,7 +29,7 @@ def test_sso_rows_score_each_response_under_its_context(tokenizer):
     x, x_pos, x_neg = (encode_chat(tokenizer, SSO["prompt"], s) for s in (None, SSO["p_system"], SSO["n_system"]))
     eos = tokenizer.eos_token_id
     keys = _keys(cfg, "sso")
-    assert keys == ["chosen_pos", "rejected_pos", "raw_neg", "chosen_neg"]  # v2 (spec §5 table)
+    assert keys == ["chosen_pos", "rejected_pos", "raw_neg", "chosen_neg"]  # v2 (docs/concepts/sso.md §5 table)
     contexts, responses = scoring_rows([triple], keys)
     ids = {name: tokenizer(SSO[name], add_special_tokens=False)["input_ids"] + [eos]
            for name in ("chosen", "rejected", "raw")}

@@ -1,4 +1,4 @@
-"""Signal-health remedies (README "Signal health"): pair filter, near-identical drop, replay, reference refresh."""
+"""Signal-health remedies (docs/guide/signal-health.md): pair filter, near-identical drop, replay, reference refresh."""
 
 from __future__ import annotations
 
