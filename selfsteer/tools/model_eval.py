@@ -47,7 +47,7 @@ def task_scorer(prompts: list[str], which: str) -> Optional[Scorer]:
     """
     if which == "none":
         return None
-    from selfsteer.benchmark import task as T  # lazy: the benchmark package only when its prompts are used
+    from selfsteer.toy import task as T  # lazy: the task only when its prompts are used
 
     known = T.prompts_by_text()
     missing = next((i for i, p in enumerate(prompts) if p not in known), None)
