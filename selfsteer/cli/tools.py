@@ -87,9 +87,8 @@ def dispatch(args: argparse.Namespace) -> int:
             if tabled:
                 print(format_table(summary))
             if args.samples:
-                print(f"selfsteer eval: the {args.samples} sampled answer(s) a prompt took "
-                      f"{summary.get('sampled_s', 0):.0f} s of the model's {summary.get('sampled_s', 0) + summary['greedy_s']:.0f} s "
-                      "(--samples 0: greedy only)")
+                print(f"selfsteer eval: {args.samples} sampled answer(s) a prompt took {summary['sampled_s']:.0f} s, "
+                      f"the greedy answers {summary['greedy_s']:.0f} s (--samples 0: greedy only)")
         elif args.command == "export":
             from selfsteer.tools.export import export_alpaca_eval
 

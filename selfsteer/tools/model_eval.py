@@ -167,7 +167,7 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
     records, constraint_rows = load_rows(prompts_file)
     texts = [r.prompt for r in records]
     constraints = constraint_scorer(scorer, constraint_rows, str(prompts_file))
-    gold = None if constraints is not None else task_scorer(texts, "none" if scorer in ("ifeval", "ifbench") else scorer)
+    gold = None if constraints is not None else task_scorer(texts, scorer)  # ifeval/ifbench never get here
     if samples:
         logger.info("eval: %d prompt(s), greedy + %d sampled answer(s) each: about %dx the time of greedy answers "
                     "alone (--samples 0 for greedy only)", len(texts), samples, 1 + samples)

@@ -57,7 +57,7 @@ class ConstraintScorer:
     kind: str
     unscored: dict[str, list[str]] = field(default_factory=dict)  # row id -> ids that cannot run offline
     checker_errors: list[dict] = field(default_factory=list)  # IFBench checkers that raised on a reply
-    _bench: object = None
+    bench: object = None  # IFBench's loaded library (ifbench only)
 
     def follow(self, record: dict, response: str) -> Followed:
         """Strict and loose results of `response` to `record` (a row `prepare` accepted and scores)."""
@@ -65,7 +65,7 @@ class ConstraintScorer:
         if self.kind == "ifbench":
             from selfsteer.benchmark.realbench import ifbench as B
 
-            strict, loose, errors = B.follow(self._bench, record, response)
+            strict, loose, errors = B.follow(self.bench, record, response)
             self.checker_errors += errors
             return Followed(tuple(strict), tuple(loose))
         from if_verifiable.common import get_loose_transformations
@@ -102,7 +102,7 @@ def prepare(kind: str, rows: list[dict], where: str) -> ConstraintScorer:
         bench = B.load()
         known = bench.registry
         runnable = set(known) - set(bench.needs_data)
-    scorer = ConstraintScorer(kind, _bench=bench)
+    scorer = ConstraintScorer(kind, bench=bench)
     for n, row in enumerate(rows):
         ids, kwargs, uid = row.get("instruction_id_list"), row.get("kwargs"), row["uuid"]
         at = f"{where}: row {n} ({uid})"
