@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from selfsteer.tools.model_eval import MODES, SCORERS
+
 COMMANDS = ("import-gguf", "eval", "export")
 
 
@@ -18,27 +20,43 @@ def add_subcommands(subparsers) -> None:
     imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     imp.add_argument("--log-level", default="INFO")
 
-    ev = subparsers.add_parser("eval", help="greedy and sampled generations of a checkpoint on a prompts file",
-                               description="selfsteer eval CHECKPOINT_OR_RUN --prompts FILE: generations, "
-                                           "gold scores where the prompts name a known task, win rate vs --baseline")
-    ev.add_argument("model", help="HF model directory, or a run directory (its last checkpoint)")
-    ev.add_argument("--prompts", required=True, help='prompts file ("prompt" field; .json, .jsonl or .parquet)')
+    ev = subparsers.add_parser(
+        "eval", help="answer a prompts file with a checkpoint and score it (IFEval/IFBench constraints, the toy task)",
+        description="selfsteer eval CHECKPOINT_OR_RUN --prompts FILE: greedy (and optionally sampled) answers, scored "
+                    "where the rows say how, and compared with --baseline.",
+        epilog="Fields read from FILE (.jsonl, .json or .parquet): the prompt from 'prompt', else AlpacaEval's "
+               "'instruction'; the id from 'uuid', else IFEval's 'key', else the row number; and, for the ifeval and "
+               "ifbench scorers, 'instruction_id_list' with one 'kwargs' dict per instruction, as IFEval and IFBench "
+               "write them. A row naming a checker that cannot run offline is listed as not scored.")
+    ev.add_argument("model", help="HF model directory, or a run directory (its final checkpoint)")
+    ev.add_argument("--prompts", required=True, help="prompts file (fields: see below)")
     ev.add_argument("--baseline", help="HF model directory or run to compare against (win rate needs a scorer)")
-    ev.add_argument("--samples", type=int, default=1, help="sampled generations per prompt besides the greedy one")
+    ev.add_argument("--samples", type=int, default=0,
+                    help="sampled answers per prompt besides the greedy one (default 0: greedy only); each sample "
+                         "costs about as much time as the greedy pass, so 1 doubles the time")
     ev.add_argument("--max-new-tokens", type=int, default=128)
-    ev.add_argument("--temperature", type=float, default=0.7)
-    ev.add_argument("--top-p", type=float, default=0.8)
-    ev.add_argument("--scorer", default="auto", choices=("auto", "none", "task"),
-                    help="gold scorer: auto (the alignment task's when every prompt is one of its prompts), none, task")
+    ev.add_argument("--temperature", type=float, default=0.7, help="for the sampled answers")
+    ev.add_argument("--top-p", type=float, default=0.8, help="for the sampled answers")
+    ev.add_argument("--scorer", default="auto", choices=SCORERS,
+                    help="auto: ifeval or ifbench when every row has an instruction_id_list (the library that knows "
+                         "its ids), else task when every prompt is one of the toy alignment task's, else none; "
+                         "ifeval: IFEval's checkers (if-verifiable), strict and loose, prompt- and instruction-level, "
+                         "as the real-model benchmark runs them offline; ifbench: IFBench's own verifiers, the same "
+                         "way; task: the toy task's gold reward; none: answers only")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="JSONL to write, one row per prompt (and OUT.summary.json); omitted: summary only")
     ev.add_argument("--log-level", default="INFO")
 
-    ex = subparsers.add_parser("export", help="generations -> a judge's input format (AlpacaEval)",
-                               description="selfsteer export RUN_OR_EVAL_FILE --format alpaca_eval --out FILE")
-    ex.add_argument("source", help="an eval JSONL (selfsteer eval --out) or a run directory (its last round's y^o)")
+    ex = subparsers.add_parser("export", help="answers -> a judge's input format (AlpacaEval)",
+                               description="selfsteer export EVAL_FILE --format alpaca_eval --out FILE, or "
+                                           "selfsteer export RUN_DIR --prompts FILE --format alpaca_eval --out FILE")
+    ex.add_argument("source", help="an eval JSONL (selfsteer eval --out), or a run directory (its final checkpoint "
+                                   "answers --prompts greedily; never the training samples)")
     ex.add_argument("--format", required=True, choices=("alpaca_eval",))
     ex.add_argument("--out", required=True, help="JSON file to write")
+    ex.add_argument("--prompts", help="with a run directory: the prompts to answer ('prompt' or 'instruction' field, "
+                                      "e.g. AlpacaEval's own question file)")
+    ex.add_argument("--max-new-tokens", type=int, default=128, help="with a run directory")
     ex.add_argument("--generator", help="the `generator` name (default: the model's or run's directory name)")
     ex.add_argument("--which", default="greedy", choices=("greedy", "sample"),
                     help="from an eval file: the greedy generation or the first sample")
@@ -47,6 +65,8 @@ def add_subcommands(subparsers) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run one of COMMANDS; 2 on bad input (message on stderr), 0 on success."""
+    from selfsteer.benchmark.realbench.checkers import CheckerError
+
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "import-gguf":
@@ -55,18 +75,27 @@ def dispatch(args: argparse.Namespace) -> int:
             out = import_gguf(args.file, args.out_dir, args.dtype)
             print(f"selfsteer: wrote {out}")
         elif args.command == "eval":
-            from selfsteer.tools.model_eval import run_eval
+            from selfsteer.tools.model_eval import format_table, run_eval
 
             summary = run_eval(args.model, args.prompts, baseline=args.baseline, samples=args.samples,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                scorer=args.scorer, seed=args.seed, out=args.out)
-            print("selfsteer eval:", " ".join(f"{k}={v}" for k, v in summary.items()))
+            tabled = summary["scorer"] in ("ifeval", "ifbench")  # its accuracies go into the table below
+            flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))
+                    and not (tabled and k.endswith(MODES))}
+            print("selfsteer eval:", " ".join(f"{k}={v}" for k, v in flat.items()))
+            if tabled:
+                print(format_table(summary))
+            if args.samples:
+                print(f"selfsteer eval: {args.samples} sampled answer(s) a prompt took {summary['sampled_s']:.0f} s, "
+                      f"the greedy answers {summary['greedy_s']:.0f} s (--samples 0: greedy only)")
         elif args.command == "export":
-            from selfsteer.tools.model_eval import export_alpaca_eval
+            from selfsteer.tools.export import export_alpaca_eval
 
-            out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which)
+            out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which,
+                                     prompts=args.prompts, max_new_tokens=args.max_new_tokens)
             print(f"selfsteer: wrote {out}")
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, CheckerError) as exc:
         print(f"selfsteer {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

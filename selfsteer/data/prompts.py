@@ -29,7 +29,17 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", id_field: str =
     `target_field` names a required non-empty string answer per row (SFT data), when the algorithm needs one.
     """
     path = Path(path)
-    ds = read_table(path, PromptDataError, missing="prompts file not found", unit="rows")
+    return records_from_table(read_prompt_table(path), path, prompt_field, id_field, target_field)
+
+
+def read_prompt_table(path: str | Path):
+    """The prompts file as a `datasets.Dataset` (PromptDataError naming the file when unreadable)."""
+    return read_table(Path(path), PromptDataError, missing="prompts file not found", unit="rows")
+
+
+def records_from_table(ds, path: Path, prompt_field: str = "prompt", id_field: str = "uuid",
+                       target_field: Optional[str] = None) -> list[PromptRecord]:
+    """`load_prompts` on a table already read (a caller that needs more of its columns reads it once)."""
     if prompt_field not in ds.column_names:
         raise PromptDataError(f"{path}: row 0: missing field {prompt_field!r} (columns: {ds.column_names})")
     if target_field and target_field not in ds.column_names:

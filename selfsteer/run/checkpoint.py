@@ -30,6 +30,7 @@ STATE_FILE = "state.json"
 STAGED_FILE = ".state.staged.json"  # the finished round's state, until its metrics are on disk
 TRAINER_DIR = "trainer_state"
 PAUSE_ENV = "SELFSTEER_TEST_PAUSE_AT"  # tests: stop at a named point so a kill lands in that window
+STAYS_CONSTANT = "the rate stays constant"  # an extension that changes nothing: logged as info
 
 
 def state_due(round_index: int, every: int, rounds: int) -> bool:
@@ -124,11 +125,25 @@ def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:
         if cfg.rounds > planned:
             restart = cfg.trainer.extend_schedule == "restart"
             bounds = bounds + [cfg.rounds] if restart else bounds
-            logger.warning("extending the run from %d to %d rounds: trainer.extend_schedule=%s (%s)", planned,
-                           cfg.rounds, cfg.trainer.extend_schedule, "a new warmup and decay over the added rounds"
-                           if restart else "the rate stays where the old schedule ended")
+            effect = _extension_effect(cfg.trainer, restart)
+            logger.log(logging.INFO if effect == STAYS_CONSTANT else logging.WARNING,
+                       "extending the run from %d to %d rounds: trainer.extend_schedule=%s (%s)", planned,
+                       cfg.rounds, cfg.trainer.extend_schedule, effect)
     _write_durably(path, json.dumps({"rounds": bounds}))
     return bounds
+
+
+def _extension_effect(trainer_cfg, restart: bool) -> str:
+    """What an added schedule segment does to the rate: a constant schedule has no decay to restart,
+    and without warmup nothing changes at all."""
+    warmup = trainer_cfg.warmup_ratio > 0
+    if trainer_cfg.lr_scheduler == "constant":
+        if restart and warmup:
+            return "a new warmup over the added rounds, then the constant rate"
+        return STAYS_CONSTANT
+    if restart:
+        return "a new warmup and decay over the added rounds" if warmup else "a new decay over the added rounds"
+    return "the rate stays where the old schedule ended"
 
 
 def pause_point(name: str, run_dir: Path, round_index: int) -> None:

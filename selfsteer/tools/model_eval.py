@@ -1,33 +1,45 @@
-"""`selfsteer eval` and `selfsteer export`: judge a checkpoint of any model the paper's way.
+"""`selfsteer eval`: judge a checkpoint of any model on a prompts file, with a gold scorer where one exists.
 
 `eval` answers a prompts file with a checkpoint (greedy, plus `samples` sampled answers per prompt)
-on the HF backend with the rollouts' chat formatting, scores them with a gold scorer when the
-prompts belong to a task that has one (today: the alignment task, `selfsteer.toy.task`, imported
-only then), and compares against a baseline checkpoint (win rate on the gold score). Rows go to
-JSONL. `export` turns an eval file, or a run's last round of bare-prompt responses (y^o), into
-AlpacaEval's input: a JSON list of {instruction, output, generator}.
+on the HF backend with the rollouts' chat formatting, scores them, and compares against a baseline
+checkpoint. Scorers: the IFEval/IFBench constraint checkers of the real-model benchmark, for rows
+that carry `instruction_id_list` + `kwargs` (`benchmark.realbench.constraints`), or the alignment
+task's gold reward (`selfsteer.toy.task`) when every prompt is one of its prompts. Every input is
+checked before the first answer is generated: a damaged checkpoint or a bad row costs no generation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from selfsteer.utils.model_dir import ModelDirError, check_model_dir
+
 logger = logging.getLogger(__name__)
+
+SCORERS = ("auto", "none", "task", "ifeval", "ifbench")
+PROMPT_FIELDS = ("prompt", "instruction")  # AlpacaEval's question file names the prompt "instruction"
+ID_FIELDS = ("uuid", "key")  # IFEval and IFBench name their ids "key"
+MODES = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
 Scorer = Callable[[str, str], float]  # (prompt text, response) -> gold reward
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory as given, or a run directory's last saved checkpoint (checkpoints/round_NNNN)."""
+    """A model directory as given, or a run directory's final checkpoint (the highest
+    checkpoints/round_NNNN), checked by `check_model_dir`: a damaged final checkpoint is named,
+    never skipped for an earlier one."""
     path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    rounds = sorted(p for p in (path / "checkpoints").glob("round_*") if (p / "config.json").is_file())
-    if rounds:
-        return rounds[-1]
+    rounds = [p for p in (path / "checkpoints").glob("round_*") if p.name[len("round_"):].isdigit()]
+    if rounds and not (path / "config.json").exists():
+        return check_model_dir(max(rounds, key=lambda p: int(p.name[len("round_"):])))
+    if (path / "config.json").exists():
+        return check_model_dir(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model or run directory")
     raise FileNotFoundError(f"{path}: neither an HF model directory (config.json) nor a run directory with "
                             f"checkpoints/round_NNNN")
 
@@ -36,6 +48,31 @@ def generator_name(model_dir: str | Path) -> str:
     """A readable name: the model directory, or "<run>-round_NNNN" for a run's checkpoint."""
     path = Path(model_dir)
     return f"{path.parent.parent.name}-{path.name}" if path.parent.name == "checkpoints" else path.name
+
+
+def load_rows(prompts_file: str | Path):
+    """(prompt records, constraint rows or None) from one read of the file.
+
+    The prompt is "prompt", else AlpacaEval's "instruction"; the id "uuid", else IFEval's "key", else
+    the row index. Constraint rows (uuid, prompt, instruction_id_list, kwargs) exist when the file
+    has an instruction_id_list column.
+    """
+    from selfsteer.data.prompts import PromptDataError, read_prompt_table, records_from_table
+
+    path = Path(prompts_file)
+    table = read_prompt_table(path)
+    cols = table.column_names
+    prompt_field = next((f for f in PROMPT_FIELDS if f in cols), None)
+    if prompt_field is None:
+        raise PromptDataError(f"{path}: row 0: no prompt field: eval reads 'prompt' or AlpacaEval's 'instruction' "
+                              f"(columns: {cols})")
+    id_field = next((f for f in ID_FIELDS if f in cols), ID_FIELDS[0])
+    records = records_from_table(table, path, prompt_field, id_field)
+    if "instruction_id_list" not in cols:
+        return records, None
+    kwargs = table["kwargs"] if "kwargs" in cols else [None] * len(records)
+    return records, [{"uuid": r.uid, "prompt": r.prompt, "instruction_id_list": ids, "kwargs": kw}
+                     for r, ids, kw in zip(records, table["instruction_id_list"], kwargs)]
 
 
 def task_scorer(prompts: list[str], which: str) -> Optional[Scorer]:
@@ -59,64 +96,97 @@ def task_scorer(prompts: list[str], which: str) -> Optional[Scorer]:
     return lambda prompt, response: T.gold_scores(known[prompt], response)["gold"]
 
 
-def _generate(model_dir: Path, prompts: list[str], samples: int, max_new_tokens: int, temperature: float,
-              top_p: float, seed: int) -> tuple[list[str], list[list[str]]]:
+def constraint_scorer(which: str, rows: Optional[list[dict]], where: str):
+    """The IFEval/IFBench scorer `which` names (or auto picks: every row carries instruction_id_list and
+    one library knows every id), prepared and checked; None when the rows carry no constraints."""
+    from selfsteer.benchmark.realbench import constraints as K
+
+    if which in ("none", "task"):
+        return None
+    if rows is None:
+        if which in K.KINDS:
+            raise ValueError(f"--scorer {which}: {where} has no 'instruction_id_list' column (IFEval/IFBench rows: "
+                             "prompt, instruction_id_list, kwargs)")
+        return None
+    kind = which if which in K.KINDS else K.pick_kind([r["instruction_id_list"] for r in rows])
+    if kind is None:
+        ids = sorted({i for r in rows for i in (r["instruction_id_list"] or [])})
+        raise ValueError(f"{where}: the rows carry instruction_id_list, but not every row has one, or the ids "
+                         f"{ids[:8]} are not all IFEval's or all IFBench's; give --scorer ifeval|ifbench to be "
+                         "told which row is wrong")
+    return K.prepare(kind, rows, where)
+
+
+def _answers(model_dir: Path, prompts: list[str], samples: int, max_new_tokens: int, temperature: float,
+             top_p: float, seed: int, who: str) -> tuple[list[str], list[list[str]], dict[str, float]]:
+    from selfsteer.benchmark.realbench.evaluate import answer
     from selfsteer.data.chat import encode_chat
     from selfsteer.engines.base import Sampling
     from selfsteer.engines.hf_engine import HFBackend
 
-    engine = HFBackend(str(model_dir), max_batch_size=16)
+    try:
+        engine = HFBackend(str(model_dir), max_batch_size=16)
+    except Exception as exc:  # noqa: BLE001 - check_model_dir passed; whatever transformers still refuses, one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelDirError(f"{model_dir}: the model does not load: {type(exc).__name__}: {first}") from None
     ids = [encode_chat(engine.tokenizer, p) for p in prompts]
+    t0 = time.time()
     greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    texts = [g.text.strip() for g in engine.generate(ids, [greedy] * len(ids))]
+    texts = [t.strip() for t in answer(engine, ids, greedy, desc=f"{who} greedy")]
+    seconds = {"greedy_s": round(time.time() - t0, 1)}
     sampled: list[list[str]] = [[] for _ in prompts]
     if samples:
+        t0 = time.time()
         s = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        gens = engine.generate([x for x in ids for _ in range(samples)], [s] * (len(ids) * samples))
-        sampled = [[g.text.strip() for g in gens[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
-    return texts, sampled
+        gens = answer(engine, [x for x in ids for _ in range(samples)], s, desc=f"{who} sampled x{samples}")
+        sampled = [[g.strip() for g in gens[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
+        seconds["sampled_s"] = round(time.time() - t0, 1)
+    return texts, sampled, seconds
 
 
-def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, samples: int = 1,
+def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, samples: int = 0,
              max_new_tokens: int = 128, temperature: float = 0.7, top_p: float = 0.8, scorer: str = "auto",
              seed: int = 0, out: Optional[str] = None) -> dict:
     """Generate, score and compare; write one JSONL row per prompt to `out`; return the summary.
 
-    A row: uuid, prompt, model, greedy, samples, and where a scorer exists gold_greedy and
-    gold_samples; with a baseline also baseline_greedy/baseline_samples (and their golds and the
-    per-prompt wins). The summary is also written beside `out` as <out>.summary.json.
+    A row: uuid, prompt, model, greedy, samples; with the task scorer gold_greedy and gold_samples;
+    with a constraint scorer constraints_greedy / constraints_samples ({strict, loose} per
+    instruction), or `unscored` (the ids that cannot run offline); with a baseline the same under
+    baseline_* and the per-prompt wins. The summary is also written beside `out` as <out>.summary.json.
     """
     from selfsteer.benchmark.evaluation import win
-    from selfsteer.data.prompts import load_prompts
 
     if samples < 0:
         raise ValueError(f"--samples {samples} must be >= 0")
+    if scorer not in SCORERS:
+        raise ValueError(f"--scorer {scorer!r}: valid {SCORERS}")
     model_dir = resolve_checkpoint(model)
     base_dir = resolve_checkpoint(baseline) if baseline else None
-    records = load_prompts(prompts_file)
+    records, constraint_rows = load_rows(prompts_file)
     texts = [r.prompt for r in records]
-    gold = task_scorer(texts, scorer)
-    greedy, sampled = _generate(model_dir, texts, samples, max_new_tokens, temperature, top_p, seed)
+    constraints = constraint_scorer(scorer, constraint_rows, str(prompts_file))
+    gold = None if constraints is not None else task_scorer(texts, scorer)  # ifeval/ifbench never get here
+    if samples:
+        logger.info("eval: %d prompt(s), greedy + %d sampled answer(s) each: about %dx the time of greedy answers "
+                    "alone (--samples 0 for greedy only)", len(texts), samples, 1 + samples)
+    summary: dict = {"model": str(model_dir), "prompts": len(records), "samples": samples,
+                     "scorer": constraints.kind if constraints else "task" if gold else "none"}
+    greedy, sampled, seconds = _answers(model_dir, texts, samples, max_new_tokens, temperature, top_p, seed, "model")
+    summary.update(seconds)
     rows = [{"uuid": r.uid, "prompt": r.prompt, "model": str(model_dir), "greedy": g, "samples": s}
             for r, g, s in zip(records, greedy, sampled)]
     if base_dir is not None:
-        b_greedy, b_sampled = _generate(base_dir, texts, samples, max_new_tokens, temperature, top_p, seed)
+        b_greedy, b_sampled, b_seconds = _answers(base_dir, texts, samples, max_new_tokens, temperature, top_p, seed,
+                                                  "baseline")
+        summary.update({f"baseline_{k}": v for k, v in b_seconds.items()})
         for row, g, s in zip(rows, b_greedy, b_sampled):
             row.update(baseline=str(base_dir), baseline_greedy=g, baseline_samples=s)
-    summary: dict = {"model": str(model_dir), "prompts": len(rows), "samples": samples,
-                     "scorer": "task" if gold else "none"}
-    if base_dir is not None:
         summary["baseline"] = str(base_dir)
     if gold is not None:
-        for row in rows:
-            row["gold_greedy"] = gold(row["prompt"], row["greedy"])
-            row["gold_samples"] = [gold(row["prompt"], s) for s in row["samples"]]
-            if base_dir is not None:
-                row["baseline_gold_greedy"] = gold(row["prompt"], row["baseline_greedy"])
-                row["baseline_gold_samples"] = [gold(row["prompt"], s) for s in row["baseline_samples"]]
-                row["win_greedy"] = win(row["gold_greedy"], row["baseline_gold_greedy"])
-                row["win_samples"] = [win(a, b) for a, b in zip(row["gold_samples"], row["baseline_gold_samples"])]
-        summary.update(_means(rows, base_dir is not None))
+        _score_task(rows, gold, base_dir is not None)
+        summary.update(_task_means(rows, base_dir is not None))
+    elif constraints is not None:
+        summary.update(_score_constraints(rows, constraint_rows, constraints, base_dir is not None))
     if out:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,64 +198,85 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
     return summary
 
 
-def _means(rows: list[dict], with_baseline: bool) -> dict[str, float]:
-    def mean(xs):
-        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+def _mean(xs) -> float:
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 4) if xs else float("nan")
 
-    out = {"gold_greedy": mean([r["gold_greedy"] for r in rows]),
-           "gold_sampled": mean([g for r in rows for g in r["gold_samples"]])}
+
+def _score_task(rows: list[dict], gold: Scorer, with_baseline: bool) -> None:
+    for row in rows:
+        row["gold_greedy"] = gold(row["prompt"], row["greedy"])
+        row["gold_samples"] = [gold(row["prompt"], s) for s in row["samples"]]
+        if with_baseline:
+            row["baseline_gold_greedy"] = gold(row["prompt"], row["baseline_greedy"])
+            row["baseline_gold_samples"] = [gold(row["prompt"], s) for s in row["baseline_samples"]]
+            row["win_greedy"] = win(row["gold_greedy"], row["baseline_gold_greedy"])
+            row["win_samples"] = [win(a, b) for a, b in zip(row["gold_samples"], row["baseline_gold_samples"])]
+
+
+def _task_means(rows: list[dict], with_baseline: bool) -> dict[str, float]:
+    out = {"gold_greedy": _mean(r["gold_greedy"] for r in rows),
+           "gold_sampled": _mean(g for r in rows for g in r["gold_samples"])}
     if with_baseline:
-        out["baseline_gold_greedy"] = mean([r["baseline_gold_greedy"] for r in rows])
-        out["win_rate_greedy"] = mean([r["win_greedy"] for r in rows])
-        out["win_rate_sampled"] = mean([w for r in rows for w in r["win_samples"]])
+        out["baseline_gold_greedy"] = _mean(r["baseline_gold_greedy"] for r in rows)
+        out["win_rate_greedy"] = _mean(r["win_greedy"] for r in rows)
+        out["win_rate_sampled"] = _mean(w for r in rows for w in r["win_samples"])
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {n} is not JSON: {exc}") from None
-    return rows
+def _score_constraints(rows: list[dict], constraint_rows: list[dict], scorer, with_baseline: bool) -> dict:
+    """Per-row strict/loose results and the four accuracies of each answer set; wins compare the share
+    of a prompt's instructions followed (strict) against the baseline's."""
+    from selfsteer.benchmark.realbench.constraints import accuracy
+
+    sets: dict[str, list] = {"": [], "sampled_": [], "baseline_": [], "baseline_sampled_": []}
+    wins: list[float] = []
+    for row, crow in zip(rows, constraint_rows):
+        if row["uuid"] in scorer.unscored:
+            row["unscored"] = scorer.unscored[row["uuid"]]
+            continue
+        for prefix in ("", "baseline_") if with_baseline else ("",):
+            f = scorer.follow(crow, row[f"{prefix}greedy"])
+            fs = [scorer.follow(crow, s) for s in row[f"{prefix}samples"]]
+            row[f"{prefix}constraints_greedy"] = {"strict": list(f.strict), "loose": list(f.loose)}
+            row[f"{prefix}constraints_samples"] = [{"strict": list(x.strict), "loose": list(x.loose)} for x in fs]
+            sets[prefix].append(f)
+            sets[f"{prefix}sampled_"] += fs
+        if with_baseline:
+            share = [sum(row[f"{p}constraints_greedy"]["strict"]) / len(crow["instruction_id_list"])
+                     for p in ("", "baseline_")]
+            row["win_greedy"] = win(*share)
+            wins.append(row["win_greedy"])
+    summary: dict = {"scored_prompts": len(sets[""]), "unscored": scorer.unscored}
+    for prefix, followed in sets.items():
+        if followed:
+            summary.update({f"{prefix}{k}": v for k, v in accuracy(followed).items()})
+    if with_baseline:
+        summary["win_rate_greedy"] = _mean(wins)
+    if scorer.checker_errors:
+        summary["checker_errors"] = scorer.checker_errors
+    return summary
 
 
-def export_alpaca_eval(source: str, out: str, *, generator: Optional[str] = None, which: str = "greedy") -> Path:
-    """Write AlpacaEval's model-outputs file: a JSON list of {instruction, output, generator}.
-
-    `source`: an eval JSONL (`which` picks the greedy answer or the first sample), or a run
-    directory (its last round's bare-prompt responses y^o, from rounds/round_NNNN/triples.jsonl).
-    """
-    src = Path(source)
-    if src.is_dir():
-        rounds = sorted((src / "rounds").glob("round_*/triples.jsonl"))
-        if not rounds:
-            raise FileNotFoundError(f"{src}: a run directory needs rounds/round_NNNN/triples.jsonl")
-        rows = _read_jsonl(rounds[-1])
-        name = generator or src.name
-        items = []
-        for n, row in enumerate(rows, 1):
-            if "instruction" not in row or "raw" not in row:
-                raise ValueError(f"{rounds[-1]}: line {n} lacks 'instruction' or 'raw'")
-            items.append({"instruction": row["instruction"], "output": row["raw"], "generator": name})
-    elif src.is_file():
-        rows = _read_jsonl(src)
-        items = []
-        for n, row in enumerate(rows, 1):
-            field = "greedy" if which == "greedy" else "samples"
-            if "prompt" not in row or field not in row:
-                raise ValueError(f"{src}: line {n} lacks 'prompt' or {field!r}; is it a `selfsteer eval --out` file?")
-            if which == "sample" and not row["samples"]:
-                raise ValueError(f"{src}: line {n} has no samples; run selfsteer eval with --samples >= 1")
-            output = row["greedy"] if which == "greedy" else row["samples"][0]
-            items.append({"instruction": row["prompt"], "output": output,
-                          "generator": generator or generator_name(row.get("model", src.stem))})
-    else:
-        raise FileNotFoundError(f"{src}: no such eval file or run directory")
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(items, ensure_ascii=False, indent=2), encoding="utf-8")
-    return out_path
+def format_table(summary: dict) -> str:
+    """The printed result of a constraint scorer: one line per answer set, IFEval's four accuracies."""
+    lines = []
+    unscored = summary.get("unscored") or {}
+    head = (f"{summary['scorer']} constraints: {summary['scored_prompts']} of {summary['prompts']} prompts scored")
+    if unscored:
+        named = "; ".join(f"{uid}: {', '.join(ids)}" for uid, ids in list(unscored.items())[:5])
+        more = f" (+{len(unscored) - 5} more)" if len(unscored) > 5 else ""
+        head += f"; not scored, their checkers cannot run offline: {named}{more}"
+    lines.append(head)
+    lines.append(f"{'answers':<18}" + "".join(f"{m:>20}" for m in MODES))
+    for prefix, label in (("", "model greedy"), ("sampled_", "model sampled"), ("baseline_", "baseline greedy"),
+                          ("baseline_sampled_", "baseline sampled")):
+        if f"{prefix}prompt_strict" in summary:
+            lines.append(f"{label:<18}" + "".join(f"{summary[prefix + m]:>20.3f}" for m in MODES))
+    if "win_rate_greedy" in summary:
+        lines.append(f"win rate vs baseline (greedy; share of a prompt's instructions followed, strict): "
+                     f"{summary['win_rate_greedy']:.3f}")
+    if summary.get("checker_errors"):
+        lines.append(f"{len(summary['checker_errors'])} IFBench checker error(s) on a reply, scored not followed "
+                     "(listed in the summary file)")
+    return "\n".join(lines)

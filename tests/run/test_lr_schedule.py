@@ -75,3 +75,22 @@ def test_extending_a_finished_run_records_the_schedule(tmp_path, mode, bounds):
     assert checkpoint.lr_schedule(tmp_path, longer, resume=True) == bounds
     spr = steps_per_round(longer)
     assert schedule_steps(longer, bounds) == ([6 * spr, 2 * spr] if mode == "restart" else [6 * spr])
+
+
+@pytest.mark.parametrize("scheduler, warmup, mode, says, level", [
+    ("constant", 0.0, "restart", "the rate stays constant", "INFO"),
+    ("constant", 0.0, "keep_end", "the rate stays constant", "INFO"),
+    ("constant", 0.1, "restart", "a new warmup over the added rounds, then the constant rate", "WARNING"),
+    ("cosine", 0.1, "restart", "a new warmup and decay over the added rounds", "WARNING"),
+    ("cosine", 0.0, "restart", "a new decay over the added rounds", "WARNING"),
+])
+def test_the_extension_message_says_what_the_schedule_really_does(tmp_path, caplog, scheduler, warmup, mode, says,
+                                                                  level):
+    cfg = RunConfig(rounds=3, trainer=TrainerConfig(lr_scheduler=scheduler, warmup_ratio=warmup, extend_schedule=mode))
+    checkpoint.lr_schedule(tmp_path, cfg, resume=False)
+    with caplog.at_level("INFO", logger="selfsteer.run.checkpoint"):
+        checkpoint.lr_schedule(tmp_path, dataclasses.replace(cfg, rounds=5), resume=True)
+    [record] = [r for r in caplog.records if "extending the run" in r.getMessage()]
+    assert says in record.getMessage() and record.levelname == level
+    if scheduler == "constant":
+        assert "decay" not in record.getMessage()

@@ -12,6 +12,8 @@ from selfsteer.benchmark.realbench import checkers as C
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
 
+PROGRESS_DELAY_S = 3.0  # the bar appears once generation has taken this long (short runs stay quiet)
+
 
 def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batch_size: int = 16,
              system: str | None = None, by_length: bool = False) -> list[str]:
@@ -21,19 +23,26 @@ def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batc
     a line to pages). It changes which prompts share a batch, so a benchmark keeps one setting for
     every model it compares (the held-out scores use the record order).
     """
-    from tqdm.auto import tqdm
-
     from selfsteer.engines.hf_engine import HFBackend
 
     engine = HFBackend(str(model_dir), max_batch_size=batch_size)
     ids = [encode_chat(engine.tokenizer, r["prompt"], system) for r in records]
     sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if by_length else list(range(len(ids)))
-    texts: list[str] = [""] * len(ids)
-    with tqdm(total=len(ids), desc="scoring", unit="prompt", delay=3) as bar:
+    return answer(engine, ids, sampling, desc="scoring", by_length=by_length)
+
+
+def answer(engine, prompt_ids: list[list[int]], sampling: Sampling, *, desc: str, by_length: bool = False) -> list[str]:
+    """The engine's answers to `prompt_ids`, in order, one engine batch at a time under a tqdm bar
+    (shown after PROGRESS_DELAY_S). See `generate` for by_length."""
+    from tqdm.auto import tqdm
+
+    batch_size = engine.max_batch_size
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i])) if by_length else list(range(len(prompt_ids)))
+    texts: list[str] = [""] * len(prompt_ids)
+    with tqdm(total=len(prompt_ids), desc=desc, unit="answer", delay=PROGRESS_DELAY_S) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            for i, g in zip(chunk, engine.generate([ids[i] for i in chunk], [sampling] * len(chunk))):
+            for i, g in zip(chunk, engine.generate([prompt_ids[i] for i in chunk], [sampling] * len(chunk))):
                 texts[i] = g.text
             bar.update(len(chunk))
     return texts

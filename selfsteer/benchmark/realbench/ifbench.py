@@ -94,33 +94,43 @@ def test_set(bench: IFBench) -> tuple[list[dict], list[dict]]:
     return [r for r in records if bench.runnable(r)], [r for r in records if not bench.runnable(r)]
 
 
-def score(bench: IFBench, records: list[dict], responses: list[str]) -> dict:
-    """IFBench's strict and loose accuracies (prompt and instruction level) through its own functions.
+def follow(bench: IFBench, rec: dict, response: str) -> tuple[list[bool], list[bool], list[dict]]:
+    """IFBench's strict and loose per-instruction results for one response (its own functions).
 
-    A checker that raises on one response (IFBench's checkers index into text without guards, e.g. a
+    A checker that raises on the response (IFBench's checkers index into text without guards, e.g. a
     reply of only punctuation) scores that prompt as not followed, as IFBench's run would fail; each is
-    listed under `checker_errors`. A missing NLTK resource is never such an error: it raises.
+    returned as an error record. A missing NLTK resource is never such an error: it raises.
     """
+    lib, n = bench.evaluation_lib, len(rec["instruction_id_list"])
+    key = rec.get("key", rec.get("uuid", "?"))
+    results, errors = [], []
+    with _no_downloads():
+        ex = lib.InputExample(key=key, instruction_id_list=rec["instruction_id_list"], prompt=rec["prompt"],
+                              kwargs=[dict(k or {}) for k in rec["kwargs"]])
+        for mode, fn in (("strict", lib.test_instruction_following_strict),
+                         ("loose", lib.test_instruction_following_loose)):
+            try:
+                results.append(list(fn(ex, {rec["prompt"]: response}).follow_instruction_list))
+            except Exception as exc:  # noqa: BLE001 - a checker bug on this reply, counted and named
+                if type(exc) is LookupError:  # NLTK's missing resource (not IndexError/KeyError)
+                    raise CheckerError(f"IFBench prompt {key}: a checker needs NLTK data "
+                                       f"that is not available offline: {exc}") from exc
+                errors.append({"key": key, "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+                results.append([False] * n)
+    return results[0], results[1], errors
+
+
+def score(bench: IFBench, records: list[dict], responses: list[str]) -> dict:
+    """IFBench's strict and loose accuracies (prompt and instruction level) through its own functions;
+    checker errors (see `follow`) are listed under `checker_errors`."""
     if len(records) != len(responses):
         raise CheckerError(f"{len(records)} prompts but {len(responses)} responses")
-    lib = bench.evaluation_lib
     out, errors = {"strict": [], "loose": []}, []
-    by_prompt = {r["prompt"]: t for r, t in zip(records, responses)}
-    with _no_downloads():
-        for rec in records:
-            ex = lib.InputExample(key=rec["key"], instruction_id_list=rec["instruction_id_list"],
-                                  prompt=rec["prompt"], kwargs=[dict(k) for k in rec["kwargs"]])
-            for mode, fn in (("strict", lib.test_instruction_following_strict),
-                             ("loose", lib.test_instruction_following_loose)):
-                try:
-                    o = fn(ex, by_prompt)
-                    out[mode].append(o.follow_instruction_list)
-                except Exception as exc:  # noqa: BLE001 - a checker bug on this reply, counted and named
-                    if type(exc) is LookupError:  # NLTK's missing resource (not IndexError/KeyError)
-                        raise CheckerError(f"IFBench prompt {rec['key']}: a checker needs NLTK data "
-                                           f"that is not available offline: {exc}") from exc
-                    errors.append({"key": rec["key"], "mode": mode, "error": f"{type(exc).__name__}: {exc}"})
-                    out[mode].append([False] * len(rec["instruction_id_list"]))
+    for rec, response in zip(records, responses):
+        strict, loose, errs = follow(bench, rec, response)
+        out["strict"].append(strict)
+        out["loose"].append(loose)
+        errors += errs
     result = {}
     for mode, lists in out.items():
         flat = [f for fl in lists for f in fl]
