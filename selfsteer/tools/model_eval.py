@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from selfsteer.benchmark.evaluation import win
 from selfsteer.utils.model_dir import ModelDirError, check_model_dir
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,6 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
     instruction), or `unscored` (the ids that cannot run offline); with a baseline the same under
     baseline_* and the per-prompt wins. The summary is also written beside `out` as <out>.summary.json.
     """
-    from selfsteer.benchmark.evaluation import win
-
     if samples < 0:
         raise ValueError(f"--samples {samples} must be >= 0")
     if scorer not in SCORERS:
