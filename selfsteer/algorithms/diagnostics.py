@@ -67,3 +67,18 @@ def steer_verdict(gap: float, compliance_delta: float | None = None) -> str:
     else:
         value, steers, barely = gap, GAP_STEERS, GAP_BARELY
     return VERDICTS[0] if value >= steers else VERDICTS[1] if value >= barely else VERDICTS[2]
+
+
+def dimension_gaps(dimensions: list[tuple[str, ...]], chosen_pos: list[float], chosen_neg: list[float]) -> dict[str, float]:
+    """Mean A(y+|x+) - A(y+|x-) (nats per token) per principle dimension, over a round's triples.
+
+    Args:
+        dimensions: per triple, the dimension names its principles were drawn from (a triple
+            drawn with several counts for each of them).
+        chosen_pos, chosen_neg: per triple, A(y+) under the good and under the bad principle.
+    """
+    acc: dict[str, list[float]] = {}
+    for names, pos, neg in zip(dimensions, chosen_pos, chosen_neg):
+        for name in names:
+            acc.setdefault(name, []).append(pos - neg)
+    return {name: sum(v) / len(v) for name, v in sorted(acc.items())}
