@@ -95,8 +95,12 @@ def summarize(name: str, check: Optional[str], a: dict[str, list[float]], texts:
 
 
 def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, dimensions: Optional[list[str]] = None,
-              seed: int = 0, batch_size: int = 16, max_new_tokens: Optional[int] = None) -> dict:
+              seed: int = 0, batch_size: int = 16, max_new_tokens: Optional[int] = None,
+              placement: str = "system") -> dict:
     """Probe every (or the named) library dimension of `cfg` on `n_prompts` prompts; write the report.
+
+    `placement` "system" puts the principle text in the system prompt, as runs do; "user" appends
+    it to the user's message instead (a diagnostic: does the model follow it there?).
 
     Raises:
         ValueError: an unknown dimension or check name, or an unusable prompts file (the message
@@ -126,6 +130,12 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
     sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_new_tokens=max_new_tokens or s.max_new_tokens,
                         seed=seed)
     n = len(rows)
+    settings = {"settings": {"model": str(model_dir), "prompts_file": str(cfg.data.prompts), "prompts": n, "seed": seed,
+                             "library": cfg.principles.library_file or "built-in",
+                             "template": cfg.principles.system_template, "temperature": sampling.temperature,
+                             "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
+                             "placement": placement},
+                "thresholds": thresholds()}
     ctx_none = [encode_chat(tok, r["prompt"], None) for r in rows]
     none = engine.generate(ctx_none, [sampling] * n)
     results = []
@@ -133,8 +143,8 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
         logger.info("probe: dimension %s (%d prompts)", d.name, n)
         good_sys = compose_system([d], True, cfg.principles.system_template)
         bad_sys = compose_system([d], False, cfg.principles.system_template)
-        ctx_pos = [encode_chat(tok, r["prompt"], good_sys) for r in rows]
-        ctx_neg = [encode_chat(tok, r["prompt"], bad_sys) for r in rows]
+        ctx_pos = [_context(tok, r["prompt"], good_sys, placement) for r in rows]
+        ctx_neg = [_context(tok, r["prompt"], bad_sys, placement) for r in rows]
         gens = engine.generate(ctx_pos + ctx_neg, [sampling] * (2 * n))
         good, bad = gens[:n], gens[n:]
         y_pos, y_neg = [g.token_ids for g in good], [g.token_ids for g in bad]
@@ -148,14 +158,20 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
         row["examples"] = [{"prompt": rows[i]["prompt"], **{k: texts[k][i] for k in texts}} for i in range(min(2, n))]
         results.append(row)
         logger.info("probe: %s gap %.3f nats/token, verdict %s", d.name, row["gap"], row["verdict"])
-    report = {"settings": {"model": str(model_dir), "prompts_file": str(cfg.data.prompts), "prompts": n, "seed": seed,
-                           "library": cfg.principles.library_file or "built-in", "template": cfg.principles.system_template,
-                           "temperature": sampling.temperature, "top_p": sampling.top_p,
-                           "max_new_tokens": sampling.max_new_tokens},
-              "thresholds": thresholds(), "dimensions": results}
-    if out_dir is not None:
-        report = write_report(report, Path(out_dir))
-    return report
+        if out_dir is not None:  # after every dimension: an interrupted probe keeps what it measured
+            write_report({**settings, "dimensions": [row]}, Path(out_dir))
+    report = {**settings, "dimensions": results}
+    return report if out_dir is None else json.loads((Path(out_dir) / "probe.json").read_text())
+
+
+def _context(tokenizer, prompt: str, principle: str, placement: str) -> list[int]:
+    from selfsteer.data.chat import encode_chat
+
+    if placement == "system":
+        return encode_chat(tokenizer, prompt, principle)
+    if placement == "user":
+        return encode_chat(tokenizer, f"{prompt}\n\n{principle}", None)
+    raise ValueError(f"placement={placement!r}; expected 'system' or 'user'")
 
 
 def thresholds() -> dict:
@@ -184,7 +200,7 @@ def write_report(report: dict, out: Path) -> dict:
 def table(report: dict) -> str:
     s, t = report["settings"], report["thresholds"]
     lines = [f"Steerability probe: `{s['model']}`, {s['prompts']} prompts from `{s['prompts_file']}`, library "
-             f"`{s['library']}` (template {s['template']}), T={s['temperature']} top_p={s['top_p']}, "
+             f"`{s['library']}` (template {s['template']}, principle in the {s.get('placement', 'system')} turn), T={s['temperature']} top_p={s['top_p']}, "
              f"{s['max_new_tokens']} new tokens, seed {s['seed']}.", "",
              "| dimension | check | gap y+ | gap y- | gap (mean ± sd, p10..p90) | compliance none / good / bad | "
              "good - bad | y+ = y- | verdict |", "|---|---|---|---|---|---|---|---|---|"]
