@@ -54,3 +54,21 @@ def test_a_run_whose_principles_cannot_steer_warns_after_round_1(tmp_path, toy_c
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["signal/steer_alert"] == 1.0 and abs(row["signal/steer_gap/Deaf"]) < 1e-4
     assert "the principles do not steer the policy" in proc.stderr and "Deaf (" in proc.stderr
+
+
+def test_principles_placement_user_appends_the_principle_to_the_question():
+    from selfsteer.config.schema import ConfigError, load_config
+    from selfsteer.data.prompts import PromptRecord
+    from selfsteer.online.sso import _requests
+
+    pair = {"good_system": "Greet the user.", "bad_system": "Do not greet."}
+    prompt = [PromptRecord("u0", 0, "Where do owls live?")]
+    system = _requests(load_config(None, []), prompt, [pair])
+    assert [(r.prompt, r.system) for r in system[:2]] == [("Where do owls live?", "Greet the user."),
+                                                          ("Where do owls live?", "Do not greet.")]
+    user = _requests(load_config(None, ["principles.placement=user"]), prompt, [pair])
+    assert [(r.prompt, r.system) for r in user] == [("Where do owls live?\n\nGreet the user.", None),
+                                                    ("Where do owls live?\n\nDo not greet.", None),
+                                                    ("Where do owls live?", None)]
+    with pytest.raises(ConfigError, match="placement"):
+        load_config(None, ["principles.placement=assistant"])
