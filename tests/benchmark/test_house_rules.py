@@ -61,3 +61,13 @@ def test_guards_zero_the_gold_and_win_rate_counts_ties_half():
 def test_minilm_cosine_ranks_an_on_topic_answer_above_an_off_topic_one():
     on, off = G.cosines(["Where do owls live?"] * 2, ["Owls live in forests and barns.", "Paint the fence blue."])
     assert on > off + 0.2
+
+
+def test_select_rules_keeps_steerable_rules_with_room_to_improve():
+    from selfsteer.benchmark.realbench.house_task import select_rules
+
+    rows = [{"dimension": "A", "check": "greeting", "compliance_delta": 0.25, "compliance_none": 0.1},
+            {"dimension": "B", "check": "short", "compliance_delta": 0.19, "compliance_none": 0.1},
+            {"dimension": "C", "check": "key_term", "compliance_delta": 0.5, "compliance_none": 0.6},
+            {"dimension": "D", "check": None, "gap": 0.5}]
+    assert select_rules({"dimensions": rows}) == ["A"]

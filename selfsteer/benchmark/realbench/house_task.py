@@ -84,3 +84,13 @@ def build_questions(split_seed: int = 0) -> tuple[list[dict], list[dict]]:
             dest += [_record(kind, topic, _fill(p, topic)) for p in patterns]
     random.Random(f"house-order:{split_seed}").shuffle(train)  # the run's cursor shuffles too; files stay mixed
     return train, heldout
+
+
+MIN_DELTA, MAX_UNPROMPTED = 0.2, 0.6  # issue #25's rule for keeping a house rule
+
+
+def select_rules(report: dict, min_delta: float = MIN_DELTA, max_unprompted: float = MAX_UNPROMPTED) -> list[str]:
+    """Dimensions of a `selfsteer probe` report worth training on: good - bad compliance >= min_delta
+    (the principle steers the behaviour) and unprompted compliance < max_unprompted (room to improve)."""
+    return [r["dimension"] for r in report["dimensions"] if r.get("check") is not None
+            and r["compliance_delta"] >= min_delta and r["compliance_none"] < max_unprompted]
