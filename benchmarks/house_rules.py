@@ -44,6 +44,8 @@ METHODS = {
     "online_sso_filter": ["pairs.filter=v1"],
 }
 CONFIG = REPO / "configs" / "real_model" / "house_rules_smollm2.yaml"
+CANDIDATES = REPO / "configs" / "real_model" / "house_rules_candidates.yaml"
+PRINCIPLES = REPO / "configs" / "real_model" / "house_rules_principles.yaml"
 GUARD_FILE = REPO / "configs" / "real_model" / "house_rules_guard.json"
 
 
@@ -70,6 +72,27 @@ def offtopic_threshold(model_dir: Path, train: list[dict]) -> float:
     return json.loads(GUARD_FILE.read_text())["threshold"]
 
 
+def write_selected(probe_json: Path) -> list[str]:
+    """house_rules_principles.yaml: the candidates `select_rules` keeps from a `selfsteer probe` report."""
+    import yaml
+
+    from selfsteer.benchmark.realbench.house_task import MAX_UNPROMPTED, MIN_DELTA, select_rules
+
+    report = json.loads(Path(probe_json).read_text())
+    keep = select_rules(report)
+    if not keep:
+        raise SystemExit(f"{probe_json}: no rule has good - bad compliance >= {MIN_DELTA} and unprompted < "
+                         f"{MAX_UNPROMPTED}; nothing to train on")
+    entries = [e for e in yaml.safe_load(CANDIDATES.read_text()) if e["name"] in keep]
+    s = report["settings"]
+    head = (f"# The house rules kept for the benchmark: written by `python benchmarks/house_rules.py --select-rules "
+            f"{os.path.relpath(probe_json, REPO)}`\n# from {CANDIDATES.name}: good - bad compliance >= {MIN_DELTA} "
+            f"and unprompted compliance < {MAX_UNPROMPTED} in that\n# probe ({s['prompts']} training questions, "
+            f"principle in the {s.get('placement', 'system')} turn). Do not edit by hand.\n")
+    PRINCIPLES.write_text(head + yaml.safe_dump(entries, sort_keys=False, width=120))
+    return keep
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -85,8 +108,13 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--stop-after", default=None, help="stop runs after this long (e.g. 90m, 3h); rerun resumes")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--select-rules", metavar="PROBE_JSON", help="write house_rules_principles.yaml from a probe "
+                    "report of house_rules_candidates.yaml, then exit")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     args = ap.parse_args(argv)
+    if args.select_rules:
+        print(f"kept {write_selected(Path(args.select_rules))}; wrote {PRINCIPLES}")
+        return 0
     methods = [m for m in args.methods.split(",") if m]
     bad = sorted(set(methods) - set(METHODS))
     if bad:
