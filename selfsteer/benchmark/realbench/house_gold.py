@@ -3,8 +3,9 @@
 An answer that is empty, repetitive or off-topic fails every rule, so a method cannot win by
 degenerating (the toy benchmark's unfiltered runs collapsed to two-token answers that met most of
 its rules). Off-topic = cosine similarity between question and answer under the packaged
-all-MiniLM-L6-v2 encoder below OFFTOPIC_MIN_COSINE, a threshold set once on the start model's
-greedy answers to training questions (`calibrate_offtopic`; never re-fit to a result). The
+all-MiniLM-L6-v2 encoder below a threshold set once on the start model's greedy answers to
+training questions (`calibrate_offtopic`; benchmarks/house_rules.py stores it in
+configs/real_model/house_rules_guard.json before scoring anything, and never re-fits it). The
 rules are programs (`rules.HOUSE_RULES`); the gold is never a reward.
 """
 
@@ -19,9 +20,6 @@ from selfsteer.benchmark.realbench.rules import HOUSE_RULES
 
 MIN_WORDS = 3  # fewer words than this counts as an empty answer
 MAX_REPEATED_TRIGRAMS = 0.25  # share of an answer's word trigrams that repeat an earlier one
-# 5th percentile of the cosines of SmolLM2-135M-Instruct's greedy answers (96 new tokens) to the
-# first 120 training questions of split 0; measured once with `calibrate_offtopic` (docs/guide/probe.md).
-OFFTOPIC_MIN_COSINE = None  # set below from the calibration
 
 
 def repeated_trigram_share(text: str) -> float:
