@@ -35,7 +35,7 @@ from selfsteer.benchmark.realbench.ifeval_task import read_jsonl, write_jsonl  #
 from selfsteer.run.checkpoint import load_state  # noqa: E402
 
 # The same budget for every method: the config's rounds, prompts and steps. online_sso_filter is
-# the remedy the signal-health work found (README "Remedies": the spec's v1 pair filter).
+# the remedy the signal-health work found ("Remedies" in the signal-health guide: the spec's v1 pair filter).
 METHODS = {
     "start": None,
     "rlcd_dpo": ["algo=dpo", "rollout.update_weights=false"],
