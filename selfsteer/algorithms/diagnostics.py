@@ -42,3 +42,43 @@ def steering_gaps(avg_logps: dict[str, float]) -> dict[str, float]:
     if "raw_neg" in a and "chosen_neg" in a:
         out["signal/raw_over_chosen_under_bad"] = a["raw_neg"] - a["chosen_neg"]
     return out
+
+
+# Steerability verdicts (`selfsteer probe` and the run's warning). A gap is nats per response token;
+# the alignment benchmark's toy start model, which SSO does align, steers far above GAP_STEERS, and
+# SmolLM2-135M under abstract "follow the user's rules" principles sat at 0.01-0.03 (README).
+GAP_STEERS = 0.10
+GAP_BARELY = 0.03
+# Compliance rate under the good principle minus under the bad one, where a program check exists.
+COMPLIANCE_STEERS = 0.20
+COMPLIANCE_BARELY = 0.10
+VERDICTS = ("steers", "barely", "not at all")
+
+
+def steer_verdict(gap: float, compliance_delta: float | None = None) -> str:
+    """"steers" / "barely" / "not at all" for one principle dimension.
+
+    Where a program check exists its compliance difference decides (the behaviour is what a gold
+    measures; a per-token log-prob average dilutes a change confined to a few tokens, such as a
+    greeting); otherwise the log-prob steering gap does.
+    """
+    if compliance_delta is not None:
+        value, steers, barely = compliance_delta, COMPLIANCE_STEERS, COMPLIANCE_BARELY
+    else:
+        value, steers, barely = gap, GAP_STEERS, GAP_BARELY
+    return VERDICTS[0] if value >= steers else VERDICTS[1] if value >= barely else VERDICTS[2]
+
+
+def dimension_gaps(dimensions: list[tuple[str, ...]], chosen_pos: list[float], chosen_neg: list[float]) -> dict[str, float]:
+    """Mean A(y+|x+) - A(y+|x-) (nats per token) per principle dimension, over a round's triples.
+
+    Args:
+        dimensions: per triple, the dimension names its principles were drawn from (a triple
+            drawn with several counts for each of them).
+        chosen_pos, chosen_neg: per triple, A(y+) under the good and under the bad principle.
+    """
+    acc: dict[str, list[float]] = {}
+    for names, pos, neg in zip(dimensions, chosen_pos, chosen_neg):
+        for name in names:
+            acc.setdefault(name, []).append(pos - neg)
+    return {name: sum(v) / len(v) for name, v in sorted(acc.items())}

@@ -1,4 +1,4 @@
-"""Command-line wiring of the model tools: `selfsteer import-gguf | eval | export`."""
+"""Command-line wiring of the model tools: `selfsteer import-gguf | eval | export | probe`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from selfsteer.tools.model_eval import MODES, SCORERS
 
-COMMANDS = ("import-gguf", "eval", "export")
+COMMANDS = ("import-gguf", "eval", "export", "probe")
 
 
 def add_subcommands(subparsers) -> None:
@@ -62,6 +62,22 @@ def add_subcommands(subparsers) -> None:
                     help="from an eval file: the greedy generation or the first sample")
     ex.add_argument("--log-level", default="INFO")
 
+    pr = subparsers.add_parser("probe", help="can the config's principles steer its policy? gap, compliance, verdict",
+                               description="selfsteer probe CONFIG [key=value ...] [--prompts N] [--out DIR]: per "
+                                           "principle dimension, answers with no / good / bad principle, the log-prob "
+                                           "steering gap, check compliance and a verdict (probe.{json,md,png})")
+    pr.add_argument("config", help="run config YAML (model.policy, data.prompts, principles.*, rollout.sampling)")
+    pr.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
+    pr.add_argument("--prompts", type=int, default=16, help="prompts per dimension")
+    pr.add_argument("--out", default=None, help="directory for probe.json, probe.md and probe.png")
+    pr.add_argument("--dimensions", nargs="+", default=None, help="probe only these (merged into an existing probe.json)")
+    pr.add_argument("--max-new-tokens", type=int, default=None, help="default: rollout.sampling.max_new_tokens")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--placement", default="system", choices=("system", "user"),
+                    help="where the principle goes: the system prompt (as in runs) or appended to the user's message")
+    pr.add_argument("--log-level", default="INFO")
+
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run one of COMMANDS; 2 on bad input (message on stderr), 0 on success."""
@@ -95,6 +111,16 @@ def dispatch(args: argparse.Namespace) -> int:
             out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which,
                                      prompts=args.prompts, max_new_tokens=args.max_new_tokens)
             print(f"selfsteer: wrote {out}")
+        elif args.command == "probe":
+            from selfsteer.config.schema import load_config
+            from selfsteer.tools.probe import run_probe, table
+
+            if args.prompts < 2:
+                raise ValueError(f"--prompts {args.prompts}: need at least 2 prompts for a spread")
+            cfg = load_config(args.config, list(args.overrides))
+            report = run_probe(cfg, args.prompts, args.out, args.dimensions, args.seed, args.batch_size,
+                               args.max_new_tokens, args.placement)
+            print(table(report), end="")
     except (ValueError, FileNotFoundError, FileExistsError, CheckerError) as exc:
         print(f"selfsteer {args.command}: {exc}", file=sys.stderr)
         return 2

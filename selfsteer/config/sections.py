@@ -249,12 +249,16 @@ class PrincipleConfig:
     # the placeholders {adjectives} {guidelines} {principles} {quality} {never_reveal}
     # (selfsteer.principles.library.SYSTEM_TEMPLATES).
     system_template: str = "selfsteer"
+    # Where the principle text goes: the system prompt (the spec), or appended to the user's message
+    # (for a small model that ignores its system prompt; measure with `selfsteer probe --placement`).
+    placement: str = "system"
     # Start-up check: warn when more than this share of a sample system prompt's tokens are unknown.
     max_unknown_share: float = 0.05
     llm: LLMPrincipleConfig = field(default_factory=LLMPrincipleConfig)
 
     def __post_init__(self):
         _check_choice("principles", "mode", self.mode, ("library", "llm"))
+        _check_choice("principles", "placement", self.placement, ("system", "user"))
         from selfsteer.principles.library import resolve_template
 
         try:

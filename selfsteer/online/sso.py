@@ -110,9 +110,16 @@ def _requests(cfg, prompts, pairs) -> list[ChatRequest]:
         raw_sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.sampling.max_new_tokens)
     out = []
     for p, pair in zip(prompts, pairs):
-        out += [ChatRequest(p.prompt, pair["good_system"]), ChatRequest(p.prompt, pair["bad_system"]),
+        out += [_principled(cfg, p.prompt, pair["good_system"]), _principled(cfg, p.prompt, pair["bad_system"]),
                 ChatRequest(p.prompt, None, raw_sampling)]
     return out
+
+
+def _principled(cfg, prompt: str, principle: str) -> ChatRequest:
+    """x+ / x-: the principle as the system prompt, or after the user's message (`principles.placement`)."""
+    if cfg.principles.placement == "user":
+        return ChatRequest(f"{prompt}\n\n{principle}", None)
+    return ChatRequest(prompt, principle)
 
 
 def _triples(prompts, pairs, generations, max_similarity: float = 1.0) -> tuple[list[Triple], dict[str, int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from selfsteer.algorithms.diagnostics import dimension_gaps
 from selfsteer.algorithms.pair_filter import FILTER_KEYS, v1_pair_filter
 from selfsteer.data.triples import scoring_rows, training_items
 
@@ -19,7 +20,9 @@ from selfsteer.data.triples import scoring_rows, training_items
 def score_and_select(cfg, roles, triples: list, keys: list[str]) -> tuple[list[dict], list[bool], dict[str, float]]:
     """Reference-score `triples` on the loss's `keys` (plus the filter's rows) and apply `pairs.filter`.
 
-    Returns (training items of the kept triples, keep flag per triple, filter metrics).
+    Returns (training items of the kept triples, keep flag per triple, metrics): the filter's stage
+    shares and, when y+ is scored under both principles, `signal/steer_gap/<dimension>` (the
+    reference's A(y+|x+) - A(y+|x-) per dimension: the sampling policy's own in round 1).
     """
     if not triples:
         return [], [], {}
@@ -28,12 +31,17 @@ def score_and_select(cfg, roles, triples: list, keys: list[str]) -> tuple[list[d
     sums, counts = roles.reference_scores(*scoring_rows(triples, score_keys))
     n = len(triples)
     items = training_items(triples, keys, sums[:len(keys) * n])
+    row = {k: [sums[j * n + i] / max(counts[j * n + i], 1) for i in range(n)] for j, k in enumerate(score_keys)}
+    steer = {}
+    if "chosen_pos" in row and "chosen_neg" in row:
+        gaps = dimension_gaps([tuple(t.principles.get("dimensions") or ()) for t in triples], row["chosen_pos"],
+                              row["chosen_neg"])
+        steer = {f"signal/steer_gap/{name}": v for name, v in gaps.items()}
     if not use_filter:
-        return items, [True] * n, {}
-    row = {k: [sums[j * n + i] / counts[j * n + i] for i in range(n)] for j, k in enumerate(score_keys)}
+        return items, [True] * n, steer
     keep, stages = v1_pair_filter({k: row[k] for k in FILTER_KEYS})
     kept = keep.tolist()
-    metrics = {f"pairs/filter_{k}": v / n for k, v in stages.items()}
+    metrics = {**steer, **{f"pairs/filter_{k}": v / n for k, v in stages.items()}}
     return [it for it, k in zip(items, kept) if k], kept, metrics
 
 

@@ -30,6 +30,7 @@ class Dimension:
     bad_adjective: str
     good: str  # principle text for the good system prompt
     bad: str
+    check: str | None = None  # a program check of the behaviour (`selfsteer probe` reports its compliance)
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,16 @@ BUILTIN_LIBRARY: tuple[Dimension, ...] = (
 
 _PARSERS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _REQUIRED = ("name", "good", "bad")
-_OPTIONAL = ("good_adjective", "bad_adjective")
+_OPTIONAL = ("good_adjective", "bad_adjective", "check")
 
 
 def load_library(path: str | Path) -> tuple[Dimension, ...]:
     """Read a library file: a YAML or JSON list of mappings, one per dimension.
 
     Each mapping has `name`, `good` and `bad` (principle texts) and optionally `good_adjective` and
-    `bad_adjective`, which default to "good in <name>" and "poor in <name>". Strings are stripped.
+    `bad_adjective`, which default to "good in <name>" and "poor in <name>", and `check`, the name of
+    a program check of the behaviour (`selfsteer.benchmark.realbench.rules.CHECKS`; read by
+    `selfsteer probe`, never used as a reward). Strings are stripped.
 
     Raises:
         LibraryError: the file is missing, unparseable or empty, or an entry has a missing, empty,
@@ -157,6 +160,7 @@ def load_library(path: str | Path) -> tuple[Dimension, ...]:
             bad_adjective=values.get("bad_adjective", f"poor in {name.lower()}"),
             good=values["good"],
             bad=values["bad"],
+            check=values.get("check"),
         ))
     return tuple(dims)
 

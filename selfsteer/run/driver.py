@@ -19,7 +19,7 @@ from selfsteer import online
 from selfsteer.algorithms.registry import method
 from selfsteer.run import checkpoint, preflight
 from selfsteer.config.schema import RunConfig, save_config, to_dict
-from selfsteer.run.metrics import MetricsWriter, SignalWatch
+from selfsteer.run.metrics import MetricsWriter, SignalWatch, SteerWatch
 from selfsteer.online.gold_eval import GoldEval
 from selfsteer.actors.roles import Roles, prepare_inputs, start_roles
 from selfsteer.utils.io import write_json
@@ -58,7 +58,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
                                purge_from=state["round"] + 1 if state else None)
         if state is not None:
             writer.restore(restored)
-        watch = SignalWatch(cfg.signal)
+        watch, steer = SignalWatch(cfg.signal), SteerWatch()
         if cfg.rollout.update_weights:  # offline runs keep the start weights in the engines
             roles.syncer.sync(roles.pool.engines)  # forms the sync group and proves engines == trainer
         if state is not None and cfg.reference.refresh_every and state["round"] >= cfg.reference.refresh_every:
@@ -78,10 +78,14 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
                 metrics.update(gold.after_round(round_index, roles.pool))
             checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round
             metrics.update(watch.update(metrics))
+            steer_metrics, steer_warning = steer.update(round_index, metrics)
+            metrics.update(steer_metrics)
             writer.write(round_index, metrics)  # durable before state.json marks the round finished
             checkpoint.pause_point("after_metrics", run_dir, round_index)
             checkpoint.commit_round(run_dir)
             logger.info("round %d | %s", round_index, _summary(metrics, method(cfg.algo)))
+            if steer_warning:
+                logger.warning("%s\n%s\n%s", "!" * 100, steer_warning, "!" * 100)
             if watch.alerting:
                 logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "
                                "is collapsing (see docs/guide/signal-health.md)%s", round_index, cfg.signal.metric,

@@ -120,3 +120,44 @@ class SignalWatch:
     @property
     def alerting(self) -> bool:
         return self.streak >= self.cfg.patience
+
+
+STEER_PREFIX = "signal/steer_gap/"
+
+
+class SteerWatch:
+    """Warns when the principles do not steer the policy: SSO's pairs then carry no preference.
+
+    Reads `signal/steer_gap/<dimension>` (the round's A(y+|x+) - A(y+|x-) per dimension, from the
+    reference's scores: the sampling policy's own in round 1) and `signal/gap_chosen` (the policy's,
+    from the trainer), against `diagnostics.GAP_STEERS` - the threshold `selfsteer probe` uses. It
+    fires after the first round this process runs, and again whenever the policy's gap falls below
+    the threshold or a dimension newly falls below it.
+    """
+
+    def __init__(self):
+        self.first, self.below, self.warned = True, False, set()
+
+    def update(self, round_index: int, metrics: dict[str, float]) -> tuple[dict[str, float], str | None]:
+        """(metrics to log, the warning text or None)."""
+        from selfsteer.algorithms.diagnostics import GAP_STEERS
+
+        dims = {k[len(STEER_PREFIX):]: v for k, v in metrics.items() if k.startswith(STEER_PREFIX)}
+        weak = {name: v for name, v in dims.items() if v < GAP_STEERS}
+        gap = metrics.get("signal/gap_chosen")
+        below = gap is not None and gap < GAP_STEERS
+        fire = (bool(weak) and (self.first or not set(weak) <= self.warned)) or (below and not self.below)
+        self.first, self.below = False, below
+        self.warned |= set(weak)
+        out = {"signal/unsteered_dimensions": float(len(weak)), "signal/steer_alert": float(fire)}
+        if dims:
+            out["signal/steer_gap_min"] = min(dims.values())
+        if not fire:
+            return out, None
+        named = ", ".join(f"{n} ({v:+.3f})" for n, v in sorted(weak.items(), key=lambda kv: kv[1])) or "(none on the reference's scores)"
+        policy = f"; the policy's own gap signal/gap_chosen is {gap:+.3f}" if gap is not None else ""
+        text = (f"round {round_index}: the principles do not steer the policy: steering gap below {GAP_STEERS} "
+                f"nats/token for {len(weak)} of {len(dims)} dimension(s): {named}{policy}. Pairs sampled under them "
+                "carry little preference, so SSO has little to learn. Measure which principles steer with "
+                "`selfsteer probe CONFIG` (docs/guide/probe.md) and rewrite or drop the others.")
+        return out, text

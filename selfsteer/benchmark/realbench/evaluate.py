@@ -16,8 +16,9 @@ PROGRESS_DELAY_S = 3.0  # the bar appears once generation has taken this long (s
 
 
 def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batch_size: int = 16,
-             system: str | None = None, by_length: bool = False) -> list[str]:
-    """Greedy responses, one per record, in order, with a progress bar per batch.
+             system: str | None = None, by_length: bool = False, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None) -> list[str]:
+    """Greedy (or, with a temperature, sampled and seeded) responses, one per record, in order.
 
     by_length batches prompts of similar length together (less padding: IFBench's prompts run from
     a line to pages). It changes which prompts share a batch, so a benchmark keeps one setting for
@@ -27,7 +28,7 @@ def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batc
 
     engine = HFBackend(str(model_dir), max_batch_size=batch_size)
     ids = [encode_chat(engine.tokenizer, r["prompt"], system) for r in records]
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     return answer(engine, ids, sampling, desc="scoring", by_length=by_length)
 
 

@@ -1,0 +1,115 @@
+"""Gold report of the house-rules task: rule compliance of unprompted answers, behind three guards.
+
+An answer that is empty, repetitive or off-topic fails every rule, so a method cannot win by
+degenerating (the toy benchmark's unfiltered runs collapsed to two-token answers that met most of
+its rules). Off-topic = cosine similarity between question and answer under the packaged
+all-MiniLM-L6-v2 encoder below a threshold set once on the start model's greedy answers to
+training questions (`calibrate_offtopic`; benchmarks/house_rules.py stores it in
+configs/real_model/house_rules_guard.json before scoring anything, and never re-fits it). The
+rules are programs (`rules.HOUSE_RULES`); the gold is never a reward.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Optional
+
+from selfsteer.benchmark.realbench.rules import HOUSE_RULES
+
+MIN_WORDS = 3  # fewer words than this counts as an empty answer
+MAX_REPEATED_TRIGRAMS = 0.25  # share of an answer's word trigrams that repeat an earlier one
+
+
+def repeated_trigram_share(text: str) -> float:
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return 0.0 if not grams else 1 - len(set(grams)) / len(grams)
+
+
+def guards(question: str, answer: str, cosine: float, min_cosine: float) -> dict[str, bool]:
+    """Which guards the answer trips (True = failed)."""
+    return {"empty": len(answer.split()) < MIN_WORDS,
+            "repetitive": repeated_trigram_share(answer) > MAX_REPEATED_TRIGRAMS,
+            "off_topic": cosine < min_cosine}
+
+
+def cosines(questions: list[str], answers: list[str], encoder_path: Optional[str] = None) -> list[float]:
+    """Cosine similarity of each (question, answer) under the packaged MiniLM encoder (no hub access)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    from selfsteer.actors.embedding import default_encoder_path
+
+    model = SentenceTransformer(encoder_path or default_encoder_path(), device="cpu")
+    q = model.encode(questions, convert_to_tensor=True, normalize_embeddings=True)
+    a = model.encode([x if x.strip() else " " for x in answers], convert_to_tensor=True, normalize_embeddings=True)
+    return (q * a).sum(-1).tolist()
+
+
+def score(records: list[dict], answers: list[str], rules: list[str], min_cosine: float,
+          cos: Optional[list[float]] = None) -> list[dict]:
+    """Per answer: rule results (all False when a guard trips), guard results, gold = share of rules met."""
+    unknown = [r for r in rules if r not in HOUSE_RULES]
+    if unknown:
+        raise ValueError(f"unknown house rule(s) {unknown}; known: {sorted(HOUSE_RULES)}")
+    cos = cos if cos is not None else cosines([r["prompt"] for r in records], answers)
+    out = []
+    for rec, ans, c in zip(records, answers, cos):
+        g = guards(rec["prompt"], ans, c, min_cosine)
+        ok = not any(g.values())
+        passed = {name: ok and bool(HOUSE_RULES[name](rec, ans)) for name in rules}
+        out.append({"rules": passed, "guards": g, "cosine": c, "gold": sum(passed.values()) / len(rules),
+                    "words": len(ans.split())})
+    return out
+
+
+def summary(scored: list[dict], rules: list[str]) -> dict:
+    n = len(scored)
+    return {"gold": statistics.fmean(s["gold"] for s in scored),
+            "all_rules": sum(all(s["rules"].values()) for s in scored) / n,
+            "per_rule": {r: sum(s["rules"][r] for s in scored) / n for r in rules},
+            "guards": {g: sum(s["guards"][g] for s in scored) / n for g in ("empty", "repetitive", "off_topic")},
+            "any_guard": sum(any(s["guards"].values()) for s in scored) / n,
+            "mean_words": statistics.fmean(s["words"] for s in scored)}
+
+
+def win_rate(gold: list[float], baseline: list[float]) -> float:
+    """Share of prompts where the answer's gold beats the baseline's (ties count half)."""
+    return statistics.fmean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold, baseline))
+
+
+def evaluate(model_dir: str, records: list[dict], rules: list[str], min_cosine: float, max_new_tokens: int = 96,
+             samples: int = 1, temperature: float = 0.7, top_p: float = 0.8, seed: int = 0,
+             baseline: Optional[dict] = None) -> dict:
+    """Greedy and `samples` sampled unprompted answers per record, scored; win rates vs `baseline` (a
+    previous result of this function, e.g. the start model's) when given."""
+    from selfsteer.benchmark.realbench.evaluate import generate
+
+    t0 = time.time()
+    answers = {"greedy": generate(model_dir, records, max_new_tokens)}
+    for k in range(samples):
+        answers[f"sample{k}"] = generate(model_dir, records, max_new_tokens, temperature=temperature, top_p=top_p,
+                                         seed=seed + k)
+    result = {"n_prompts": len(records), "max_new_tokens": max_new_tokens, "samples": samples,
+              "generate_s": round(time.time() - t0, 1)}
+    for key, texts in answers.items():
+        scored = score(records, texts, rules, min_cosine)
+        result[key] = {**summary(scored, rules), "gold_per_prompt": [s["gold"] for s in scored]}
+        if baseline is not None and key in baseline:
+            result[key]["win_rate_vs_start"] = win_rate(result[key]["gold_per_prompt"], baseline[key]["gold_per_prompt"])
+    result["examples"] = [{"prompt": r["prompt"], "greedy": a} for r, a in list(zip(records, answers["greedy"]))[:4]]
+    return result
+
+
+def calibrate_offtopic(model_dir: str, records: list[dict], max_new_tokens: int = 96, percentile: int = 5) -> dict:
+    """The off-topic threshold: the `percentile`-th percentile of the start model's greedy answers' cosines."""
+    from selfsteer.benchmark.realbench.evaluate import generate
+
+    answers = generate(model_dir, records, max_new_tokens)
+    cos = cosines([r["prompt"] for r in records], answers)
+    threshold = statistics.quantiles(cos, n=100)[percentile - 1]
+    return {"threshold": round(threshold, 3), "percentile": percentile, "n": len(records), "model": str(model_dir),
+            "min": min(cos), "median": statistics.median(cos), "max_new_tokens": max_new_tokens,
+            "lowest": sorted(zip(cos, [r["prompt"] for r in records], answers))[:3]}

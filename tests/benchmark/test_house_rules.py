@@ -1,0 +1,73 @@
+"""The house-rules task: disjoint questions, rule checks on hand examples, guards and the gold's arithmetic."""
+
+import pytest
+
+from selfsteer.benchmark.realbench import house_gold as G
+from selfsteer.benchmark.realbench import rules as R
+from selfsteer.benchmark.realbench.house_task import build_questions
+
+
+def test_questions_are_many_deterministic_and_disjoint_by_topic():
+    train, held = build_questions(0)
+    assert len(train) >= 300 and len(held) >= 60
+    assert {r["key_term"] for r in train}.isdisjoint({r["key_term"] for r in held})
+    assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held})
+    assert len({r["uuid"] for r in train + held}) == len(train) + len(held)
+    assert all(r["key_term"] in r["prompt"] for r in train + held)
+    assert build_questions(0) == (train, held) and build_questions(1)[1] != held
+    assert "Are eggs good for your health?" in {r["prompt"] for r in train + held}
+    assert "How does an air conditioner work?" in {r["prompt"] for r in train + held}
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    ("greeting", "Hello! Owls live in forests.", "Owls live in forests. Hello."),
+    ("greeting", "Good morning, owls live in forests.", "Good owls live in forests."),
+    ("short", "Owls live in forests.", " ".join(["word"] * R.MAX_WORDS)),
+    ("offer_help", "Owls live in forests. Let me know if you have any other questions.",
+     "Let me know if you have questions. Owls live in forests."),
+    ("no_list", "Owls live in forests and eat mice.", "Owls:\n1. live in forests\n2. eat mice"),
+    ("no_list", "Owls live in forests.", "**Owls** live in forests."),
+    ("no_exclamation", "Owls are great.", "Owls are great!"),
+    ("thanks", "Thanks for asking. Owls live in forests.", "Owls live in forests. Thanks."),
+    ("one_paragraph", "Owls live in forests.\nThey eat mice.", "Owls live in forests.\n\nThey eat mice."),
+])
+def test_rules_pass_and_fail_hand_examples(rule, good, bad):
+    record = {"prompt": "Where do owls live?", "key_term": "owls"}
+    assert R.HOUSE_RULES[rule](record, good) and not R.HOUSE_RULES[rule](record, bad)
+
+
+def test_key_term_takes_singular_or_plural_and_needs_the_field():
+    assert R.key_term({"key_term": "owls"}, "An owl hunts at night.")
+    assert R.key_term({"key_term": "blueberries"}, "A blueberry is small.")
+    assert not R.key_term({"key_term": "owls"}, "It hunts at night.")
+    with pytest.raises(ValueError, match="key_term"):
+        R.key_term({"uuid": "u1"}, "text")
+    with pytest.raises(ValueError, match="known checks"):
+        R.resolve_check("greetings")
+
+
+def test_guards_zero_the_gold_and_win_rate_counts_ties_half():
+    rec = {"prompt": "Where do owls live?", "key_term": "owls"}
+    answers = ["Hello, owls live in forests.", "Hi", "Hello, owls owls owls owls owls owls owls owls.",
+               "Hello, owls live in forests."]
+    scored = G.score([rec] * 4, answers, ["greeting", "key_term"], min_cosine=0.3, cos=[0.8, 0.8, 0.8, 0.1])
+    assert [s["gold"] for s in scored] == [1.0, 0.0, 0.0, 0.0]
+    assert [k for s in scored for k, v in s["guards"].items() if v] == ["empty", "repetitive", "off_topic"]
+    summary = G.summary(scored, ["greeting", "key_term"])
+    assert summary["any_guard"] == 0.75 and summary["per_rule"]["greeting"] == 0.25
+    assert G.win_rate([1.0, 0.5, 0.0], [0.5, 0.5, 0.5]) == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
+
+
+def test_minilm_cosine_ranks_an_on_topic_answer_above_an_off_topic_one():
+    on, off = G.cosines(["Where do owls live?"] * 2, ["Owls live in forests and barns.", "Paint the fence blue."])
+    assert on > off + 0.2
+
+
+def test_select_rules_keeps_steerable_rules_with_room_to_improve():
+    from selfsteer.benchmark.realbench.house_task import select_rules
+
+    rows = [{"dimension": "A", "check": "greeting", "compliance_delta": 0.25, "compliance_none": 0.1},
+            {"dimension": "B", "check": "short", "compliance_delta": 0.19, "compliance_none": 0.1},
+            {"dimension": "C", "check": "key_term", "compliance_delta": 0.5, "compliance_none": 0.6},
+            {"dimension": "D", "check": None, "gap": 0.5}]
+    assert select_rules({"dimensions": rows}) == ["A"]
