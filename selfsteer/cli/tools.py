@@ -34,11 +34,17 @@ def add_subcommands(subparsers) -> None:
     ev.add_argument("--out", help="JSONL to write, one row per prompt (and OUT.summary.json); omitted: summary only")
     ev.add_argument("--log-level", default="INFO")
 
-    ex = subparsers.add_parser("export", help="generations -> a judge's input format (AlpacaEval)",
-                               description="selfsteer export RUN_OR_EVAL_FILE --format alpaca_eval --out FILE")
-    ex.add_argument("source", help="an eval JSONL (selfsteer eval --out) or a run directory (its last round's y^o)")
-    ex.add_argument("--format", required=True, choices=("alpaca_eval",))
-    ex.add_argument("--out", required=True, help="JSON file to write")
+    ex = subparsers.add_parser("export", help="generations -> a judge's input format (AlpacaEval); or a LoRA "
+                                              "checkpoint merged into its base (--merge)",
+                               description="selfsteer export RUN_OR_EVAL_FILE --format alpaca_eval --out FILE | "
+                                           "selfsteer export --merge ADAPTER_CKPT OUT_DIR")
+    ex.add_argument("source", nargs="?", help="an eval JSONL (selfsteer eval --out) or a run directory (its last round's y^o)")
+    ex.add_argument("--merge", nargs=2, metavar=("CKPT", "OUT"),
+                    help="write the adapter checkpoint CKPT merged into its base model as an HF model in OUT")
+    ex.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="with --merge: the merged model's dtype")
+    ex.add_argument("--format", choices=("alpaca_eval",))
+    ex.add_argument("--out", help="JSON file to write")
     ex.add_argument("--generator", help="the `generator` name (default: the model's or run's directory name)")
     ex.add_argument("--which", default="greedy", choices=("greedy", "sample"),
                     help="from an eval file: the greedy generation or the first sample")
@@ -61,8 +67,16 @@ def dispatch(args: argparse.Namespace) -> int:
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                scorer=args.scorer, seed=args.seed, out=args.out)
             print("selfsteer eval:", " ".join(f"{k}={v}" for k, v in summary.items()))
+        elif args.command == "export" and args.merge:
+            from selfsteer.training.lora import export_merged
+
+            out = export_merged(args.merge[0], args.merge[1], args.dtype)
+            print(f"selfsteer: wrote {out}")
         elif args.command == "export":
             from selfsteer.tools.model_eval import export_alpaca_eval
+
+            if not (args.source and args.format and args.out):
+                raise ValueError("export needs SOURCE --format alpaca_eval --out FILE, or --merge CKPT OUT")
 
             out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which)
             print(f"selfsteer: wrote {out}")

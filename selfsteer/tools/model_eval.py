@@ -21,14 +21,20 @@ Scorer = Callable[[str, str], float]  # (prompt text, response) -> gold reward
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory as given, or a run directory's last saved checkpoint (checkpoints/round_NNNN)."""
+    """A model directory as given (or a LoRA adapter checkpoint, loaded merged into its base), or a run
+    directory's last saved checkpoint (checkpoints/round_NNNN)."""
     path = Path(path)
-    if (path / "config.json").is_file():
+
+    def is_model(p: Path) -> bool:
+        return (p / "config.json").is_file() or (p / "adapter_config.json").is_file()
+
+    if is_model(path):
         return path
-    rounds = sorted(p for p in (path / "checkpoints").glob("round_*") if (p / "config.json").is_file())
+    rounds = sorted(p for p in (path / "checkpoints").glob("round_*") if is_model(p))
     if rounds:
         return rounds[-1]
-    raise FileNotFoundError(f"{path}: neither an HF model directory (config.json) nor a run directory with "
+    raise FileNotFoundError(f"{path}: neither an HF model directory (config.json), an adapter checkpoint "
+                            f"(adapter_config.json) nor a run directory with "
                             f"checkpoints/round_NNNN")
 
 
