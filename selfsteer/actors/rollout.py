@@ -54,7 +54,8 @@ class RolloutEngine:
         self.sync_buffers = FlatBuffers()
         # A backend with worker processes (vLLM) receives the broadcast inside each worker, so
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
-        self._workers_receive = hasattr(self.backend, "init_sync_group")
+        # (A vLLM engine serving a LoRA adapter takes the adapter tensors here: `workers_receive` False.)
+        self._workers_receive = getattr(self.backend, "workers_receive", hasattr(self.backend, "init_sync_group"))
         self.weights_version = 0
         self.asleep = False
 

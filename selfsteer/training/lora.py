@@ -185,3 +185,36 @@ def base_scores(peft_model, forward, contexts: list[list[int]], responses: list[
     finally:
         peft_model.train(was_training)
 
+
+
+def write_adapter_dir(path: str | Path, tensors: dict[str, torch.Tensor], lora_cfg, model_type: str) -> Path:
+    """Adapter tensors under the trainer's parameter names (`...q_proj.lora_A.default.weight`) as a peft
+    directory another runtime loads (vLLM's LoRARequest): names without the adapter name, and the
+    target modules the tensors actually cover (never "all-linear", which not every loader expands)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    saved = {name.replace(".default.", "."): t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    covered = sorted({name.split(".lora_")[0].rsplit(".", 1)[-1] for name in saved})
+    config = peft_config(lora_cfg, model_type)
+    config.target_modules = covered
+    config.save_pretrained(str(path))
+    save_file(saved, str(path / "adapter_model.safetensors"))
+    return path
+
+
+def merged_weights(base: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], lora_cfg) -> dict[str, torch.Tensor]:
+    """W0 + (alpha / r) B A for every adapted layer, under HF weight names (`model.layers.0.self_attn.q_proj.weight`):
+    what an engine that cannot apply an adapter loads instead. `base`: the base's weights by HF name."""
+    scale = lora_cfg.alpha / lora_cfg.rank
+    out = {}
+    for name, a in tensors.items():
+        if ".lora_A." not in name:
+            continue
+        module = name.split(".lora_A.")[0]
+        b = tensors[name.replace(".lora_A.", ".lora_B.")]
+        hf_name = module.removeprefix("base_model.model.") + ".weight"
+        w0 = base[hf_name]
+        out[hf_name] = (w0.float() + scale * (b.float() @ a.float())).to(w0.dtype)
+    return out
