@@ -95,3 +95,22 @@ def shard_rows(contexts: list[list[int]], responses: list[list[int]], num_shards
         shards[k] += rows
         load[k] += len(ctx) + sum(len(responses[i]) for i in rows)
     return [sorted(rows) for rows in shards]
+
+
+def score_on_ranks(submit, wait, ranks: list, contexts: list[list[int]], responses: list[list[int]],
+                   every_row: bool) -> tuple[list, list]:
+    """Deal reference rows out to the trainer ranks (contexts kept together) and put the results back in
+    request order; `every_row`: each rank scores all rows (ZeRO-3) and rank 0's result is returned.
+
+    `submit(rank, contexts, responses)` -> a result ref; `wait(refs)` -> the results."""
+    if every_row:
+        return wait([submit(r, contexts, responses) for r in ranks])[0]
+    shards = [(r, rows) for r, rows in zip(ranks, shard_rows(contexts, responses, len(ranks))) if rows]
+    parts = wait([submit(r, [contexts[i] for i in rows], [responses[i] for i in rows]) for r, rows in shards])
+    sums, counts = [None] * len(contexts), [None] * len(contexts)
+    for (_, rows), (s, c) in zip(shards, parts):
+        for j, i in enumerate(rows):
+            sums[i] = s[j]
+            if c:
+                counts[i] = c[j]
+    return sums, counts

@@ -218,13 +218,18 @@ class Roles:
         return actor
 
     def reference_scores(self, contexts, responses) -> tuple[list[float], list[float]]:
-        """Summed log-probs and token counts per row, from every reference actor at once."""
+        """Summed log-probs and token counts per row, from every reference actor at once (or, with
+        reference.mode=adapter_off, from the trainer ranks with the adapter switched off)."""
+        if self.cfg.reference.mode == "adapter_off":
+            return self.trainer.reference_scores(contexts, responses)
         parts = self._reference_calls("score", contexts, responses)
         return self._in_order(len(contexts), [(rows, sums) for rows, (sums, _) in parts]), \
             self._in_order(len(contexts), [(rows, counts) for rows, (_, counts) in parts])
 
     def reference_token_scores(self, contexts, responses) -> list[list[float]]:
         """Per-token log-probs per row (SePO), from every reference actor at once."""
+        if self.cfg.reference.mode == "adapter_off":
+            return self.trainer.reference_scores(contexts, responses, per_token=True)[0]
         return self._in_order(len(contexts), self._reference_calls("token_scores", contexts, responses))
 
     def _reference_calls(self, method: str, contexts, responses) -> list[tuple[list[int], Any]]:
@@ -347,7 +352,8 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     else:
         where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
     references = [spawn_actor(cfg, marker, ReferenceModel, inputs.reference_path, rc, cfg.model, resources=where,
-                              torch_threads=threads) for _ in range(rc.num_actors)]
+                              torch_threads=threads)
+                  for _ in range(rc.num_actors if rc.mode == "actor" else 0)]  # adapter_off: the trainer ranks score
     principle_actor = spawn_actor(cfg, marker, PrincipleGenerator, cfg.principles, cfg.seed, cfg.model,
                                   resources=cfg.principles.llm.actor_resources(cfg.principles.mode),
                                   torch_threads=threads)

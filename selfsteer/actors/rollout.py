@@ -47,13 +47,15 @@ class RolloutEngine:
         self.backend = backend_cls(
             model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
             trust_remote_code=model_cfg.trust_remote_code, max_batch_size=rollout_cfg.max_batch_size,
-            tensor_parallel_size=rollout_cfg.tensor_parallel_size, sleep_mode=colocated, **rollout_cfg.vllm_args())
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size, sleep_mode=colocated,
+            lora=model_cfg.lora if model_cfg.lora.enabled else None, **rollout_cfg.vllm_args())
         self.tokenizer = self.backend.tokenizer
         self.sync_group: Optional[SyncGroup] = None
         self.sync_buffers = FlatBuffers()
         # A backend with worker processes (vLLM) receives the broadcast inside each worker, so
         # every tensor-parallel worker joins the sync group and takes its shard straight from it.
-        self._workers_receive = hasattr(self.backend, "init_sync_group")
+        # (A vLLM engine serving a LoRA adapter takes the adapter tensors here: `workers_receive` False.)
+        self._workers_receive = getattr(self.backend, "workers_receive", hasattr(self.backend, "init_sync_group"))
         self.weights_version = 0
         self.asleep = False
 

@@ -87,6 +87,13 @@ class TrainerRank:
             model.gradient_checkpointing_enable()
         self.saved_use_cache = model.config.use_cache  # written back into saved checkpoints
         model.config.use_cache = False
+        self.model_path, self.lora, self._base_hash = model_path, mc.lora.enabled, None
+        if self.lora:  # a frozen base and a fresh adapter (selfsteer.training.lora); only the adapter trains
+            from selfsteer.training.lora import wrap_policy
+
+            if tc.gradient_checkpointing:
+                model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+            model = wrap_policy(model, mc.lora)
         from selfsteer.training import make_train_backend
 
         self.backend = make_train_backend(tc.backend, model, tc, total_steps=total_steps, device=self.device, dtype=dtype)
@@ -178,8 +185,22 @@ class TrainerRank:
 
     # --- weights out ----------------------------------------------------------------------
     def weight_layout(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-        """(name, full shape, dtype) of every parameter; tied weights appear once, so stay tied."""
-        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.module.named_parameters()]
+        """(name, full shape, dtype) of every parameter a sync sends: all of them (tied weights appear
+        once, so stay tied), or with model.lora only the adapter's, which the engines apply to their base."""
+        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.module.named_parameters()
+                if p.requires_grad or not self.lora]
+
+    def reference_scores(self, contexts: list[list[int]], responses: list[list[int]],
+                         per_token: bool = False) -> tuple[list, list]:
+        """reference.mode=adapter_off: the frozen base's log-probs (adapter off), scored here instead of on
+        a reference actor holding a second copy (selfsteer.training.lora.base_scores). Under ZeRO-3 every
+        rank must call it with the same rows."""
+        from selfsteer.training.lora import base_scores
+
+        return base_scores(self.module, self.module if self.split_head else self.backend.forward, contexts,
+                           responses, per_token=per_token, pad_id=self.pad_id, device=self.device,
+                           micro_batch_size=self.cfg.reference.micro_batch_size, packed=self.packed,
+                           mask_dtype=self.dtype, split_head=self.split_head, varlen=self.varlen)
 
     def open_sync_store(self, world_size: int, timeout_s: float) -> tuple[str, int]:
         """Rank 0 opens the sync group's store; the engines connect to the (host, port) returned."""
@@ -280,7 +301,10 @@ class TrainerRank:
         self.backend.load_state(directory, tag)
 
     def save_hf(self, path: str) -> Optional[str]:
-        """Write an HF checkpoint (safetensors) from the full weights. All ranks must call this."""
+        """Write an HF checkpoint (safetensors) from the full weights, or with model.lora the adapter in
+        peft's format beside its base model's path and hash. All ranks must call this."""
+        if self.lora:
+            return self._save_adapter(path)
         params = list(self.module.parameters())
         with self.backend.full_parameters(params):
             if self.rank != 0:
@@ -292,6 +316,20 @@ class TrainerRank:
                 self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
             finally:
                 config.use_cache = False
+            self.tokenizer.save_pretrained(path)
+        return path
+
+    def _save_adapter(self, path: str) -> Optional[str]:
+        from selfsteer.training.lora import adapter_names, adapter_state, file_hash, save_adapter
+
+        names = adapter_names(self.module)
+        params = dict(self.module.named_parameters())
+        with self.backend.full_parameters([params[n] for n in names]):
+            if self.rank != 0:
+                return None
+            if self._base_hash is None:  # once per run: the base never changes
+                self._base_hash = file_hash(self.model_path)
+            save_adapter(self.module, path, adapter_state(self.module, names), self.model_path, self._base_hash)
             self.tokenizer.save_pretrained(path)
         return path
 
@@ -355,6 +393,16 @@ class TrainerGroup:
 
     def save_hf(self, path: str) -> None:
         self._all("save_hf", [r.save_hf.remote(path) for r in self.ranks])
+
+    def reference_scores(self, contexts: list[list[int]], responses: list[list[int]], per_token: bool = False):
+        """reference.mode=adapter_off on the ranks (selfsteer.actors.reference.score_on_ranks)."""
+        from selfsteer.actors.reference import score_on_ranks
+
+        tc = self.cfg.trainer
+        every_row = tc.backend == "deepspeed" and tc.zero_stage == 3  # its forward gathers across ranks
+        return score_on_ranks(lambda rank, c, r: rank.reference_scores.remote(c, r, per_token),
+                              lambda refs: self._all("reference_scores", refs), self.ranks, contexts, responses,
+                              every_row)
 
     def _all(self, what: str, refs: list, timeout_s: Optional[float] = None) -> list:
         """Wait for every rank; the first dead or stalled rank fails the call, named."""

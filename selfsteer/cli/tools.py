@@ -47,13 +47,19 @@ def add_subcommands(subparsers) -> None:
     ev.add_argument("--out", help="JSONL to write, one row per prompt (and OUT.summary.json); omitted: summary only")
     ev.add_argument("--log-level", default="INFO")
 
-    ex = subparsers.add_parser("export", help="answers -> a judge's input format (AlpacaEval)",
+    ex = subparsers.add_parser("export", help="answers -> a judge's input format (AlpacaEval); or a LoRA "
+                                              "checkpoint merged into its base (--merge)",
                                description="selfsteer export EVAL_FILE --format alpaca_eval --out FILE, or "
-                                           "selfsteer export RUN_DIR --prompts FILE --format alpaca_eval --out FILE")
-    ex.add_argument("source", help="an eval JSONL (selfsteer eval --out), or a run directory (its final checkpoint "
-                                   "answers --prompts greedily; never the training samples)")
-    ex.add_argument("--format", required=True, choices=("alpaca_eval",))
-    ex.add_argument("--out", required=True, help="JSON file to write")
+                                           "selfsteer export RUN_DIR --prompts FILE --format alpaca_eval --out FILE, or "
+                                           "selfsteer export --merge ADAPTER_CKPT OUT_DIR")
+    ex.add_argument("source", nargs="?", help="an eval JSONL (selfsteer eval --out), or a run directory (its final "
+                                              "checkpoint answers --prompts greedily; never the training samples)")
+    ex.add_argument("--merge", nargs=2, metavar=("CKPT", "OUT"),
+                    help="write the adapter checkpoint CKPT merged into its base model as an HF model in OUT")
+    ex.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="with --merge: the merged model's dtype")
+    ex.add_argument("--format", choices=("alpaca_eval",))
+    ex.add_argument("--out", help="JSON file to write")
     ex.add_argument("--prompts", help="with a run directory: the prompts to answer ('prompt' or 'instruction' field, "
                                       "e.g. AlpacaEval's own question file)")
     ex.add_argument("--max-new-tokens", type=int, default=128, help="with a run directory")
@@ -105,9 +111,16 @@ def dispatch(args: argparse.Namespace) -> int:
             if args.samples:
                 print(f"selfsteer eval: {args.samples} sampled answer(s) a prompt took {summary['sampled_s']:.0f} s, "
                       f"the greedy answers {summary['greedy_s']:.0f} s (--samples 0: greedy only)")
+        elif args.command == "export" and args.merge:
+            from selfsteer.training.lora import export_merged
+
+            out = export_merged(args.merge[0], args.merge[1], args.dtype)
+            print(f"selfsteer: wrote {out}")
         elif args.command == "export":
             from selfsteer.tools.export import export_alpaca_eval
 
+            if not (args.source and args.format and args.out):
+                raise ValueError("export needs SOURCE --format alpaca_eval --out FILE, or --merge CKPT OUT")
             out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which,
                                      prompts=args.prompts, max_new_tokens=args.max_new_tokens)
             print(f"selfsteer: wrote {out}")

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from selfsteer.algorithms.registry import METHODS, method
 from selfsteer.config.sections import (  # noqa: F401  (re-exported: `from selfsteer.config.schema import ...`)
-    ConfigError, EvalConfig, LLMPrincipleConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
+    ConfigError, EvalConfig, LLMPrincipleConfig, LoraConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
 
 
@@ -47,6 +47,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # run a model repository's own Python code; off unless you trust it
     toy: ToyModelConfig = field(default_factory=ToyModelConfig)
     cache_dir: Optional[str] = None  # where the toy model is cached; default ~/.cache/selfsteer
+    lora: LoraConfig = field(default_factory=LoraConfig)  # off: full fine-tuning
 
     def __post_init__(self):
         _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -139,8 +140,12 @@ class ReferenceConfig:
     # Data-parallel reference: each call's rows are dealt out to this many actors (each with
     # num_cpus/num_gpus above), contexts kept together, results in request order.
     num_actors: int = 1
+    # actor: ReferenceModel actor(s) holding a copy of the start model. adapter_off (needs
+    # model.lora.enabled): the trainer ranks score with the adapter switched off; no second model.
+    mode: str = "actor"
 
     def __post_init__(self):
+        _check_choice("reference", "mode", self.mode, ("actor", "adapter_off"))
         _check_choice("reference", "device", self.device, ("auto", "cpu", "cuda"))
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
         _check_positive("reference", "num_actors", self.num_actors)
@@ -331,6 +336,7 @@ class RunConfig:
         if self.eval.every and not self.rollout.update_weights:
             raise ConfigError("eval.every evaluates the weights the engines hold, and rollout.update_weights=false keeps "
                               "them at the start model; score the run's checkpoints with `selfsteer eval` instead")
+        _check_lora(self)
         remedies = self.pairs != PairsConfig() or self.reference.refresh_every
         if remedies and not method(self.algo).supports("remedies"):
             raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")
@@ -339,6 +345,36 @@ class RunConfig:
 def _with(feature: str) -> str:
     """The algos that support `feature`, for an error message ("sso or dpo")."""
     return " or ".join(name for name, m in METHODS.items() if m.supports(feature))
+
+
+def _check_lora(cfg: "RunConfig") -> None:
+    """model.lora and reference.mode=adapter_off against the rest of the run: what cannot combine, and why."""
+    lora, ref = cfg.model.lora, cfg.reference
+    if ref.mode == "adapter_off":
+        if not lora.enabled:
+            raise ConfigError("reference.mode=adapter_off scores with the LoRA adapter switched off, so it needs "
+                              "model.lora.enabled=true; use reference.mode=actor for full fine-tuning")
+        if cfg.model.reference is not None:
+            raise ConfigError(f"reference.mode=adapter_off uses the policy's own base as the reference; "
+                              f"model.reference={cfg.model.reference!r} needs reference.mode=actor")
+        if ref.refresh_every:
+            raise ConfigError("reference.refresh_every moves the reference to the policy; with reference.mode="
+                              "adapter_off the reference is the frozen base. Use reference.mode=actor")
+        if cfg.async_rounds:
+            raise ConfigError("reference.mode=adapter_off scores on the trainer ranks, which async_rounds=true keeps "
+                              "busy training; use reference.mode=actor or async_rounds=false")
+    if not lora.enabled:
+        return
+    if cfg.algo == "sipo":
+        raise ConfigError("model.lora with algo=sipo: SIPO's stage 0 trains two full policies and its MOD engine "
+                          "fuses two full models (rollout.backend=hf_mod); LoRA policies are not supported there")
+    if ref.refresh_every:
+        raise ConfigError("model.lora with reference.refresh_every: the refresh copies the synced tensors into the "
+                          "reference, and with LoRA those are the adapter's only; set reference.refresh_every=0")
+    if cfg.placement == "colocated":
+        raise ConfigError("model.lora with placement=colocated: colocated engines free all their weights while "
+                          "the trainer trains and refill them from the sync, but with LoRA only the adapter "
+                          "travels; use placement=separate")
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:

@@ -270,3 +270,26 @@ class PrincipleConfig:
         _check_positive("principles", "num_dimensions", self.num_dimensions)
         if not 0 <= self.concision_prob <= 1:
             raise ConfigError(f"principles.concision_prob={self.concision_prob!r} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """`model.lora`: train a LoRA adapter (peft) on a frozen base instead of every weight. Only the
+    adapter is trained, checkpointed and synced to the engines (docs/guide/lora.md)."""
+
+    enabled: bool = False
+    rank: int = 16  # r: the adapter matrices' inner size
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input; 0 keeps training and scoring deterministic
+    # Module names (peft target_modules); None: the architecture's attention and MLP projections
+    # (selfsteer.training.lora.ARCH_TARGETS), or every linear layer but the head for other architectures.
+    target_modules: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self):
+        _check_positive("model.lora", "rank", self.rank)
+        _check_positive("model.lora", "alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora.dropout={self.dropout!r} must be in [0, 1)")
+        if self.target_modules is not None and (not self.target_modules or not all(self.target_modules)):
+            raise ConfigError(f"model.lora.target_modules={list(self.target_modules)!r} must name at least one "
+                              "module (e.g. [q_proj, v_proj]), or be left unset for the architecture's default")

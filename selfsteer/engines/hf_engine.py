@@ -29,14 +29,24 @@ class HFBackend:
     """Batched HF generation on one device; weights updated in place, never reloaded."""
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 trust_remote_code: bool = False, max_batch_size: int = 64, **_unused):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+                 trust_remote_code: bool = False, max_batch_size: int = 64, lora=None, **_unused):
+        """`model_path`: an HF model directory, or an adapter checkpoint (merged into its base on load).
+        `lora` (a `model.lora` section): the engine holds the base as a peft model with that adapter, so a
+        sync sends only the adapter tensors and they are copied in by name."""
+        from transformers import AutoTokenizer
+
+        from selfsteer.training.lora import load_causal_lm
 
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=trust_remote_code
-        ).to(self.device).eval()
+        model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if lora is not None:
+            # The adapter stays unmerged: merging each round would need a kept copy of the base (twice the
+            # memory) or an unmerge that drifts in floating point; rank-r matmuls cost little beside the base's.
+            from selfsteer.training.lora import wrap_policy
+
+            model = wrap_policy(model, lora)
+        self.model = model.to(self.device).eval()
         self.max_batch_size = max_batch_size
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]

@@ -58,7 +58,8 @@ class VLLMBackend:
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  trust_remote_code: bool = False, max_batch_size: int = 64, tensor_parallel_size: int = 1,
-                 seed: int = 0, enforce_eager: Optional[bool] = None, sleep_mode: bool = False, **engine_kwargs):
+                 seed: int = 0, enforce_eager: Optional[bool] = None, sleep_mode: bool = False, lora=None,
+                 **engine_kwargs):
         if device == "cpu":
             for key, value in CPU_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
@@ -85,12 +86,33 @@ class VLLMBackend:
         self.sleep_supported = bool(sleep_mode) and device != "cpu"
         if self.sleep_supported:
             engine_kwargs["enable_sleep_mode"] = True
-        self.llm = LLM(
-            model=str(model_path), dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
-            max_num_seqs=max_batch_size, tensor_parallel_size=tensor_parallel_size,
-            # TP workers are subprocesses of this actor, on the GPUs Ray gave it (one STRICT_PACK bundle).
-            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
-            enforce_eager=enforce_eager, worker_extension_cls=WORKER_EXTENSION, **engine_kwargs)
+        def start(**extra):
+            return LLM(
+                model=str(model_path), dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
+                max_num_seqs=max_batch_size, tensor_parallel_size=tensor_parallel_size,
+                # TP workers are subprocesses of this actor, on the GPUs Ray gave it (one STRICT_PACK bundle).
+                distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
+                enforce_eager=enforce_eager, worker_extension_cls=WORKER_EXTENSION, **engine_kwargs, **extra)
+
+        # model.lora: the adapter arrives in this process (not the workers) and is served as a vLLM LoRA
+        # adapter, a new id per sync; where this vLLM cannot, it is merged into the base here instead.
+        self.lora, self.workers_receive = lora, lora is None
+        self._adapter: dict[str, torch.Tensor] = {}
+        self._adapter_changed, self._lora_request, self._lora_dir = False, None, None
+        self._merge_base: Optional[dict[str, torch.Tensor]] = None
+        self.model_type = hf_config.model_type
+        if lora is None:
+            self.llm = start()
+        else:
+            try:
+                self.llm = start(enable_lora=True, max_lora_rank=_vllm_lora_rank(lora.rank), max_loras=1)
+            except Exception as exc:  # noqa: BLE001 - any refusal of enable_lora by this build/platform
+                logger.warning("vLLM cannot serve LoRA adapters here (%s: %s); falling back to merged weights: "
+                               "each sync merges the adapter into a kept copy of the adapted base layers",
+                               type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self._merge_base = {n: t for n, t in _read_checkpoint(Path(model_path)).items()
+                                    if n.endswith("proj.weight")}
+                self.llm = start()
         self.max_len = self.llm.llm_engine.model_config.max_model_len
         self.eos_ids = self._eos_ids(hf_config)
         # In-process workers take and return tensors by reference; otherwise they cross a process
@@ -128,8 +150,10 @@ class VLLMBackend:
         if not prompt_ids:
             return []
         params = [self._params(s, len(ids), i) for i, (ids, s) in enumerate(zip(prompt_ids, sampling))]
+        if self._adapter_changed:
+            self._apply_adapter()
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params,
-                                    use_tqdm=False)
+                                    use_tqdm=False, lora_request=self._lora_request)
         return [self._finish(ids, out.outputs[0], s.stop) for ids, out, s in zip(prompt_ids, outputs, sampling)]
 
     def _params(self, sampling: Sampling, prompt_len: int, index: int):
@@ -160,13 +184,48 @@ class VLLMBackend:
 
     # --- weights ------------------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors into every worker (a subset is fine: the rest stay as they are)."""
+        """Load HF-named tensors into every worker (a subset is fine: the rest stay as they are); with
+        model.lora, adapter tensors (peft names), applied before the next generation."""
+        if self.lora is not None:
+            for name, tensor in named_tensors:
+                self._adapter[name] = tensor.detach().to("cpu", copy=True)
+            self._adapter_changed = True
+            return
         named = [(n, t.detach()) for n, t in named_tensors]
         self._rpc("selfsteer_load_weights", named if self._same_process else _to_bytes(dict(named)))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
+    def _apply_adapter(self) -> None:
+        """The adapter received since the last generation: a new LoRA id (the previous one removed), or
+        merged into the kept base layers and loaded through the workers (the fallback)."""
+        import shutil
+        import tempfile
+
+        from selfsteer.training.lora import merged_weights, write_adapter_dir
+
+        self._adapter_changed = False
+        if self._merge_base is not None:
+            merged = merged_weights(self._merge_base, self._adapter, self.lora)
+            self._rpc("selfsteer_load_weights", list(merged.items()) if self._same_process else _to_bytes(merged))
+            self.llm.reset_prefix_cache()
+            return
+        from vllm.lora.request import LoRARequest
+
+        self._lora_dir = self._lora_dir or tempfile.TemporaryDirectory(prefix="selfsteer-lora-")
+        old = self._lora_request
+        new_id = 1 if old is None else old.lora_int_id + 1
+        path = write_adapter_dir(Path(self._lora_dir.name) / f"adapter_{new_id}", self._adapter, self.lora,
+                                 self.model_type)
+        self._lora_request = LoRARequest(f"selfsteer-{new_id}", new_id, str(path))
+        if old is not None:  # evicted now: one adapter (max_loras=1) is ever live
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+
     def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """The HF-named weights now in the engine (the worker's HF copy; tied lm_head omitted, as in HF)."""
+        """The HF-named weights now in the engine (the worker's HF copy; tied lm_head omitted, as in HF);
+        with model.lora, the adapter tensors it holds (what a sync sends)."""
+        if self.lora is not None:
+            return self._adapter.items()
         weights = self._rpc("selfsteer_named_weights", self._same_process)[0]
         return (weights if self._same_process else _from_bytes(weights)).items()
 
@@ -265,6 +324,12 @@ class WorkerExtension:
                 for dtype, numel, slots in buckets]
         return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
                                lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat))), verify)
+
+
+def _vllm_lora_rank(rank: int) -> int:
+    """vLLM's max_lora_rank takes one of a few sizes; the smallest that holds the adapter's rank."""
+    sizes = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    return next((s for s in sizes if s >= rank), rank)
 
 
 def _vllm_layer(hf_name: str, packed: dict[str, str]) -> str:

@@ -2,7 +2,9 @@
 
 - The learning rate against the model's size: the toy's lr (1e-3) on a 135M model wrecked it in
   4 steps. Rule: a model over 50M parameters with trainer.lr above 1e-5 is warned (the paper
-  fine-tunes 7-8B models at 5e-7 to 1e-6).
+  fine-tunes 7-8B models at 5e-7 to 1e-6). A LoRA adapter (model.lora) moves the model through a
+  low-rank update scaled by alpha/r and is trained at larger rates (LoRA papers: 1e-5 to 3e-4); its
+  bound is MAX_LR_LORA.
 - The library system prompt against the tokenizer: a word-level tokenizer that lacks the
   template's words turns them into unknown tokens. A sample good and bad system prompt is composed
   and its unknown-token share warned above principles.max_unknown_share.
@@ -19,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 LARGE_MODEL_PARAMS = 50_000_000
 MAX_LR_LARGE_MODEL = 1e-5
+MAX_LR_LORA = 5e-4
 
 
 def count_parameters(model_dir: str | Path) -> Optional[int]:
@@ -39,9 +42,16 @@ def count_parameters(model_dir: str | Path) -> Optional[int]:
     return total
 
 
-def lr_warning(lr: float, n_params: Optional[int]) -> Optional[str]:
+def lr_warning(lr: float, n_params: Optional[int], lora: bool = False) -> Optional[str]:
     """The warning for `lr` on a model of `n_params` parameters, or None when it fits (see the module rule)."""
-    if n_params is None or n_params <= LARGE_MODEL_PARAMS or lr <= MAX_LR_LARGE_MODEL:
+    if n_params is None or n_params <= LARGE_MODEL_PARAMS:
+        return None
+    if lora:
+        return None if lr <= MAX_LR_LORA else (
+            f"trainer.lr={lr:g} for a LoRA adapter on a {n_params / 1e6:.0f}M-parameter model is above "
+            f"{MAX_LR_LORA:g} (LoRA rates run 1e-5..3e-4): a few steps can wreck the model. "
+            f"See configs/smollm2_135m_cpu_lora.yaml")
+    if lr <= MAX_LR_LARGE_MODEL:
         return None
     return (f"trainer.lr={lr:g} is far above what fits a {n_params / 1e6:.0f}M-parameter model (warned above "
             f"{MAX_LR_LARGE_MODEL:g} for models over {LARGE_MODEL_PARAMS // 1_000_000}M parameters; the paper fine-tunes "
@@ -92,7 +102,7 @@ def template_warning(principles_cfg, tokenizer, seed: int = 0) -> Optional[str]:
 
 def startup_warnings(cfg, policy_path: str, tokenizer) -> list[str]:
     """Every start-up warning for this run (also logged)."""
-    warnings = [lr_warning(cfg.trainer.lr, count_parameters(policy_path))]
+    warnings = [lr_warning(cfg.trainer.lr, count_parameters(policy_path), cfg.model.lora.enabled)]
     if cfg.principles.mode == "library":
         warnings.append(template_warning(cfg.principles, tokenizer, cfg.seed))
     warnings = [w for w in warnings if w]

@@ -30,18 +30,26 @@ Scorer = Callable[[str, str], float]  # (prompt text, response) -> gold reward
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory as given, or a run directory's final checkpoint (the highest
-    checkpoints/round_NNNN), checked by `check_model_dir`: a damaged final checkpoint is named,
-    never skipped for an earlier one."""
+    """A model directory as given (or a LoRA adapter checkpoint, loaded merged into its base), or a run
+    directory's final checkpoint (the highest checkpoints/round_NNNN), checked by `check_model_dir`: a
+    damaged final checkpoint is named, never skipped for an earlier one."""
     path = Path(path)
+
+    def is_adapter(p: Path) -> bool:
+        return (p / "adapter_config.json").is_file() and not (p / "config.json").exists()
+
+    def checked(p: Path) -> Path:
+        return p if is_adapter(p) else check_model_dir(p)
+
     rounds = [p for p in (path / "checkpoints").glob("round_*") if p.name[len("round_"):].isdigit()]
-    if rounds and not (path / "config.json").exists():
-        return check_model_dir(max(rounds, key=lambda p: int(p.name[len("round_"):])))
-    if (path / "config.json").exists():
-        return check_model_dir(path)
+    if rounds and not ((path / "config.json").exists() or is_adapter(path)):
+        return checked(max(rounds, key=lambda p: int(p.name[len("round_"):])))
+    if (path / "config.json").exists() or is_adapter(path):
+        return checked(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model or run directory")
-    raise FileNotFoundError(f"{path}: neither an HF model directory (config.json) nor a run directory with "
+    raise FileNotFoundError(f"{path}: neither an HF model directory (config.json), an adapter checkpoint "
+                            f"(adapter_config.json) nor a run directory with "
                             f"checkpoints/round_NNNN")
 
 

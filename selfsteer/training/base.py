@@ -53,7 +53,10 @@ def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int |
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # An empty group is left out (a LoRA adapter has only matrices): ZeRO drops it, and the
+    # scheduler's per-group lambdas would then outnumber the optimizer's groups.
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
     segments = [max(int(n), 1) for n in (total_steps if isinstance(total_steps, (list, tuple)) else [total_steps])]
     # A partial, not a closure: LambdaLR's state_dict then carries no segments, so a resumed run's

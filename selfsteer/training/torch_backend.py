@@ -55,7 +55,12 @@ class TorchBackend:
             return
         target = os.path.join(directory, tag)
         os.makedirs(target, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.module.state_dict().items()
+        state = self.module.state_dict()
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        if len(trainable) < len(dict(self.module.named_parameters())):
+            # LoRA: the frozen base is the run's model directory; only the adapter is state.
+            state = {k: v for k, v in state.items() if k in trainable}
+        save_file({k: v.detach().contiguous() for k, v in state.items()
                    if k != "lm_head.weight" or not self.module.config.tie_word_embeddings},
                   os.path.join(target, "model.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -298,3 +298,34 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
     assert "CROSS-PROCESS OK" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_lora_adapter_sync_generates_as_the_merged_model(sharp_path, prompt_ids):
+    """model.lora: only adapter tensors are loaded (peft names, as the trainer sends them); the engine
+    serves them as a new LoRA adapter (or, where this vLLM cannot, merges them itself) and generates
+    greedily what HF generates with the merged model. A second adapter replaces the first."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from selfsteer.config.schema import LoraConfig
+    from selfsteer.engines.vllm_engine import VLLMBackend
+    from selfsteer.training.lora import adapter_names, wrap_policy
+
+    lora = LoraConfig(enabled=True, rank=8, alpha=16.0)
+    engine = VLLMBackend(str(sharp_path), device="cpu", max_batch_size=8, lora=lora)
+    assert not engine.workers_receive  # the adapter arrives in the engine's own process
+    before = _greedy(engine, prompt_ids)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        policy = wrap_policy(AutoModelForCausalLM.from_pretrained(sharp_path, dtype=torch.float32), lora)
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if name in adapter_names(policy):
+                    p.normal_(0, 0.3)
+        engine.load_weights((n, p.detach()) for n, p in policy.named_parameters() if p.requires_grad)
+        expected = _greedy_hf(copy.deepcopy(policy).merge_and_unload().eval(), prompt_ids)
+        got = _greedy(engine, prompt_ids)
+        assert got == expected
+        assert got != before
+        before = got
