@@ -277,7 +277,7 @@ class LoraConfig:
     """`model.lora`: train a LoRA adapter (peft) on a frozen base instead of every weight. Only the
     adapter is trained, checkpointed and synced to the engines (docs/guide/lora.md)."""
 
-    enabled: bool = False
+    enabled: bool = False  # on: a LoRA adapter trains, the base stays frozen (off: full fine-tuning)
     rank: int = 16  # r: the adapter matrices' inner size
     alpha: float = 32.0  # the update is scaled by alpha / rank
     dropout: float = 0.0  # on the adapter's input; 0 keeps training and scoring deterministic
