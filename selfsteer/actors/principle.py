@@ -68,16 +68,20 @@ class PrincipleGenerator:
 
         # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
         bar = ProgressLine("principles", 2 * len(prompts), "requests")
-        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar),
+        rejected: dict[str, str] = {}  # HTTP writer: request text -> why the server refused it
+        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar, rejected),
                                            max_retries=llm.max_retries, min_words=llm.min_words,
                                            reject_answers=llm.reject_answers)
         bar.close()
+        out = [asdict(p) for p in pairs]
+        stats["writer_rejected"] = mark_rejected(prompts, out, rejected)
+        stats["fallbacks"] -= stats["writer_rejected"]  # those prompts are skipped, not trained on a fallback pair
         warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
         if warning:
             logger.warning(warning)
-        return [asdict(p) for p in pairs], stats
+        return out, stats
 
-    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None):
+    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None, rejected: Optional[dict] = None):
         calls = {"n": 0}
 
         def complete(texts: list[str]) -> list[str]:
@@ -94,7 +98,7 @@ class PrincipleGenerator:
             calls["n"] += 1
             s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
             if self.endpoint is not None:
-                return self.endpoint.complete(texts, s)
+                return self.endpoint.complete(texts, s, rejected=rejected)
             requests = [ChatRequest(prompt=t) for t in texts]
             if self.local_backend is not None:
                 from selfsteer.data.chat import encode_chat
@@ -108,6 +112,24 @@ class PrincipleGenerator:
             return [g.text for g in generate_on_engines(engines, requests, s)]
 
         return complete
+
+
+def mark_rejected(prompts: list, pairs: list[dict], rejected: dict[str, str]) -> int:
+    """Mark (pair["skipped"] = reason) the prompts whose principle request the writer refused, e.g.
+    longer than its context; the round skips them and records them in skipped.jsonl. Returns how many."""
+    if not rejected:
+        return 0
+    from selfsteer.principles.prompt import principle_prompt
+
+    n = 0
+    for p, pair in zip(prompts, pairs):
+        head = principle_prompt(p.prompt)  # call 2's text starts with call 1's
+        reason = next((why for text, why in rejected.items() if text.startswith(head)), None)
+        if reason is not None:
+            pair["skipped"] = reason
+            n += 1
+            logger.warning("skipped prompt uuid=%s (row %d): %s", p.uid, p.index, reason)
+    return n
 
 
 def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index: int) -> str | None:

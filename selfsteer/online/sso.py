@@ -47,9 +47,10 @@ def sample_round(cfg, roles, inputs, r: int, policy_round: int) -> Sampled:
     """Principles, (y+, y-, y^o) per prompt on the engines' current weights, and reference scores."""
     timer, keys = PhaseTimer(), [k for k in SSO_ROWS if k in _required_keys(cfg)]
     with timer("principles"):
-        prompts = inputs.cursor.next_batch(cfg.data.prompts_per_round)
-        pairs, principle_stats = roles.principles(prompts, r)
+        prompts, skipped_bare = inputs.drop_long_prompts(inputs.cursor.next_batch(cfg.data.prompts_per_round), r)
+        pairs, principle_stats = roles.principles(prompts, r) if prompts else ([], {})
         prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs, r)
+        skipped_long += skipped_bare - principle_stats.get("writer_rejected", 0)  # those are principles/writer_rejected
     with timer("generation"):
         generations = roles.generate(_requests(cfg, prompts, pairs), sampling(cfg, r))
         triples, drops = _triples(prompts, pairs, generations, cfg.pairs.drop_similar)
