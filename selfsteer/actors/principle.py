@@ -42,7 +42,7 @@ class PrincipleGenerator:
             self.local_backend = HFBackend(cfg.llm.model_path, device=device,
                                            dtype=resolve_dtype(model_cfg.dtype if model_cfg else "float32"),
                                            trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code))
-        self.endpoint = None
+        self.endpoint, self.rejected = None, {}
         if cfg.mode == "llm" and cfg.llm.source == "http":
             from selfsteer.principles.endpoint import ChatEndpoint
 
@@ -68,8 +68,8 @@ class PrincipleGenerator:
 
         # Two calls per prompt (bad, then good) plus retries: the total is the two-call estimate.
         bar = ProgressLine("principles", 2 * len(prompts), "requests")
-        rejected: dict[str, str] = {}  # HTTP writer: request text -> why the server refused it
-        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar, rejected),
+        self.rejected = rejected = {}  # HTTP writer: request text -> why the server refused it (this call)
+        pairs, stats = generate_principles([p.prompt for p in prompts], self._completer(engines, sampling, bar),
                                            max_retries=llm.max_retries, min_words=llm.min_words,
                                            reject_answers=llm.reject_answers)
         bar.close()
@@ -81,7 +81,7 @@ class PrincipleGenerator:
             logger.warning(warning)
         return out, stats
 
-    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None, rejected: Optional[dict] = None):
+    def _completer(self, engines: Optional[list], sampling: Sampling, bar=None):
         calls = {"n": 0}
 
         def complete(texts: list[str]) -> list[str]:
@@ -98,7 +98,7 @@ class PrincipleGenerator:
             calls["n"] += 1
             s = replace(sampling, seed=sampling.seed * 31 + calls["n"])
             if self.endpoint is not None:
-                return self.endpoint.complete(texts, s, rejected=rejected)
+                return self.endpoint.complete(texts, s, rejected=self.rejected)
             requests = [ChatRequest(prompt=t) for t in texts]
             if self.local_backend is not None:
                 from selfsteer.data.chat import encode_chat

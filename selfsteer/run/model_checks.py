@@ -1,7 +1,8 @@
 """Checks of a local HF model directory before Ray starts: what an actor would otherwise find a
 minute later, as a traceback. Reads config.json, the safetensors headers and, for a directory with
 only PyTorch pickles, unpickles them with `torch.load(weights_only=True)` (memory-mapped, no
-tensor data read), so a file that needs arbitrary code to load is refused here, unrun.
+tensor data read), so a file that needs arbitrary code to load is refused here, unrun. Layer rule: no import
+of `preflight` here (it imports this module); problems come back as text.
 """
 
 from __future__ import annotations
@@ -12,34 +13,31 @@ import struct
 from pathlib import Path
 
 
-def check_model_dir(key: str, path: str, trust_remote_code: bool = False) -> None:
-    """Raise `InputError` naming `key`, the file and the problem, unless `path` is a loadable model.
+def model_dir_problem(key: str, path: str, trust_remote_code: bool = False) -> str | None:
+    """One line naming `key`, the file and the problem, or None when `path` is a loadable model.
 
     Checks: config.json is a JSON mapping with a `model_type` transformers knows (or `auto_map`
     with trust_remote_code), and weights are there: complete safetensors files, or PyTorch
     `*.bin` files that load with weights_only.
     """
-    from selfsteer.run.preflight import InputError
-
     where = Path(path)
     config_file = where / "config.json"
     if not config_file.is_file():
-        raise InputError(f"{key}={path!r} is not a local HF model directory (no config.json)")
+        return f"{key}={path!r} is not a local HF model directory (no config.json)"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
-        raise InputError(f"{key}: {config_file} is not valid JSON: {exc}") from None
+        return f"{key}: {config_file} is not valid JSON: {exc}"
     if not isinstance(config, dict) or not config.get("model_type"):
-        raise InputError(f"{key}: {config_file} has no 'model_type' (a transformers config names its architecture, "
-                         "e.g. \"llama\"); is this the model directory?")
+        return (f"{key}: {config_file} has no 'model_type' (a transformers config names its architecture, "
+                "e.g. \"llama\"); is this the model directory?")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if config["model_type"] not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
-        raise InputError(f"{key}: {config_file}: model_type {config['model_type']!r} is not one this transformers "
-                         "version knows; upgrade transformers or use a supported model")
+        return (f"{key}: {config_file}: model_type {config['model_type']!r} is not one this transformers "
+                "version knows; upgrade transformers or use a supported model")
     problem = weights_problem(where)
-    if problem:
-        raise InputError(f"{key}: {problem}")
+    return f"{key}: {problem}" if problem else None
 
 
 def weights_problem(model_dir: Path) -> str | None:

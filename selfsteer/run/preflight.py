@@ -207,11 +207,12 @@ def check_inputs(cfg: RunConfig) -> None:
     from selfsteer.data.prompts import PromptDataError, load_prompts
     from selfsteer.principles.library import LibraryError, load_library
 
-    from selfsteer.run.model_checks import check_model_dir
+    from selfsteer.run.model_checks import model_dir_problem
 
     for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference)):
-        if path and path not in ("toy", "task"):
-            check_model_dir(key, path, cfg.model.trust_remote_code)
+        problem = model_dir_problem(key, path, cfg.model.trust_remote_code) if path not in (None, "toy", "task") else None
+        if problem:
+            raise InputError(problem)
     if cfg.model.policy not in ("toy", "task"):
         _check_chat_template(cfg)
     if cfg.ray.address is None:  # in-process: this machine's devices are the run's

@@ -286,3 +286,114 @@ def test_a_full_disk_at_start_is_one_line_naming_the_directory(tmp_path, toy_cac
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_line(proc.stderr)
     assert f"disk full (ENOSPC) writing under {disk / 'run'}" in line, line
+
+
+# --- item 9: `selfsteer scale` reaches only a run that is going, and the cluster must hold it ----
+
+def _scale(capsys, *words):
+    rc = main(["scale", *words])
+    return rc, capsys.readouterr()
+
+
+def test_scale_refuses_what_no_running_run_can_take(tmp_path, capsys, toy_cache):
+    cases = [([str(tmp_path / "nowhere"), "--engines", "2"], "no such run directory")]
+    (tmp_path / "empty").mkdir()
+    cases.append(([str(tmp_path / "empty"), "--engines", "2"], "holds no run"))
+    _finished_run(tmp_path / "done", toy_cache)
+    cases.append(([str(tmp_path / "done"), "--engines", "2"], "has finished (2 of 2 rounds)"))
+    stopped = tmp_path / "stopped"
+    _finished_run(stopped, toy_cache, 2)
+    save_config(load_config(TINY, ["rounds=5"]), stopped / "config.yaml")
+    cases.append(([str(stopped), "--engines", "2"], "no run is going"))
+    cases += [([str(stopped), "--engines", n], f"--engines {n}: a run needs at least 1") for n in ("0", "-3")]
+    for words, named in cases:
+        rc, out = _scale(capsys, *words)
+        assert rc == 2 and named in _one_line(out.err), (words, out.err)
+        assert not (Path(words[0]) / "control.json").exists()
+    claim = rundir.RunDirClaim.acquire(stopped)  # as the running driver holds it
+    try:
+        rc, out = _scale(capsys, str(stopped), "--engines", "3")
+        assert rc == 0 and json.loads((stopped / "control.json").read_text()) == {"num_engines": 3}
+    finally:
+        claim.release()
+
+
+def test_a_scale_the_cluster_cannot_place_is_named(ray_local):
+    from selfsteer.run.driver import scale_problem
+
+    cfg = load_config(TINY, ["rollout.num_engines=1", "ray.num_cpus=2"])
+    assert "rollout.num_engines=64" in scale_problem(cfg, 64, 1) and "cannot be placed" in scale_problem(cfg, 64, 1)
+    assert scale_problem(cfg, 1, 1) is None
+
+
+# --- item 8: the HTTP principle writer refuses a prompt longer than its context ----------------------
+
+def _writer_server(max_chars: int):
+    """A real OpenAI-format server on 127.0.0.1 that answers HTTP 400 for prompts over `max_chars`,
+    as vLLM does for a prompt longer than its context."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    reply = ("### Bad Guideline\nSkip the reasoning and state a guess without checking any step.\n\n"
+             "### Good Guideline\nWork through each step in order and check the result before stating it.")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send(200, {"data": [{"id": "writer"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = body["messages"][0]["content"]
+            if len(text) > max_chars:
+                self._send(400, {"error": {"message": f"This model's maximum context length is {max_chars}; "
+                                                      f"the request has {len(text)}", "type": "BadRequestError"}})
+            else:
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_prompt_too_long_for_the_http_writer_is_skipped_and_recorded(tmp_path, toy_model_path):
+    from transformers import AutoTokenizer
+
+    from selfsteer.actors.principle import PrincipleGenerator
+    from selfsteer.actors.roles import Inputs
+    from selfsteer.config.sections import LLMPrincipleConfig, PrincipleConfig
+    from selfsteer.data.prompts import PromptCursor, PromptRecord
+    from selfsteer.principles.prompt import principle_prompt
+
+    short = [PromptRecord(uid=f"s{i}", index=i, prompt=f"what is {i} plus 4 ?") for i in range(3)]
+    long_for_writer = PromptRecord(uid="long", index=3, prompt="why is the sky blue ? " * 40)
+    too_long_anyway = PromptRecord(uid="huge", index=4, prompt="tell me more . " * 400)  # ~1600 toy tokens
+    server = _writer_server(max_chars=len(principle_prompt(short[0].prompt)) + 200)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        writer = PrincipleGenerator(PrincipleConfig(mode="llm", llm=LLMPrincipleConfig(source="http", base_url=url,
+                                                                                          http_retries=0)), seed=0)
+        tokenizer = AutoTokenizer.from_pretrained(toy_model_path)
+        inputs = Inputs(str(toy_model_path), str(toy_model_path), PromptCursor(short, 0), tokenizer, 1000,
+                        run_dir=tmp_path)
+        prompts, skipped_bare = inputs.drop_long_prompts([*short, long_for_writer, too_long_anyway], 1)
+        assert skipped_bare == 1 and too_long_anyway not in prompts  # never sent to the writer
+        pairs, stats = writer.generate(prompts, 1)  # used to raise EndpointError: HTTP 400
+    finally:
+        server.shutdown()
+    assert stats["writer_rejected"] == 1  # and counted apart from fallback pairs
+    kept, _, skipped = inputs.drop_long(prompts, pairs, 1)
+    assert [p.uid for p in kept] == ["s0", "s1", "s2"] and skipped == 1
+    rows = [json.loads(line) for line in (tmp_path / "rounds" / "round_0001" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["uuid"], r["reason"]) for r in rows] == [("huge", "too_long"), ("long", "writer_rejected")]
+    assert "HTTP 400" in rows[1]["detail"] and "maximum context length" in rows[1]["detail"]
