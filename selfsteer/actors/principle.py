@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, replace
+from typing import Optional
+
 from selfsteer.engines.base import Sampling
 from selfsteer.principles.library import BUILTIN_LIBRARY, load_library, sample_library_pair
 from selfsteer.principles.prompt import generate_principles
@@ -40,7 +42,7 @@ class PrincipleGenerator:
             self.local_backend = HFBackend(cfg.llm.model_path, device=device,
                                            dtype=resolve_dtype(model_cfg.dtype if model_cfg else "float32"),
                                            trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code))
-        self.endpoint = None
+        self.endpoint, self.rejected = None, {}
         if cfg.mode == "llm" and cfg.llm.source == "http":
             from selfsteer.principles.endpoint import ChatEndpoint
 
@@ -61,12 +63,13 @@ class PrincipleGenerator:
                                          concision_prob=self.cfg.concision_prob,
                                          template=self.cfg.system_template) for p in prompts]
             return [asdict(p) for p in pairs], {"requests": 0, "fallbacks": 0, "parse_failures": 0}
-        return write_principles(self.cfg, self.seed, prompts, round_index, self._complete)
+        self.rejected = {}  # HTTP writer: request text -> why the server refused it (this call)
+        return write_principles(self.cfg, self.seed, prompts, round_index, self._complete, self.rejected)
 
     def _complete(self, texts: list[str], sampling: Sampling) -> list[str]:
         """One chunk of principle requests on this actor's own writer (a local model or a server)."""
         if self.endpoint is not None:
-            return self.endpoint.complete(texts, sampling)
+            return self.endpoint.complete(texts, sampling, rejected=self.rejected)
         if self.local_backend is None:
             raise RuntimeError("principles.llm.source=policy is written on the rollout engines by the driver "
                                "(Roles.principles), not in the principle actor")
@@ -76,11 +79,14 @@ class PrincipleGenerator:
         return [g.text for g in self.local_backend.generate(ids, [sampling] * len(ids))]
 
 
-def write_principles(cfg, seed: int, prompts: list, round_index: int, complete) -> tuple[list[dict], dict]:
+def write_principles(cfg, seed: int, prompts: list, round_index: int, complete,
+                     rejected: Optional[dict] = None) -> tuple[list[dict], dict]:
     """principles.mode=llm: a (good, bad) pair per prompt from a writer model, and the round's counts.
 
     `complete(texts, sampling) -> replies` runs one chunk of requests on the writer; each chunk gets a
-    fresh seed, or a retry would repeat the same failed sample.
+    fresh seed, or a retry would repeat the same failed sample. `rejected` (request text -> why) holds
+    the requests the writer refused (an HTTP server's 400 for a prompt over its context): those prompts
+    are marked skipped, not trained on a fallback pair.
     """
     llm = cfg.llm
     # Stop at a header on a new line, not at "###" anywhere: a reply that opens by echoing the
@@ -105,10 +111,31 @@ def write_principles(cfg, seed: int, prompts: list, round_index: int, complete) 
     pairs, stats = generate_principles([p.prompt for p in prompts], chunked, max_retries=llm.max_retries,
                                        min_words=llm.min_words, reject_answers=llm.reject_answers)
     bar.close()
+    out = [asdict(p) for p in pairs]
+    stats["writer_rejected"] = mark_rejected(prompts, out, rejected or {})
+    stats["fallbacks"] -= stats["writer_rejected"]  # those prompts are skipped, not trained on a fallback pair
     warning = fallback_warning(stats, len(prompts), llm.fallback_warn_rate, round_index)
     if warning:
         logger.warning(warning)
-    return [asdict(p) for p in pairs], stats
+    return out, stats
+
+
+def mark_rejected(prompts: list, pairs: list[dict], rejected: dict[str, str]) -> int:
+    """Mark (pair["skipped"] = reason) the prompts whose principle request the writer refused, e.g.
+    longer than its context; the round skips them and records them in skipped.jsonl. Returns how many."""
+    if not rejected:
+        return 0
+    from selfsteer.principles.prompt import principle_prompt
+
+    n = 0
+    for p, pair in zip(prompts, pairs):
+        head = principle_prompt(p.prompt)  # call 2's text starts with call 1's
+        reason = next((why for text, why in rejected.items() if text.startswith(head)), None)
+        if reason is not None:
+            pair["skipped"] = reason
+            n += 1
+            logger.warning("skipped prompt uuid=%s (row %d): %s", p.uid, p.index, reason)
+    return n
 
 
 def fallback_warning(stats: dict, n_prompts: int, threshold: float, round_index: int) -> str | None:

@@ -65,29 +65,61 @@ class Inputs:
     run_dir: Optional[Path] = None  # where skipped prompts are recorded (rounds/round_NNNN/skipped.jsonl)
     schedule: Optional[list] = None  # lr schedule segment ends in rounds (checkpoint.lr_schedule); None: [rounds]
 
+    skipped: dict = field(default_factory=dict)  # round -> rows of its skipped.jsonl so far
+
+    def drop_long_prompts(self, prompts, round_index: Optional[int] = None):
+        """Before any principle is written: skip prompts whose bare chat context already exceeds
+        max_prompt_tokens (with principles they only grow), so no writer is asked about them.
+        Returns (kept prompts, skipped count)."""
+        kept, skipped = [], []
+        for p in prompts:
+            tokens = len(encode_chat(self.tokenizer, p.prompt))
+            if tokens <= self.max_prompt_tokens:
+                kept.append(p)
+            else:
+                skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": tokens,
+                                "max_prompt_tokens": self.max_prompt_tokens})
+                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens without principles > "
+                               "data.max_prompt_tokens=%d", round_index, p.uid, p.index, tokens, self.max_prompt_tokens)
+        self._record_skipped(round_index, skipped)
+        return kept, len(skipped)
+
     def drop_long(self, prompts, pairs=None, round_index: Optional[int] = None):
         """Skip prompts whose chat context (the longest of their principle contexts, given `pairs`)
-        exceeds max_prompt_tokens; each is logged with its uuid and, given the round, recorded in
-        that round's skipped.jsonl. Returns (kept prompts, kept pairs or None, skipped count)."""
+        exceeds max_prompt_tokens, and those the principle writer refused (pair["skipped"]); each is
+        logged with its uuid and, given the round, recorded in that round's skipped.jsonl. Returns
+        (kept prompts, kept pairs or None, skipped count)."""
         kept_p, kept_pairs, skipped = [], [], []
         for i, p in enumerate(prompts):
-            systems = (pairs[i]["good_system"], pairs[i]["bad_system"]) if pairs is not None else (None,)
+            pair = pairs[i] if pairs is not None else None
+            if pair is not None and pair.get("skipped"):
+                skipped.append({"uuid": p.uid, "row": p.index, "reason": "writer_rejected", "detail": pair["skipped"]})
+                continue
+            systems = (pair["good_system"], pair["bad_system"]) if pair is not None else (None,)
             longest = max(len(encode_chat(self.tokenizer, p.prompt, s)) for s in systems)
             if longest <= self.max_prompt_tokens:
                 kept_p.append(p)
-                kept_pairs.append(pairs[i] if pairs is not None else None)
+                kept_pairs.append(pair)
             else:
                 skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": longest,
                                 "max_prompt_tokens": self.max_prompt_tokens})
                 logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens%s > data.max_prompt_tokens=%d",
                                round_index, p.uid, p.index, longest, " with its principles" if pairs else "",
                                self.max_prompt_tokens)
-        if skipped and self.run_dir is not None and round_index is not None:
-            write_jsonl(RunDir(self.run_dir).round(round_index, create=True) / "skipped.jsonl", skipped)
+        self._record_skipped(round_index, skipped)
         return kept_p, kept_pairs if pairs is not None else None, len(skipped)
 
+    def _record_skipped(self, round_index: Optional[int], rows: list[dict]) -> None:
+        """The round's skipped.jsonl holds every row skipped in it so far (rewritten whole: a re-run round starts anew)."""
+        if not rows or self.run_dir is None or round_index is None:
+            return
+        self.skipped[round_index] = self.skipped.get(round_index, []) + rows
+        write_jsonl(RunDir(self.run_dir).round(round_index, create=True) / "skipped.jsonl", self.skipped[round_index])
 
-def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
+
+def prepare_inputs(cfg: RunConfig, run_dir: Path, keep_prompts: bool = False) -> Inputs:
+    """Model paths, prompts and tokenizer. Toy/task prompts are written to run_dir/prompts.jsonl,
+    unless `keep_prompts` (a resume) finds the run's own file there: it is read, not rewritten."""
     from transformers import AutoTokenizer
 
     policy = resolve_model(cfg)
@@ -100,7 +132,10 @@ def prepare_inputs(cfg: RunConfig, run_dir: Path) -> Inputs:
     reference = cfg.model.reference or policy
     prompts_path = cfg.data.prompts
     target_field = cfg.self_contrast.target_field if cfg.algo == "self_contrast" else None  # SFT answers y*
-    if prompts_path == "toy":
+    kept = run_dir / "prompts.jsonl"
+    if prompts_path in ("toy", "task") and keep_prompts and kept.is_file():
+        prompts_path, target_field = kept, target_field and "response"
+    elif prompts_path == "toy":
         from selfsteer.toy.prompts import write_toy_prompts
 
         prompts_path = write_toy_prompts(run_dir / "prompts.jsonl", seed=cfg.seed, with_targets=bool(target_field))

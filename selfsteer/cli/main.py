@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from selfsteer.cli import tools as tools_cli
 
     tools_cli.add_subcommands(sub)  # import-gguf, eval, export
-    args = parser.parse_args(argv)
+    # Overrides may follow an option (`run CONFIG --overwrite rounds=3`): argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in ("run", "plan") or any(word.startswith("-") or "=" not in word for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     if args.command in recipe_cli.COMMANDS:
         return recipe_cli.dispatch(args)
     if args.command == "plan":
@@ -46,15 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in tools_cli.COMMANDS:
         return tools_cli.dispatch(args)
     if args.command == "scale":
-        from selfsteer.run.driver import request_scale
+        from selfsteer.run.driver import ScaleError, request_scale
 
-        print(f"selfsteer: wrote {request_scale(args.run_dir, args.engines)}")
+        try:
+            print(f"selfsteer: wrote {request_scale(args.run_dir, args.engines)}")
+        except ScaleError as exc:
+            print(f"selfsteer: scale: {exc}", file=sys.stderr)
+            return 2
         return 0
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: a second main() in one process (tests) logs to the stderr of now, not a closed one
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     from selfsteer.config.schema import ConfigError, load_config
 
     config_path, overrides = args.config, list(args.overrides)
+    if args.resume and config_path and "=" not in config_path:
+        print(f"selfsteer: run --resume {args.resume} continues that run with its own config ({args.resume}/config.yaml); "
+              f"drop {config_path!r}, or give key=value overrides", file=sys.stderr)
+        return 2
     if args.resume:
         # The run's own resolved config; positional words are all overrides (e.g. rounds=6).
         overrides = ([config_path] if config_path else []) + overrides + [f"output_dir={args.resume}"]
@@ -74,10 +88,19 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.resume and args.overwrite:
             parser.error("--resume continues the run in RUN_DIR; --overwrite moves it aside: give one")
+        from selfsteer.run.failures import disk_full
+
         try:
             run_dir = run_online(cfg, resume=bool(args.resume), overwrite=args.overwrite)
         except (ClusterTooSmallError, InputError) as exc:
             print(f"selfsteer: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            full = disk_full(exc, cfg.output_dir)
+            if full is None:
+                raise
+            print(f"selfsteer: {full}; finished rounds are kept: free space, then "
+                  f"`selfsteer run --resume {cfg.output_dir}`", file=sys.stderr)
             return 2
         print(f"selfsteer: finished {cfg.rounds} round(s); outputs in {run_dir}")
     return 0

@@ -109,6 +109,7 @@ class RolloutConfig:
         _check_choice("rollout", "backend", self.backend, ("hf", "hf_mod", "vllm", "auto"))
         _check_positive("rollout", "num_engines", self.num_engines)
         _check_positive("rollout", "tensor_parallel_size", self.tensor_parallel_size)
+        _check_positive("rollout", "max_batch_size", self.max_batch_size)
         _check_choice("rollout", "device", self.device, ("auto", "cpu", "cuda"))
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization!r} must be in (0, 1]")
@@ -149,6 +150,7 @@ class ReferenceConfig:
         _check_choice("reference", "device", self.device, ("auto", "cpu", "cuda"))
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
         _check_positive("reference", "num_actors", self.num_actors)
+        _check_positive("reference", "micro_batch_size", self.micro_batch_size)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,14 @@ class EndpointError(RuntimeError):
     """The endpoint is unreachable, refused the request, or answered something that is not a completion."""
 
 
+class RequestRejected(EndpointError):
+    """The server refused one request as invalid (HTTP 400/413/422: e.g. longer than its context).
+    The request is at fault, not the server: its prompt is skipped, the others go on."""
+
+
+REJECT_STATUS = (400, 413, 422)
+
+
 class ChatEndpoint:
     """A client for one OpenAI-compatible server.
 
@@ -101,6 +109,9 @@ class ChatEndpoint:
             raise EndpointError(f"principle endpoint {url} refused the request (HTTP {response.status_code}); check "
                                 f"the key in the environment variable principles.llm.api_key_env names "
                                 f"({self.api_key_env!r})")
+        if response.status_code in REJECT_STATUS:
+            raise RequestRejected(f"principle endpoint {url} rejected the request (HTTP {response.status_code}): "
+                                  f"{_server_message(response)}")
         if response.status_code != 200:
             raise EndpointError(f"principle endpoint {url} answered HTTP {response.status_code}"
                                 f"{' after retries' if response.status_code in RETRY_STATUS else ''}: "
@@ -140,14 +151,39 @@ class ChatEndpoint:
                                 f"choices[0].message.content: {str(body)[:300]!r}") from None
         return content or ""
 
-    def complete(self, texts: list[str], sampling: Sampling) -> list[str]:
-        """Replies to `texts`, in order, with up to `max_concurrency` requests in flight."""
+    def complete(self, texts: list[str], sampling: Sampling, rejected: Optional[dict[str, str]] = None) -> list[str]:
+        """Replies to `texts`, in order, with up to `max_concurrency` requests in flight.
+
+        With a `rejected` dict, a request the server refuses as invalid (`RequestRejected`) gets the
+        reply "" and its text -> the server's reason is added there; a text already in it is not sent
+        again. Without one, the refusal is raised.
+        """
         if not texts:
             return []
         self.model_name()  # resolve once, before the threads start
+
+        def one(text: str) -> str:
+            if rejected is None:
+                return self.chat(text, sampling)
+            if text in rejected:
+                return ""
+            try:
+                return self.chat(text, sampling)
+            except RequestRejected as exc:
+                rejected[text] = str(exc)
+                return ""
+
         workers = min(self.max_concurrency, len(texts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="principle-http") as pool:
-            return list(pool.map(lambda t: self.chat(t, sampling), texts))
+            return list(pool.map(one, texts))
+
+
+def _server_message(response) -> str:
+    """The error message of an OpenAI-format error body, else the start of the body."""
+    try:
+        return str(response.json()["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return repr(response.text[:300])
 
 
 def _reason(exc: Exception) -> str:

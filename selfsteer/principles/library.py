@@ -123,8 +123,14 @@ def load_library(path: str | Path) -> tuple[Dimension, ...]:
     try:
         text = path.read_text(encoding="utf-8")
         entries = json.loads(text) if kind == "json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
-        raise LibraryError(f"{path}: could not be read as {kind}: {exc}") from exc
+    except yaml.MarkedYAMLError as exc:  # one line, file:line, as an editor would jump to it
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise LibraryError(f"{where}: could not be read as yaml: {exc.problem or exc.context}") from None
+    except json.JSONDecodeError as exc:
+        raise LibraryError(f"{path}:{exc.lineno}:{exc.colno}: could not be read as json: {exc.msg}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
+        raise LibraryError(f"{path}: could not be read as {kind}: {str(exc).splitlines()[0]}") from None
     if not isinstance(entries, list):
         raise LibraryError(f"{path}: expected a list of dimension mappings, got {type(entries).__name__}")
     if not entries:

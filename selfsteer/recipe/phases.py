@@ -67,9 +67,11 @@ def build_principles(bench: Workbench, input_path: str | Path, output_path: str 
                 else:
                     pairs, counts = ray.get(actor.generate.remote(prompts, 0), timeout=cfg.ray.call_timeout_s)
                 for record, pair in zip(chunk, pairs):
+                    if pair.get("skipped"):  # the HTTP writer refused it (e.g. longer than its context): not written
+                        continue
                     out.append(principles_record(record["prompt"], record["uuid"], "\n\n".join(pair["good_principles"]),
                                                  "\n\n".join(pair["bad_principles"])))
-                _count(stats, counts, written=len(chunk))
+                _count(stats, counts, written=len(chunk) - counts.get("writer_rejected", 0))
                 _report(progress, "principles", stats)
         out.finish()
     logger.info("principles: %s -> %s %s", input_path, output_path, _summary(stats))

@@ -46,7 +46,7 @@ def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict, cfg
         return
     tag = f"round_{round_index:04d}"
     trainer.save_state(str(run_dir / TRAINER_DIR), tag)
-    _write_durably(run_dir / STAGED_FILE, json.dumps({"round": round_index, "cursor": cursor_state, "trainer_tag": tag}, indent=2))
+    write_durably(run_dir / STAGED_FILE, json.dumps({"round": round_index, "cursor": cursor_state, "trainer_tag": tag}, indent=2))
 
 
 def commit_round(run_dir: Path) -> None:
@@ -62,8 +62,22 @@ def commit_round(run_dir: Path) -> None:
 
 
 def load_state(run_dir: Path) -> Optional[dict]:
+    """The last finished round's state, or None when there is none.
+
+    Raises:
+        ValueError: state.json is there but is not a state (truncated, edited); the message names it.
+    """
     path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state["round"], int) or not isinstance(state["cursor"], dict) or not state["trainer_tag"]:
+            raise TypeError("round must be an integer, cursor a mapping, trainer_tag a name")
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not a finished round's state ({type(exc).__name__}: {exc}); it is written "
+                         "atomically, so it was changed or truncated outside selfsteer") from None
+    return state
 
 
 def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
@@ -78,11 +92,15 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
     path = run_dir / "metrics.jsonl"
     lines: dict[int, str] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)["round"]
-                if r <= last_round and r not in lines:
-                    lines[r] = line
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                r = json.loads(line)["round"] if line.strip() else None
+            except (ValueError, KeyError, TypeError):  # a torn line (a kill or full disk mid-append): dropped
+                logger.warning("%s: line %d is not a metrics record (%r...); dropped, the round's "
+                               "metrics.json restores it", path, number, line[:40])
+                continue
+            if isinstance(r, int) and r <= last_round and r not in lines:
+                lines[r] = line
     _discard_after(run_dir, last_round)
     restored = {}
     for r in range(1, last_round + 1):
@@ -93,7 +111,7 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
     missing = [r for r in range(1, last_round + 1) if r not in lines]
     if missing:
         logger.warning("%s: no metrics for finished round(s) %s (neither metrics.jsonl nor metrics.json)", run_dir, missing)
-    _write_durably(path, "".join(lines[r] + "\n" for r in sorted(lines)))
+    write_durably(path, "".join(lines[r] + "\n" for r in sorted(lines)))
     return restored
 
 
@@ -107,10 +125,11 @@ def _discard_after(run_dir: Path, last_round: int) -> None:
                 logger.info("resume: %s is re-done from round %d's state; removed %s", path.name, last_round, path)
 
 
-def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:
-    """The learning-rate schedule's segment ends, in rounds (schedule.json; call before config.yaml
-    is rewritten). A resumed run asking for more rounds than planned gets a new segment
-    (trainer.extend_schedule=restart) or keeps the old one, whose end value then holds (keep_end)."""
+def lr_schedule(run_dir: Path, cfg, resume: bool, write: bool = True) -> list[int]:
+    """The learning-rate schedule's segment ends, in rounds (schedule.json, written unless not
+    `write`: see `write_schedule`; call before config.yaml is rewritten). A resumed run asking for
+    more rounds than planned gets a new segment (trainer.extend_schedule=restart) or keeps the old
+    one, whose end value then holds (keep_end)."""
     path = run_dir / "schedule.json"
     if not resume:
         bounds = [cfg.rounds]
@@ -129,8 +148,13 @@ def lr_schedule(run_dir: Path, cfg, resume: bool) -> list[int]:
             logger.log(logging.INFO if effect == STAYS_CONSTANT else logging.WARNING,
                        "extending the run from %d to %d rounds: trainer.extend_schedule=%s (%s)", planned,
                        cfg.rounds, cfg.trainer.extend_schedule, effect)
-    _write_durably(path, json.dumps({"rounds": bounds}))
+    if write:
+        write_schedule(run_dir, bounds)
     return bounds
+
+
+def write_schedule(run_dir: Path, bounds: list[int]) -> None:
+    write_durably(run_dir / "schedule.json", json.dumps({"rounds": bounds}))
 
 
 def _extension_effect(trainer_cfg, restart: bool) -> str:
@@ -154,4 +178,4 @@ def pause_point(name: str, run_dir: Path, round_index: int) -> None:
             time.sleep(60)
 
 
-_write_durably = write_text  # atomic and fsynced (selfsteer.utils.io)
+write_durably = write_text  # atomic and fsynced (selfsteer.utils.io)

@@ -4,6 +4,7 @@ the key or file, not in an actor's traceback a minute later (or after a round ha
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.algorithms.registry import method
-from selfsteer.utils.paths import is_hf_model
 from selfsteer.config.schema import RunConfig
+from selfsteer.run import rundir
+from selfsteer.run.rundir import RunDirClaim
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +28,47 @@ class InputError(ValueError):
     """A user input problem found before the run starts; the message names the key or the file."""
 
 
-def prepare_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> tuple[RunConfig, Optional[dict]]:
-    """Every check that needs no Ray, in order; returns `cfg` with an absolute output_dir and the
-    state to resume from (None for a new run). Nothing in output_dir is changed before they pass,
-    except that `overwrite` moves an old run aside."""
+def prepare_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False
+                ) -> tuple[RunConfig, Optional[dict], RunDirClaim]:
+    """Every check that needs no Ray, in order; returns `cfg` with an absolute output_dir, the
+    state to resume from (None for a new run) and this process's claim on the run directory.
+
+    Nothing in output_dir is written before the checks pass, except that `overwrite` moves an old
+    run aside (the claim's `undo` moves it back if a later check refuses the start).
+    """
     if resume and not method(cfg.algo).supports("resume"):
         raise InputError(f"--resume is not supported for algo={cfg.algo} (its round state is not checkpointed)")
     cfg = resolve_output_dir(cfg)
     run_dir = Path(cfg.output_dir)
     check_inputs(cfg)
-    state = claim_run_dir(run_dir, resume, overwrite)
+    if resume:
+        state = claim_run_dir(run_dir, resume=True, overwrite=False)
+        check_run_keys(cfg, run_dir)
+    else:
+        state = None
+        refuse_existing(run_dir, overwrite)
     check_writable(run_dir)
-    return cfg, state
+    aside = None
+    if overwrite and not resume:
+        if rundir.is_locked(run_dir):
+            raise InputError(f"--overwrite: a run is going in {run_dir} (a live selfsteer process holds its lock); "
+                             "stop it first")
+        aside = move_aside(run_dir)
+    try:
+        claim = rundir.RunDirClaim.acquire(run_dir, aside)
+    except (rundir.RunDirBusy, OSError) as exc:
+        if aside is not None and not run_dir.exists():
+            aside.rename(run_dir)
+        if isinstance(exc, rundir.RunDirBusy):
+            raise InputError(str(exc)) from None
+        raise InputError(f"output_dir {run_dir} is not writable: {describe_os_error(exc)}") from None
+    if not resume:  # under the lock: a start that won the race may have written its files meanwhile
+        found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+        if found:
+            claim.release()
+            raise InputError(f"another run is starting in {run_dir} (it already wrote {', '.join(found)}); "
+                             "choose another output_dir")
+    return cfg, state, claim
 
 
 def resolve_output_dir(cfg: RunConfig) -> RunConfig:
@@ -60,6 +91,55 @@ def resolve_output_dir(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, output_dir=str(out.resolve()))
 
 
+# Keys that define a run: its prompts and their order, its start model and architecture, its
+# method. A resume that changed one would mix two runs in one directory (a new seed reshuffles
+# the cursor mid-epoch; a new architecture cannot load the saved weights).
+RUN_KEYS = ("algo", "seed", "data.prompts", "data.prompt_field", "data.id_field", "data.shuffle",
+            "model.policy", "model.reference", "model.toy", "task.split_seed", "task.train_prompts",
+            "task.sft_examples", "task.sft_batch_size", "task.sft_lr", "task.unprompted_rate",
+            "task.steerability", "task.no_system_rate", "self_contrast.target_field")
+RUN_KEYS_FILE = "run_keys.json"  # written once at the start; config.yaml is rewritten by resumes
+
+
+def run_keys(cfg: RunConfig) -> dict:
+    """The run-defining values of `cfg`, as JSON values (dotted key -> value)."""
+    import json
+
+    out = {}
+    for key in RUN_KEYS:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+    return out
+
+
+def check_run_keys(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse a resume that changes a run-defining key, against the values the run started with
+    (run_keys.json; for a run from before it, its config.yaml)."""
+    import json
+
+    from selfsteer.config.schema import ConfigError, load_config
+
+    path = run_dir / RUN_KEYS_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(f"--resume: {path} is not valid JSON ({exc}); the run's start keys are unreadable") from None
+    else:
+        try:
+            saved = run_keys(load_config(run_dir / "config.yaml"))
+        except ConfigError as exc:
+            raise InputError(f"--resume: {exc}") from None
+    now = run_keys(cfg)
+    for key in RUN_KEYS:
+        if key in saved and saved[key] != now[key]:
+            raise InputError(f"--resume: {key} cannot change on resume ({saved[key]!r} when the run started, now "
+                             f"{now[key]!r}): it defines the run (prompts, their order, the model). Resume without "
+                             f"changing it, or start a new run in another output_dir")
+
+
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Optional[dict]:
     """The resumed state (with `resume`), after refusing a directory that already holds a run.
 
@@ -68,29 +148,59 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Optional[dict
     from selfsteer.run import checkpoint
 
     if resume:
-        state = checkpoint.load_state(run_dir)
+        try:
+            state = checkpoint.load_state(run_dir)
+        except ValueError as exc:
+            raise InputError(f"--resume: {exc}") from None
         if state is None:
             raise InputError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
+        if rundir.is_locked(run_dir):
+            raise InputError(f"--resume: a run is going in {run_dir} (a live selfsteer process holds its lock)")
         return state
+    refuse_existing(run_dir, overwrite)
+    if overwrite:
+        move_aside(run_dir)
+    return None
+
+
+def refuse_existing(run_dir: Path, overwrite: bool) -> None:
+    """A new run never starts in a directory that holds one, unless `overwrite` (it is moved aside)."""
     found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
     if found and not overwrite:
         raise InputError(f"output_dir {run_dir} already holds a run ({', '.join(found)}); continue it with "
                          f"--resume {run_dir}, choose a new output_dir, or pass --overwrite to move it aside")
-    if found:
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        logger.warning("--overwrite: moved the run that was in %s to %s", run_dir, aside)
-    return None
+
+
+def move_aside(run_dir: Path) -> Optional[Path]:
+    """--overwrite: the old run goes to `<run_dir>.old-<timestamp>` (nothing is deleted); None if there is none."""
+    if not any((run_dir / name).exists() for name in RUN_MARKERS):
+        return None
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    logger.warning("--overwrite: moved the run that was in %s to %s", run_dir, aside)
+    return aside
 
 
 def check_writable(run_dir: Path) -> None:
+    """`run_dir` takes a file (or, before it exists, its nearest existing parent does): nothing is created."""
+    where = run_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise InputError(f"output_dir {run_dir} is not writable: {where} is not a directory")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-check-{os.getpid()}"
+        probe = where / f".write-check-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
+        raise InputError(f"output_dir {run_dir} is not writable: {describe_os_error(exc)}") from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in a few words; a full disk is said as such, naming the path."""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full (ENOSPC) writing {exc.filename or '?'}: free space there, then --resume"
+    return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
 
 
 def _method_models(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -107,9 +217,12 @@ def check_inputs(cfg: RunConfig) -> None:
     from selfsteer.data.prompts import PromptDataError, load_prompts
     from selfsteer.principles.library import LibraryError, load_library
 
+    from selfsteer.run.model_checks import model_dir_problem
+
     for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference), *_method_models(cfg)):
-        if path and path not in ("toy", "task") and not is_hf_model(path):
-            raise InputError(f"{key}={path!r} is not a local HF model directory (no config.json)")
+        problem = model_dir_problem(key, path, cfg.model.trust_remote_code) if path not in (None, "toy", "task") else None
+        if problem:
+            raise InputError(problem)
     if cfg.model.policy not in ("toy", "task"):
         _check_chat_template(cfg)
     if cfg.ray.address is None:  # in-process: this machine's devices are the run's
@@ -120,6 +233,11 @@ def check_inputs(cfg: RunConfig) -> None:
             load_library(library)
         except LibraryError as exc:
             raise InputError(f"principles.library_file: {exc}") from None
+    if cfg.principles.mode == "library":
+        _check_num_dimensions(cfg.principles)
+    if cfg.data.prompts in ("toy", "task") and cfg.data.prompt_field != "prompt":
+        raise InputError(f"data.prompt_field={cfg.data.prompt_field!r}: the built-in data.prompts={cfg.data.prompts} "
+                         "records hold their prompt in field 'prompt'; leave data.prompt_field at its default")
     if cfg.data.prompts not in ("toy", "task"):
         try:
             records = load_prompts(cfg.data.prompts, cfg.data.prompt_field, cfg.data.id_field)
@@ -133,6 +251,20 @@ def check_prompt_count(cfg: RunConfig, available: int, source: str) -> None:
     if cfg.data.prompts_per_round > available:
         raise InputError(f"data.prompts_per_round={cfg.data.prompts_per_round} is larger than the {available} "
                          f"prompts in {source}; a round would repeat prompts. Lower it to <= {available}")
+
+
+def _check_num_dimensions(principles) -> None:
+    """Library mode draws num_dimensions distinct dimensions per prompt (Concision is added apart)."""
+    from selfsteer.actors.principle import _library
+    from selfsteer.principles.library import CONCISION
+
+    library = _library(principles.library_file)
+    drawable = [d for d in library if d.name.lower() != CONCISION.lower()] or list(library)
+    if principles.num_dimensions > len(drawable):
+        source = principles.library_file or "the built-in library"
+        raise InputError(f"principles.num_dimensions={principles.num_dimensions} is more than the {len(drawable)} "
+                         f"dimensions {source} can draw (Concision is added apart); lower it to <= {len(drawable)} "
+                         "or add dimensions to principles.library_file")
 
 
 def _check_chat_template(cfg: RunConfig) -> None:

@@ -191,7 +191,7 @@ def test_load_library_file_errors(tmp_path, name, text, needle):
     path.write_text(text)
     with pytest.raises(LibraryError) as info:
         load_library(path)
-    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
+    assert str(info.value).startswith(f"{path}:") and needle in str(info.value)
 
 
 def test_load_library_missing_file(tmp_path):
