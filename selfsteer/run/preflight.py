@@ -69,6 +69,7 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Optional[dict
         state = checkpoint.load_state(run_dir)
         if state is None:
             raise InputError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
+        check_trainer_state(run_dir / checkpoint.TRAINER_DIR / state["trainer_tag"])
         return state
     found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
     if found and not overwrite:
@@ -79,6 +80,16 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Optional[dict
         run_dir.rename(aside)
         logger.warning("--overwrite: moved the run that was in %s to %s", run_dir, aside)
     return None
+
+
+def check_trainer_state(directory: Path) -> None:
+    """Refuse a trainer state whose files need arbitrary unpickling (a planted object), by file name."""
+    from selfsteer.training.safe_state import UnsafeStateError, check_state_dir
+
+    try:
+        check_state_dir(directory)
+    except UnsafeStateError as exc:
+        raise InputError(f"--resume: {exc}") from None
 
 
 def check_writable(run_dir: Path) -> None:
