@@ -130,6 +130,9 @@ def init_ray(cfg: RunConfig) -> None:
     raylet, workers and agents listen on all interfaces; with Ray's single-machine mode (the one it
     uses on macOS) the node address stays 127.0.0.1 and each of them binds to it.
     """
+    from selfsteer.sync.shm import remove_stale_segments
+
+    remove_stale_segments()  # a colocated run killed by SIGKILL left its weights in /dev/shm (issue #26 item 13)
     if ray.is_initialized():
         return
     # Explicit, so an embedded run never writes an auth token into the user's home. (Ray reads the
