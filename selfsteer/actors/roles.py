@@ -165,6 +165,9 @@ def init_ray(cfg: RunConfig) -> None:
     raylet, workers and agents listen on all interfaces; with Ray's single-machine mode (the one it
     uses on macOS) the node address stays 127.0.0.1 and each of them binds to it.
     """
+    from selfsteer.sync.shm import remove_stale_segments
+
+    remove_stale_segments()  # a colocated run killed by SIGKILL left its weights in /dev/shm (issue #26 item 13)
     if ray.is_initialized():
         return
     # Explicit, so an embedded run never writes an auth token into the user's home. (Ray reads the
@@ -179,6 +182,11 @@ def init_ray(cfg: RunConfig) -> None:
     # raylet's environment), and a later `ray start` from this process is not affected.
     saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    # Kept for the run: every actor (workers inherit it) binds its gloo groups to loopback, not
+    # to the address the hostname resolves to (issue #26 item 12).
+    from selfsteer.sync.collective import loopback_bind_env
+
+    os.environ.update(loopback_bind_env())
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves the node address
     try:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,

@@ -72,9 +72,9 @@ class TrainerRank:
             master_addr, master_port, self.world_size, False, timeout=timeout)
         dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
         if tc.backend == "deepspeed":
-            import deepspeed
+            from selfsteer.training.build_lock import init_deepspeed_distributed
 
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group formed above
+            init_deepspeed_distributed(backend, timeout)  # adopts the group formed above; no stale build lock
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id

@@ -156,6 +156,7 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Optional[dict
             raise InputError(f"--resume: {run_dir / checkpoint.STATE_FILE} not found; no finished round to resume")
         if rundir.is_locked(run_dir):
             raise InputError(f"--resume: a run is going in {run_dir} (a live selfsteer process holds its lock)")
+        check_trainer_state(run_dir / checkpoint.TRAINER_DIR / state["trainer_tag"])
         return state
     refuse_existing(run_dir, overwrite)
     if overwrite:
@@ -179,6 +180,16 @@ def move_aside(run_dir: Path) -> Optional[Path]:
     run_dir.rename(aside)
     logger.warning("--overwrite: moved the run that was in %s to %s", run_dir, aside)
     return aside
+
+
+def check_trainer_state(directory: Path) -> None:
+    """Refuse a trainer state whose files need arbitrary unpickling (a planted object), by file name."""
+    from selfsteer.training.safe_state import UnsafeStateError, check_state_dir
+
+    try:
+        check_state_dir(directory)
+    except UnsafeStateError as exc:
+        raise InputError(f"--resume: {exc}") from None
 
 
 def check_writable(run_dir: Path) -> None:

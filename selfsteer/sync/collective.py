@@ -39,6 +39,23 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
+def loopback_bind_env() -> dict[str, str]:
+    """Environment that binds gloo's process groups (and vLLM's sockets) to loopback.
+
+    Gloo listens on the address the hostname resolves to unless GLOO_SOCKET_IFNAME names an
+    interface; on a cloud VM that is the LAN address (issue #26 item 12), so a local run names the
+    loopback interface (the one holding 127.0.0.1) explicitly.
+    """
+    import psutil
+
+    names = [name for name, addrs in psutil.net_if_addrs().items()
+             if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs)]
+    env = {"VLLM_HOST_IP": "127.0.0.1"}
+    if names:
+        env["GLOO_SOCKET_IFNAME"] = names[0]
+    return env
+
+
 def peer_name(rank: int) -> str:
     """What sync rank `rank` is, for error messages (rank 0 = trainer rank 0, i = engine i - 1)."""
     return "trainer rank 0" if rank == 0 else f"rollout engine {rank - 1}"

@@ -4,7 +4,9 @@ Trainer rank 0 packs its flat buckets straight into the segment (`ShmWriter`); a
 same node maps it (`ShmReader`) and loads each bucket from a view of the mapping, so the bytes
 are copied twice in all (pack, load): the two-copy limit a collective on one host cannot beat.
 The writer owns the file: `close()` (or the writer's exit) unlinks it, whatever its readers do;
-a reader that dies only drops its mapping.
+a reader that dies only drops its mapping. A writer killed by SIGKILL cannot unlink it, so the
+file's name says who owns it (pid namespace, pid, process start time) and `remove_stale_segments`,
+called at every run's start and before a new segment is made, removes those of dead owners.
 
 Writer and readers may run at once: a 64-byte header holds (sync version, buckets written), so a
 reader loads bucket i as soon as it is written while the writer packs bucket i+1. Stores reach
@@ -13,7 +15,9 @@ the header after the bucket's bytes (program order; x86 keeps stores in order).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 import uuid
 import weakref
@@ -24,8 +28,70 @@ import torch
 
 from selfsteer.sync.buckets import Bucket, fingerprint, load_view, pack_bucket
 
+logger = logging.getLogger(__name__)
+
 SHM_DIR = Path(os.environ.get("SELFSTEER_SHM_DIR", "/dev/shm"))
 _ALIGN = 64  # bytes: every bucket starts on a cache line; the header takes the first line
+# <tag>-ns<pid namespace>-pid<pid>-start<start time, 1/100 s>-<random>.weights; the tag starts "selfsteer".
+_OWNED = re.compile(r"^selfsteer.*-ns(?P<ns>\d+)-pid(?P<pid>\d+)-start(?P<start>\d+)-[0-9a-f]{8}\.weights$")
+_OLD_STYLE = re.compile(r"^selfsteer-trainer\d+-(?P<pid>\d+)-[0-9a-f]{8}\.weights$")  # before owners were named
+
+
+def _pid_namespace() -> int:
+    """This process's pid namespace (pids of other namespaces, e.g. another container sharing
+    /dev/shm, say nothing about liveness here); 0 where /proc has no answer."""
+    try:
+        return int(re.sub(r"\D", "", os.readlink("/proc/self/ns/pid")) or 0)
+    except OSError:
+        return 0
+
+
+def _start_time(pid: int):
+    import psutil
+
+    try:
+        return int(round(psutil.Process(pid).create_time() * 100))
+    except psutil.Error:
+        return None  # no such process (or not ours to see)
+
+
+def segment_name(tag: str) -> str:
+    """A segment's file name naming its owner (this process) so a later run can tell it is stale."""
+    pid = os.getpid()
+    return f"{tag}-ns{_pid_namespace()}-pid{pid}-start{_start_time(pid) or 0}-{uuid.uuid4().hex[:8]}.weights"
+
+
+def remove_stale_segments(directory: Path | None = None) -> list[Path]:
+    """Remove weight segments whose owner is gone (killed before it could unlink them); a live
+    owner's segment, one from another pid namespace and any other file are kept. Returns the removed."""
+    directory = SHM_DIR if directory is None else Path(directory)
+    removed, ns = [], _pid_namespace()
+    try:
+        candidates = sorted(directory.glob("selfsteer*.weights"))
+    except OSError:
+        return removed
+    for path in candidates:
+        owned, old = _OWNED.match(path.name), _OLD_STYLE.match(path.name)
+        if owned:
+            if int(owned["ns"]) != ns:
+                continue
+            start = _start_time(int(owned["pid"]))  # a reused pid has a later start time
+            alive = start is not None and int(owned["start"]) in (0, start)  # 0: its start was unknown
+        elif old:
+            alive = _start_time(int(old["pid"])) is not None
+        else:
+            continue
+        if alive:
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:  # gone already, or not ours to remove
+            continue
+        removed.append(path)
+        logger.warning("removed stale weight segment %s (%.1f MiB): its owner, pid %s, is gone",
+                       path, size / 2 ** 20, (owned or old)["pid"])
+    return removed
 
 
 def bucket_offsets(buckets: list[Bucket]) -> tuple[list[int], int]:
@@ -64,7 +130,8 @@ class ShmWriter:
     def __init__(self, buckets: list[Bucket], tag: str = "selfsteer"):
         self.buckets = list(buckets)
         _, self.nbytes = bucket_offsets(self.buckets)
-        self.path = SHM_DIR / f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}.weights"
+        remove_stale_segments()  # a killed run's segment would hold the weights' size of memory
+        self.path = SHM_DIR / segment_name(tag)
         with open(self.path, "wb") as f:
             f.truncate(self.nbytes)
         # Unlinked at close, at garbage collection or at interpreter exit, whichever comes first.

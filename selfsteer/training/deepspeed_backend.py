@@ -32,6 +32,16 @@ class DeepSpeedBackend:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.engine.module
         self.zero_stage = cfg.zero_stage
+        # DeepSpeed's own engine unpickles whatever the files hold (weights_only=False): ours loads
+        # weights-only with the exact allow-list of its state classes (issue #26 item 7).
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        from selfsteer.training.safe_state import make_safe_checkpoint_engine
+
+        if type(self.engine.checkpoint_engine) is not TorchCheckpointEngine:
+            raise RuntimeError(f"unexpected DeepSpeed checkpoint engine {type(self.engine.checkpoint_engine).__name__}: "
+                               f"selfsteer loads trainer state only through a weights-only torch engine")
+        self.engine.checkpoint_engine = make_safe_checkpoint_engine(self.engine._config)
 
     def forward(self, **batch):
         return self.engine(**batch)

@@ -73,8 +73,10 @@ class TorchBackend:
 
         target = os.path.join(directory, tag)
         self.module.load_state_dict(load_file(os.path.join(target, "model.safetensors")), strict=False)
-        # Our own optimizer state (tensors and numbers), not user data: weights_only keeps it safe.
-        state = torch.load(os.path.join(target, "optimizer.pt"), weights_only=True)
+        from selfsteer.training.safe_state import safe_load
+
+        # Our own optimizer state (tensors and numbers): weights-only, a planted object is refused by name.
+        state = safe_load(os.path.join(target, "optimizer.pt"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]

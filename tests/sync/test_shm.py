@@ -136,3 +136,68 @@ def test_reader_loads_each_bucket_once_published_while_the_writer_writes(tmp_pat
 def test_missing_segment_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="colocated"):
         shm.ShmReader({"path": str(tmp_path / "gone"), "nbytes": 64}, [])
+
+
+def _receive(conn):
+    assert conn.poll(30), "the child wrote no segment"
+    return conn.recv()
+
+
+def _writer_killed(conn):
+    writer = shm.ShmWriter(_buckets(_tensors()), tag="selfsteer-trainer0")
+    conn.send(str(writer.path))
+    os.kill(os.getpid(), signal.SIGKILL)  # no close, no finalizer: the segment stays, as after kill -9
+
+
+def _writer_lives(conn, stop):
+    writer = shm.ShmWriter(_buckets(_tensors()), tag="selfsteer-trainer0")
+    conn.send(str(writer.path))
+    stop.wait(60)
+    writer.close()
+
+
+def test_stale_segment_of_a_killed_writer_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """Issue #26 item 13: a writer killed by SIGKILL leaves its segment; the next writer (and every
+    run's start, see test_init_ray_removes_stale_segments) removes it, but not a live writer's."""
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    ctx = mp.get_context("fork")
+    (receiver, sender), stop = ctx.Pipe(duplex=False), ctx.Event()
+    killed = ctx.Process(target=_writer_killed, args=(sender,))
+    killed.start()
+    stale = Path(_receive(receiver))
+    killed.join(30)
+    assert killed.exitcode == -signal.SIGKILL and stale.exists()
+    assert f"-pid{killed.pid}-" in stale.name  # the owner is named in the file
+    live = ctx.Process(target=_writer_lives, args=(sender, stop))
+    live.start()
+    kept = Path(_receive(receiver))
+    other_ns = tmp_path / "selfsteer-trainer0-ns1-pid1-start1-0123abcd.weights"  # another pid namespace's
+    reused = tmp_path / f"selfsteer-trainer0-ns{shm._pid_namespace()}-pid{live.pid}-start1-0123abcd.weights"
+    unrelated = tmp_path / "selfsteer-notes.txt"
+    for path in (other_ns, reused, unrelated):
+        path.write_bytes(b"x")
+    try:
+        writer = shm.ShmWriter(_buckets(_tensors()))
+        assert not stale.exists() and not reused.exists()  # dead owner; a live pid that started later
+        assert kept.exists() and other_ns.exists() and unrelated.exists()
+        writer.close()
+    finally:
+        stop.set()
+        live.join(30)
+    assert not kept.exists()  # its owner unlinked it on close
+
+
+def test_init_ray_removes_stale_segments(tmp_path, monkeypatch, ray_local):
+    from selfsteer.actors.roles import init_ray
+    from selfsteer.config.schema import RunConfig
+
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    ctx = mp.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    killed = ctx.Process(target=_writer_killed, args=(sender,))
+    killed.start()
+    stale = Path(_receive(receiver))
+    killed.join(30)
+    assert stale.exists()
+    init_ray(RunConfig())
+    assert not stale.exists()
