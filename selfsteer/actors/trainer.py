@@ -17,7 +17,8 @@ import torch
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.utils.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import (actor_env, attention_implementation, bind_ray_gpu, limit_threads,
+                                     release_device_cache, resolve_device, resolve_dtype)
 from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ class TrainerRank:
         dtype = self.dtype = resolve_dtype(mc.dtype)
         attn = attention_implementation(self.device, dtype)
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
+        if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
+            from selfsteer.training.deepspeed_backend import partitioned_loading
+
+            self._zero3_loading = partitioned_loading(tc, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code,
                                                      **({"attn_implementation": attn} if attn else {}))
         if tc.gradient_checkpointing:
@@ -284,34 +289,25 @@ class TrainerRank:
         self.backend.load_state(directory, tag)
 
     def save_hf(self, path: str) -> Optional[str]:
-        """Write an HF checkpoint (safetensors) from the full weights. All ranks must call this."""
-        params = list(self.module.parameters())
-        with self.backend.full_parameters(params):
-            if self.rank != 0:
-                return None
-            state = _tied_state_dict(self.module)
-            config = self.module.config
-            config.use_cache = self.saved_use_cache  # training turns it off; generation from the checkpoint wants it
-            try:
-                self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
-            finally:
-                config.use_cache = False
-            self.tokenizer.save_pretrained(path)
+        """Write an HF checkpoint (safetensors), one gathered parameter at a time: no rank ever holds
+        the whole model (selfsteer.training.streamed_save). All ranks must call this."""
+        from selfsteer.training.streamed_save import save_streamed
+
+        save_streamed(self.module, path, writer=self.rank == 0, gather=self.backend.full_parameters)
+        if self.rank != 0:
+            return None
+        config = self.module.config
+        config.architectures = [type(self.module).__name__]
+        config.use_cache = self.saved_use_cache  # training turns it off; generation from the checkpoint wants it
+        try:
+            config.save_pretrained(path)
+        finally:
+            config.use_cache = False
+        if self.module.can_generate() and getattr(self.module, "generation_config", None) is not None:
+            self.module.generation_config.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        release_device_cache()
         return path
-
-
-def _tied_state_dict(module) -> dict[str, torch.Tensor]:
-    """CPU copies of the state dict; with tied embeddings a tensor shared by two names is kept once
-    (under its first name, the embedding), so the checkpoint stays tied and ~20% smaller."""
-    tied = bool(getattr(module.config, "tie_word_embeddings", False))
-    state, seen = {}, set()
-    for name, tensor in module.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if tied and key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor.detach().to("cpu").clone()
-    return state
 
 
 class TrainerGroup:
