@@ -277,6 +277,15 @@ class TrainerRank:
             return {"fingerprints": [], "handle": None}
         return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
 
+    def release_local(self) -> int:
+        """After every engine loaded this sync's buckets: free this rank's CUDA IPC buckets now, not
+        at the next sync (they are the whole model on every GPU). Returns how many were live."""
+        live = len(self._ipc.flats) if self._ipc is not None else 0
+        if live:
+            self._ipc.release()
+        release_device_cache()
+        return live
+
     def close_shm(self) -> None:
         if self._shm is not None:
             self._shm.close()

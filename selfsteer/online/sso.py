@@ -55,6 +55,9 @@ def sample_round(cfg, roles, inputs, r: int, policy_round: int) -> Sampled:
         triples, drops = _triples(prompts, pairs, generations, cfg.pairs.drop_similar)
         texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
         signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
+    if triples and cfg.rollout.update_weights:  # colocated: engines asleep through scoring and training
+        with timer("sleep"):  # (the round's sync wakes them; a no-op in the separate layout)
+            roles.sleep_engines()
     with timer("reference"):  # the frozen start model: ready as soon as the responses are
         items, kept, filter_metrics = score_and_select(cfg, roles, triples, keys)  # pairs.filter, if on
     return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics}, principle_stats, skipped_long,

@@ -85,7 +85,7 @@ def colocated_lines(cfg, shape: gm.ModelShape, gpu, host_bytes, total_gpus: int,
                     placed) -> tuple[list[str], list]:
     """The colocated plan's lines and problems ((role, reason)); the placement's problems first."""
     from selfsteer.plan import timing
-    from selfsteer.plan.planner import vllm_note, vllm_problem
+    from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
 
     problems = list(placed.problems)
     gpu_bytes = gpu.usable_gib * gm.GIB
@@ -117,8 +117,6 @@ def colocated_lines(cfg, shape: gm.ModelShape, gpu, host_bytes, total_gpus: int,
     nodes_used = sorted({n for n, _ in placed.where.values()}) or [0]
     per_node = [sum(per_gpu_host for n, _ in placed.where.values() if n == node) for node in nodes_used]
     per_node[0] += gm.host_reference(shape, p)
-    from selfsteer.plan.planner import host_line
-
     lines.append(host_line(per_node, host_bytes))
     if host_bytes:
         problems += [(f"node{i} host RAM", f"needs {x / gm.GIB:.0f} GiB while loading, the node has "

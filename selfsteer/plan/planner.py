@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from selfsteer.plan import memory as gm
+from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
 from selfsteer.plan.workload import Card, card as find_card, work as method_work
 
 EPS = 1e-9
@@ -178,27 +179,6 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             b.host = gm.host_engine(writer_shape, p, 1, vllm=False)
 
 
-def vllm_note(budget: gm.VLLMBudget, width: int) -> str:
-    """vLLM's share split into its parts; a KV cache that does not fit is said so, never a negative size."""
-    head = f"= weights {budget.weights / gm.GIB:.2f} + reserve {budget.reserve / gm.GIB:.2f} + "
-    if budget.kv_cache <= 0:
-        return head + f"KV cache: none (the share is {-budget.kv_cache / gm.GIB:.2f} GiB short of weights + reserve)"
-    return head + (f"KV cache {budget.kv_cache / gm.GIB:.2f}: {budget.tokens:,} tokens at "
-                   f"{budget.kv_bytes_per_token:,.0f} B, max_model_len {budget.max_model_len:,}, "
-                   f"{budget.sequences:.0f} x {width}-token sequences")
-
-
-def vllm_problem(budget: gm.VLLMBudget, shape: gm.ModelShape, p: int, gpu_bytes: float, utilization: float) -> str:
-    """Why vLLM cannot start, and what would: the max_model_len its cache holds, or the share it needs."""
-    if budget.kv_cache <= 0:
-        need = (budget.weights + budget.reserve + budget.max_model_len * budget.kv_bytes_per_token) / gpu_bytes
-        fix = (f"set rollout.gpu_memory_utilization >= {need:.2f}" if need <= 0.95 else
-               f"one max_model_len sequence needs {need:.2f} x the GPU: raise rollout.tensor_parallel_size")
-        return f"vLLM's share ({utilization:g} x GPU) does not hold its weights and reserve; {fix}"
-    return (f"vLLM's KV cache holds {budget.tokens:,} tokens, less than max_model_len {budget.max_model_len:,}; "
-            f"set rollout.max_model_len <= {budget.tokens:,} or raise tensor_parallel_size")
-
-
 def host_problems(bundles: list[Bundle], nodes: list[Node], placement: Placement, host_bytes: Optional[float]):
     """Host RAM per node (sum of the processes placed there), and the nodes that lack it."""
     per_node = [0.0] * len(nodes)
@@ -210,13 +190,6 @@ def host_problems(bundles: list[Bundle], nodes: list[Node], placement: Placement
                                                   f"engines' host copies, reference), the node has {host_bytes / gm.GIB:.0f}")
                     for i, used in enumerate(per_node) if used > host_bytes]
     return per_node, problems
-
-
-def host_line(per_node: list[float], host_bytes: Optional[float]) -> str:
-    worst = max(per_node) if per_node else 0.0
-    return (f"host RAM per node at load: up to {worst / gm.GIB:.0f} GiB ("
-            + ", ".join(f"node{i} {x / gm.GIB:.0f}" for i, x in enumerate(per_node) if x) + ")"
-            + (f" of {host_bytes / gm.GIB:.0f} GiB" if host_bytes else " (not checked: --host-memory-gib)"))
 
 
 def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
