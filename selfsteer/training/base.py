@@ -52,7 +52,8 @@ def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int |
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
+            # ds_shape: under zero.Init a parameter is an empty placeholder; its real shape decides.
+            (no_decay if len(getattr(p, "ds_shape", p.shape)) < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
     segments = [max(int(n), 1) for n in (total_steps if isinstance(total_steps, (list, tuple)) else [total_steps])]

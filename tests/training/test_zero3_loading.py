@@ -33,6 +33,11 @@ def _rank(rank: int, world: int, model_path: str, store_path: str, out_dir: str)
               "held": sum(p.ds_tensor.numel() for p in params.values() if hasattr(p, "ds_tensor")),
               "total": sum(getattr(p, "ds_numel", p.numel()) for p in params.values()),
               "partitioned": all(hasattr(p, "ds_tensor") for p in params.values())}
+    from selfsteer.training.base import make_optimizer_and_scheduler
+
+    optimizer, _ = make_optimizer_and_scheduler(model, tc, 4)  # weight decay by the real shape, not the placeholder's
+    report["decayed"] = sorted(len(getattr(p, "ds_shape", p.shape)) for p in optimizer.param_groups[0]["params"])[:1]
+    report["not_decayed"] = sorted({len(p.ds_shape) for p in optimizer.param_groups[1]["params"]})
     stats = save_streamed(model, os.path.join(out_dir, "ckpt"), writer=rank == 0,
                           gather=lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=None))
     report["written"] = stats.tensors
@@ -61,6 +66,7 @@ def test_zero3_ranks_load_partitioned_and_save_back_byte_for_byte(toy_model_path
         assert r["held"] <= total / world + 64 * 64  # its share (DeepSpeed pads each partition a little)
         assert r["plain_whole"] == total  # without zero.Init every rank would hold all of it
     assert sum(r["held"] for r in reports) >= total
+    assert all(r["decayed"] == [2] and r["not_decayed"] == [1] for r in reports)  # matrices decay, norms do not
     assert reports[0]["written"] > 0 and reports[1]["written"] == 0
     original = {}
     for f in sorted(Path(toy_model_path).glob("*.safetensors")):
