@@ -57,10 +57,12 @@ def sample_round(cfg, roles, inputs, r: int, policy_round: int) -> Sampled:
         signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
     if triples and cfg.rollout.update_weights:  # colocated: engines asleep through scoring and training
         with timer("sleep"):  # (the round's sync wakes them; a no-op in the separate layout)
-            roles.sleep_engines()
+            slept = roles.sleep_engines()
+    else:
+        slept = {}
     with timer("reference"):  # the frozen start model: ready as soon as the responses are
         items, kept, filter_metrics = score_and_select(cfg, roles, triples, keys)  # pairs.filter, if on
-    return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics}, principle_stats, skipped_long,
+    return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics, **slept}, principle_stats, skipped_long,
                    policy_round, timer.seconds, keys, items, kept)
 
 
@@ -91,7 +93,8 @@ def run_round(cfg, roles, inputs, r: int, run_dir: Path) -> dict[str, float]:
     items = items + replayed
     usable = len(items) - len(items) % len(roles.trainer.ranks)  # equal shards: ranks step together
     with timer("sleep"):
-        slept = roles.sleep_engines() if usable else {}  # placement=colocated: free the shared devices
+        slept = roles.sleep_engines() if usable else {}  # placement=colocated: a no-op if asleep since scoring
+        slept.update({k: v for k, v in s.signal.items() if k.startswith("rollout/sleep")})  # what that sleep freed
     with timer("train"):
         results = roles.trainer.train(items[:usable], s.keys, _loss_kwargs(cfg)) if usable else []
     timer.seconds["time/generation_wait"] = ahead.wait()  # engines take new weights only when idle
