@@ -19,7 +19,7 @@ from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_cl
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket, unpack_bucket
 from selfsteer.sync.collective import SyncGroup, receive_buckets
 from selfsteer.sync.objectstore import load_object_buckets
-from selfsteer.utils.runtime import actor_env, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import actor_env, limit_threads, release_device_cache, resolve_device, resolve_dtype
 from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class RolloutEngine:
         self._workers_receive = getattr(self.backend, "workers_receive", hasattr(self.backend, "init_sync_group"))
         self.weights_version = 0
         self.asleep = False
+        self.kv_asleep = False  # weights back, KV cache not yet (two-stage wake, see receive_local)
 
     @staticmethod
     def _reap_previous_incarnation() -> None:
@@ -95,6 +96,7 @@ class RolloutEngine:
                  expected_version: Optional[int] = None) -> list[Generation]:
         if self.asleep:
             raise RuntimeError(f"rollout engine {self.index} is asleep (placement=colocated): wake it with a sync first")
+        self.finish_wake()
         if expected_version is not None and expected_version != self.weights_version:
             raise StaleWeightsError(f"rollout engine {self.index} holds weights version {self.weights_version}, "
                                     f"expected {expected_version}")
@@ -146,6 +148,8 @@ class RolloutEngine:
         """
         if not getattr(self.backend, "sleep_supported", True):
             return {"rss_freed_mb": 0.0, "supported": 0.0}
+        if self.asleep:  # asleep since before reference scoring: nothing more to free
+            return {"rss_freed_mb": 0.0, "supported": 1.0}
         before = rss_mb()
         self.backend.sleep()
         self.asleep = True
@@ -156,9 +160,9 @@ class RolloutEngine:
                       timeout_s: float = 600.0) -> list[str]:
         """Wake (if asleep) and load every bucket from trainer rank 0's memory on this node:
         its shared-memory segment (`shm`) or its CUDA buckets' IPC handles (`cuda_ipc`)."""
-        if self.asleep:
-            self.backend.wake_up()
-            self.asleep = False
+        if self.asleep:  # weights only: the KV cache waits until the trainer freed its buckets (finish_wake)
+            self.backend.wake_up(tags=["weights"])
+            self.asleep, self.kv_asleep = False, True
         on = "cpu" if method == "shm" else "cuda"
         targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
         if targets is not None and any(t.device.type != on for t in targets):
@@ -173,7 +177,17 @@ class RolloutEngine:
 
             fingerprints = receive_ipc(handle, buckets, load, verify, targets)
         self.weights_version = version
+        release_device_cache()
         return fingerprints
+
+    def finish_wake(self) -> bool:
+        """Second stage of the wake-up: the KV cache, once the weights are loaded and the trainer's
+        sync buckets are freed (verl's order: weights, load, empty cache, KV cache). True if it woke."""
+        if not self.kv_asleep:
+            return False
+        self.backend.wake_up(tags=["kv_cache"])
+        self.kv_asleep = False
+        return True
 
     def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""

@@ -115,6 +115,10 @@ class WeightSyncer:
                 got = _wait_all([e.receive_local.remote("cuda_ipc", every[i]["handle"], self.buckets, verify, version)
                                  for i, e in enumerate(engines)], [peer_name(i + 1) for i in range(len(engines))],
                                 sc.timeout_s)
+                # Every engine holds the weights now: the trainer ranks free their buckets before the
+                # engines take their KV cache back (two-stage wake; selfsteer.plan.colocated "sync").
+                _wait_all([r.release_local.remote() for r in self.trainer.ranks],
+                          [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
             elif self.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, verify, version) for e in engines]
                 names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
@@ -127,6 +131,9 @@ class WeightSyncer:
         except (SyncPeerTimeoutError, ray.exceptions.RayError):
             self._connected = ()  # a half-finished broadcast leaves the group unusable
             raise
+        if self.method in ("shm", "cuda_ipc"):  # the engines' KV caches, once the trainer's buckets are freed
+            _wait_all([e.finish_wake.remote() for e in engines], [peer_name(i + 1) for i in range(len(engines))],
+                      sc.timeout_s)
         if verify:
             for i, fps in enumerate(got):
                 if fps != sent["fingerprints"]:

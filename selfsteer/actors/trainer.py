@@ -18,7 +18,8 @@ from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.registry import method
 from selfsteer.training.steps import optimizer_steps
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.utils.runtime import actor_env, attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import (actor_env, attention_implementation, bind_ray_gpu, limit_threads,
+                                     release_device_cache, resolve_device, resolve_dtype)
 from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class TrainerRank:
         dtype = self.dtype = resolve_dtype(mc.dtype)
         attn = attention_implementation(self.device, dtype)
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
+        if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
+            from selfsteer.training.deepspeed_backend import partitioned_loading
+
+            self._zero3_loading = partitioned_loading(tc, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code,
                                                      **({"attn_implementation": attn} if attn else {}))
         if tc.gradient_checkpointing:
@@ -289,6 +294,15 @@ class TrainerRank:
             return {"fingerprints": [], "handle": None}
         return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
 
+    def release_local(self) -> int:
+        """After every engine loaded this sync's buckets: free this rank's CUDA IPC buckets now, not
+        at the next sync (they are the whole model on every GPU). Returns how many were live."""
+        live = len(self._ipc.flats) if self._ipc is not None else 0
+        if live:
+            self._ipc.release()
+        release_device_cache()
+        return live
+
     def close_shm(self) -> None:
         if self._shm is not None:
             self._shm.close()
@@ -301,22 +315,27 @@ class TrainerRank:
         self.backend.load_state(directory, tag)
 
     def save_hf(self, path: str) -> Optional[str]:
-        """Write an HF checkpoint (safetensors) from the full weights, or with model.lora the adapter in
-        peft's format beside its base model's path and hash. All ranks must call this."""
+        """Write an HF checkpoint (safetensors), one gathered parameter at a time so no rank ever holds
+        the whole model (selfsteer.training.streamed_save); with model.lora the adapter in peft's
+        format beside its base model's path and hash. All ranks must call this."""
         if self.lora:
             return self._save_adapter(path)
-        params = list(self.module.parameters())
-        with self.backend.full_parameters(params):
-            if self.rank != 0:
-                return None
-            state = _tied_state_dict(self.module)
-            config = self.module.config
-            config.use_cache = self.saved_use_cache  # training turns it off; generation from the checkpoint wants it
-            try:
-                self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
-            finally:
-                config.use_cache = False
-            self.tokenizer.save_pretrained(path)
+        from selfsteer.training.streamed_save import save_streamed
+
+        save_streamed(self.module, path, writer=self.rank == 0, gather=self.backend.full_parameters)
+        if self.rank != 0:
+            return None
+        config = self.module.config
+        config.architectures = [type(self.module).__name__]
+        config.use_cache = self.saved_use_cache  # training turns it off; generation from the checkpoint wants it
+        try:
+            config.save_pretrained(path)
+        finally:
+            config.use_cache = False
+        if self.module.can_generate() and getattr(self.module, "generation_config", None) is not None:
+            self.module.generation_config.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        release_device_cache()
         return path
 
     def _save_adapter(self, path: str) -> Optional[str]:
@@ -332,20 +351,6 @@ class TrainerRank:
             save_adapter(self.module, path, adapter_state(self.module, names), self.model_path, self._base_hash)
             self.tokenizer.save_pretrained(path)
         return path
-
-
-def _tied_state_dict(module) -> dict[str, torch.Tensor]:
-    """CPU copies of the state dict; with tied embeddings a tensor shared by two names is kept once
-    (under its first name, the embedding), so the checkpoint stays tied and ~20% smaller."""
-    tied = bool(getattr(module.config, "tie_word_embeddings", False))
-    state, seen = {}, set()
-    for name, tensor in module.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if tied and key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor.detach().to("cpu").clone()
-    return state
 
 
 class TrainerGroup:

@@ -23,12 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--engines", type=int, required=True)
     plan = sub.add_parser("plan", help="where each role goes and its GPU memory estimate; exit 2 if it does not fit",
                           description="selfsteer plan CONFIG [key=value ...] "
-                                      "[--nodes N --gpus-per-node G --gpu-memory-gib M]")
+                                      "[--nodes N --gpus-per-node G --gpu h100-80gb | --gpu-memory-gib M]")
     plan.add_argument("config")
     plan.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
     plan.add_argument("--nodes", type=int, default=1)
     plan.add_argument("--gpus-per-node", type=int, default=8)
-    plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    plan.add_argument("--gpu", default=None, help="card: h100-80gb (default), h200-141gb, a100-80gb, a100-40gb")
+    plan.add_argument("--gpu-memory-gib", type=float, default=None,
+                      help="usable GiB per GPU (what torch.cuda.mem_get_info reports); overrides the card's")
+    plan.add_argument("--host-memory-gib", type=float, default=None, help="host RAM per node; checked only when given")
     plan.add_argument("--cpus-per-node", type=float, default=None, help="checked only when given")
     from selfsteer.cli import recipe as recipe_cli
 

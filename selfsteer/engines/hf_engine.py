@@ -138,8 +138,11 @@ class HFBackend:
         self._flats = ((), [])
 
     @torch.no_grad()
-    def wake_up(self) -> None:
-        """Give the parameters storage again (uninitialised: a sync fills it before any sampling)."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Give the parameters storage again (uninitialised: a sync fills it before any sampling).
+        `tags` as vLLM's; this backend keeps no KV cache between calls, so "kv_cache" alone is a no-op."""
+        if tags is not None and "weights" not in tags:
+            return
         if not getattr(self, "_asleep", None):
             return
         params = dict(self.model.named_parameters())

@@ -133,10 +133,11 @@ class VLLMBackend:
             raise NotImplementedError("vLLM sleep mode needs CUDA (rollout.device=cuda, placement=colocated)")
         self.llm.sleep(level=2)
 
-    def wake_up(self) -> None:
-        """Re-allocate weights and KV cache; contents are undefined until the sync that follows."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate weights and/or KV cache (`tags`: "weights", "kv_cache"; None: both); contents
+        are undefined until the sync that follows. The rollout actor wakes in two stages."""
         if self.sleep_supported:
-            self.llm.wake_up()
+            self.llm.wake_up(tags=tags)
 
     def _rpc(self, method: str, *args):
         """Call a WorkerExtension method on every worker; returns the per-worker results."""

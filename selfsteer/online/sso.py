@@ -57,10 +57,16 @@ class SsoRound:
             triples, drops = _triples(prompts, pairs, generations, cfg.pairs.drop_similar)
             texts = [g.text for g in generations]  # (y+, y-, y^o) per prompt, before any triple is dropped
             signal = pair_similarity(texts[0::3], texts[1::3], texts[2::3])
+        if triples and cfg.rollout.update_weights:  # colocated: engines asleep through scoring and training
+            with timer("sleep"):  # (the round's sync wakes them; a no-op in the separate layout)
+                slept = roles.sleep_engines()
+        else:
+            slept = {}
         with timer("reference"):  # the frozen start model: ready as soon as the responses are
             items, kept, filter_metrics = score_and_select(cfg, roles, triples, self.keys)  # pairs.filter, if on
-        return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics}, principle_stats, skipped_long,
-                       policy_round, timer.seconds, self.keys, items, kept)
+        # s.signal carries what that sleep freed: the later sleep before training is then a no-op
+        return Sampled(prompts, pairs, triples, drops, {**signal, **filter_metrics, **slept}, principle_stats,
+                       skipped_long, policy_round, timer.seconds, self.keys, items, kept)
 
     def run(self, r: int) -> dict[str, float]:
         cfg, roles, inputs, ahead = self.cfg, self.roles, self.inputs, self.ahead

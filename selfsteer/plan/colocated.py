@@ -1,9 +1,15 @@
 """`selfsteer plan` for placement=colocated: each GPU's memory in each phase of a round.
 
-All roles share every GPU (selfsteer.plan.colocation), so what must fit is a GPU's sum per phase:
-  sampling   trainer states (ZeRO-3 shard) + the engine awake (its vLLM budget) [+ reference weights]
+All roles share every GPU (selfsteer.plan.colocation), so what must fit is a GPU's sum per phase,
+in the order a round runs them (online/sso.py):
+  sampling   trainer states + the engine awake (its vLLM share) [+ reference weights]
   reference  trainer states + the engine asleep [+ the reference's scoring forward]
   training   trainer states, activations and logits + the engine asleep [+ reference weights]
+  sync       trainer states + every bucket packed for CUDA IPC (the whole model, freed once every
+             engine has loaded it) + the engine's weights only (two-stage wake: its KV cache comes
+             back after the buckets are freed) [+ reference weights]
+  save       trainer states + the engine awake + one gathered tensor (save_hf gathers one
+             parameter at a time) [+ reference weights]
 The reference sits on GPU 0 only, so GPU 0 is the fullest. Estimates, like the separate plan's.
 """
 
@@ -13,12 +19,13 @@ import dataclasses
 
 from selfsteer.plan import memory as gm
 from selfsteer.plan.colocation import FRACTIONS
+from selfsteer.plan.workload import work as method_work
 
 # A sleeping vLLM engine keeps its CUDA context and what lives outside its sleep pool (estimate).
 SLEEP_RESIDUAL = 1 * gm.GIB
 # vLLM's share of each GPU when colocated: the trainer's states and the reference stay resident.
 COLOCATED_UTILIZATION = 0.5
-PHASES = ("sampling", "reference", "training")
+PHASES = ("sampling", "reference", "training", "sync", "save")
 
 
 def colocated_variant(cfg, gpus: int):
@@ -34,67 +41,93 @@ def colocated_variant(cfg, gpus: int):
                                       num_cpus=min(cfg.reference.num_cpus, 2)))
 
 
-def phase_memory(cfg, shape: gm.ModelShape, gpu_bytes: float, rows: int, width: int) -> dict[str, list[float]]:
+def phase_memory(cfg, shape: gm.ModelShape, gpu_bytes: float) -> dict[str, list[float]]:
     """Bytes on each GPU (index = bundle) in each phase."""
     p = gm.DTYPE_BYTES[cfg.model.dtype]
     tc, rc = cfg.trainer, cfg.rollout
-    gpus = tc.num_ranks
-    train = gm.trainer_memory(shape, tc, p, rows=tc.micro_batch_size * rows, width=width, packing=tc.packing)
-    states = sum(v for k, v in train.items() if k in ("weights", "gradients", "optimizer", "zero buffers"))
+    prompt, new = cfg.data.max_prompt_tokens, rc.sampling.max_new_tokens
+    w = method_work(cfg)
+    mb = tc.micro_batch_size
+    train = gm.trainer_memory(shape, tc, p, tokens=w.forward_tokens(mb, prompt, new), split_head=tc.backend == "torch",
+                              mask_bytes=gm.packed_mask_bytes(mb * w.contexts, prompt + new * w.rows // w.contexts, p,
+                                                              w.packed))
+    states = sum(v for k, v in train.items() if k in ("weights", "gradients", "optimizer", "zero buffers", "CUDA context"))
     vllm = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization, tp=1,
-                          max_model_len=rc.max_model_len or shape.max_positions, seq_len=width).per_gpu
-    ref_weights = p * shape.params
-    ref_forward = sum(gm.forward_memory(shape, p, rows=cfg.reference.micro_batch_size, width=width,
-                                        packing=cfg.reference.packing).values())
+                          max_model_len=rc.max_model_len or shape.max_positions, seq_len=prompt + new)
+    model = p * shape.params
+    ref_resident = model + gm.CUDA_CONTEXT
+    rows = cfg.reference.micro_batch_size
+    ref_forward = sum(gm.forward_memory(shape, p, tokens=w.scoring_tokens(rows, prompt, new, cfg.reference.packing),
+                                        mask_bytes=gm.packed_mask_bytes(rows, prompt + new, p,
+                                                                        cfg.reference.packing)).values())
+    ipc = model if cfg.sync.method in ("collective", "cuda_ipc") else 0.0  # every bucket, on every rank's GPU
     out = {phase: [] for phase in PHASES}
-    for g in range(gpus):
+    for g in range(tc.num_ranks):
         engine = g < rc.num_engines
         ref = g == 0
-        out["sampling"].append(states + (vllm if engine else 0) + (ref_weights if ref else 0))
+        out["sampling"].append(states + (vllm.per_gpu if engine else 0) + (ref_resident if ref else 0))
         out["reference"].append(states + (SLEEP_RESIDUAL if engine else 0) + (ref_forward if ref else 0))
-        out["training"].append(sum(train.values()) + (SLEEP_RESIDUAL if engine else 0) + (ref_weights if ref else 0))
+        out["training"].append(sum(train.values()) + (SLEEP_RESIDUAL if engine else 0) + (ref_resident if ref else 0))
+        out["sync"].append(states + ipc + ((SLEEP_RESIDUAL + vllm.weights) if engine else 0)
+                           + (ref_resident if ref else 0))
+        out["save"].append(states + gm.largest_tensor(shape, p) + (vllm.per_gpu if engine else 0)
+                           + (ref_resident if ref else 0))
     return out
 
 
 def busy_gpus(cfg) -> dict[str, int]:
     """GPUs doing work in each phase."""
-    return {"sampling": cfg.rollout.num_engines, "reference": 1, "training": cfg.trainer.num_ranks}
+    n = cfg.trainer.num_ranks
+    return {"sampling": cfg.rollout.num_engines, "reference": 1, "training": n, "sync": n, "save": n}
 
 
-def colocated_lines(cfg, shape: gm.ModelShape, gpu_bytes: float, total_gpus: int, rows: int, width: int,
-                    bundles: list[dict], slots: list, problems: list) -> tuple[list[str], list]:
-    """The colocated plan's lines and problems ((role, reason)); `problems` starts with the placement's."""
-    problems = list(problems)
-    memory = phase_memory(cfg, shape, gpu_bytes, rows, width)
+def colocated_lines(cfg, shape: gm.ModelShape, gpu, host_bytes, total_gpus: int, bundles: list[dict], slots: list,
+                    placed) -> tuple[list[str], list]:
+    """The colocated plan's lines and problems ((role, reason)); the placement's problems first."""
+    from selfsteer.plan import timing
+    from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
+
+    problems = list(placed.problems)
+    gpu_bytes = gpu.usable_gib * gm.GIB
+    p = gm.DTYPE_BYTES[cfg.model.dtype]
+    memory = phase_memory(cfg, shape, gpu_bytes)
     rc = cfg.rollout
-    budget = gm.vllm_budget(shape, gm.DTYPE_BYTES[cfg.model.dtype], gpu_bytes, utilization=rc.gpu_memory_utilization,
+    width = cfg.data.max_prompt_tokens + rc.sampling.max_new_tokens
+    budget = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization,
                             tp=1, max_model_len=rc.max_model_len or shape.max_positions, seq_len=width)
     if gpu_bytes and not budget.fits:
-        problems.append(("rollout engines", f"vLLM's KV cache at gpu_memory_utilization {rc.gpu_memory_utilization:g} "
-                                            f"holds {budget.tokens:,} tokens, less than max_model_len "
-                                            f"{budget.max_model_len:,}; lower rollout.max_model_len"))
+        problems.append(("rollout engines", vllm_problem(budget, shape, p, gpu_bytes, rc.gpu_memory_utilization)))
     on0 = ", ".join(f"{s.label} (GPU {s.gpus:g})" for s in slots if s.bundle == 0)
     lines = [f"colocated: {len(bundles)} bundles {{GPU 1, CPU {bundles[0]['CPU']:g}}} in one placement group; "
              f"bundle 0 holds {on0}; bundles 1-{len(bundles) - 1} the same without the reference",
-             f"  vLLM gpu_memory_utilization {cfg.rollout.gpu_memory_utilization:g} while sampling; asleep "
-             f"(level 2) {SLEEP_RESIDUAL / gm.GIB:g} GiB while the reference scores and the trainer trains",
+             f"  vLLM gpu_memory_utilization {rc.gpu_memory_utilization:g} while sampling {vllm_note(budget, width)}; "
+             f"asleep (level 2) {SLEEP_RESIDUAL / gm.GIB:g} GiB while the reference scores and the trainer trains",
              f"{'phase':<11} {'GPUs busy':>9} {'gpu0 GiB':>9} {'others GiB':>10}"]
     busy = busy_gpus(cfg)
     for phase in PHASES:
         per = memory[phase]
         others = max(per[1:]) if len(per) > 1 else 0.0
         lines.append(f"{phase:<11} {busy[phase]:>9} {per[0] / gm.GIB:>9.2f} {others / gm.GIB:>10.2f}")
-        for g, used in enumerate(per):
-            if gpu_bytes and used > gpu_bytes:
-                problems.append((f"GPU {g} while {phase}", f"needs {used / gm.GIB:.1f} GiB, the GPU has "
-                                                           f"{gpu_bytes / gm.GIB:.0f} GiB"))
-    from selfsteer.plan.timing import round_line
-
-    lines.append(round_line(cfg, shape, train_gpus=cfg.trainer.num_ranks, engines=rc.num_engines, reference_gpus=1,
-                            rows=rows))
+        worst = max(range(len(per)), key=lambda g: per[g])
+        if gpu_bytes and per[worst] > gpu_bytes:
+            problems.append((f"GPU {worst} while {phase}", f"needs {per[worst] / gm.GIB:.1f} GiB, the GPU has "
+                                                           f"{gpu_bytes / gm.GIB:.1f} GiB usable"))
+    # Per node: its trainer ranks and engines (and the reference on node 0), each at its loading peak.
+    per_gpu_host = gm.host_trainer(shape, p, cfg.trainer) + gm.host_engine(shape, p, 1, rc.backend in ("vllm", "auto"))
+    nodes_used = sorted({n for n, _ in placed.where.values()}) or [0]
+    per_node = [sum(per_gpu_host for n, _ in placed.where.values() if n == node) for node in nodes_used]
+    per_node[0] += gm.host_reference(shape, p)
+    lines.append(host_line(per_node, host_bytes))
+    if host_bytes:
+        problems += [(f"node{i} host RAM", f"needs {x / gm.GIB:.0f} GiB while loading, the node has "
+                                           f"{host_bytes / gm.GIB:.0f}") for i, x in enumerate(per_node) if x > host_bytes]
+    seconds = timing.round_seconds(cfg, shape, gpu, method_work(cfg), train_gpus=cfg.trainer.num_ranks,
+                                   engines=rc.num_engines, reference_gpus=1, kv_sequences=budget.sequences)
+    lines.append(timing.round_line(cfg, seconds, gpu))
+    problems += timing.timeout_problems(cfg, seconds)
     peak = max(max(v) for v in memory.values())
-    lines.append(f"peak {peak / gm.GIB:.2f} GiB per GPU; GPUs used: {len(bundles)} of "
-                 f"{total_gpus} (every GPU holds a trainer rank and an engine)")
+    lines.append(f"peak {peak / gm.GIB:.2f} GiB per GPU of {gpu_bytes / gm.GIB:.2f} usable; GPUs used: {len(bundles)} "
+                 f"of {total_gpus} (every GPU holds a trainer rank and an engine)")
     lines += [f"DOES NOT FIT: {role}: {reason}" for role, reason in problems] or \
-             ["fits: every GPU's estimate is within its memory in every phase"]
+             ["fits: every GPU's estimate is within its memory in every phase, every phase within its timeout"]
     return lines, problems

@@ -13,9 +13,20 @@ N = trainer ranks, T = tokens in one forward pass.
   (6h + 2·kv_dim + 4I)·p (norm inputs and outputs, q, k, v, attention output, gate, up, silu, product).
   With gradient checkpointing only each layer's input is kept (L·h·p per token) plus one layer
   recomputed; without it all L layers are kept.
-- Logits: HF computes them for every position in the model's dtype; the loss takes an fp32 copy and
-  its log-softmax: T·V·(p + 8) forward, T·V·(2p + 8) in training (the logits' gradient too). Packed rows
-  add their 4D attention mask, rows·W²·p (W = the row width).
+- Logits, as selfsteer.algorithms.logprobs computes them (T = the forward's tokens, packed rows count
+  each context once; c = the log-softmax chunk, 512 tokens): through a DeepSpeed engine the model
+  returns full logits in the model's dtype, kept for backward with one gradient tensor of the same
+  size (T·V·2p), plus one chunk's float32 work (c·V·(2p + 8)); the torch backend and the reference
+  apply the lm_head per chunk (split head), so only the final hidden states (T·h·p) and one chunk's
+  logits exist. Packed rows add their 4D attention mask, rows·W²·p (none under flash-attention).
+- Weight sync: buckets hold at least the largest tensor (the embedding or lm_head, V·h·p), so a
+  bucket is max(bucket_mb, V·h·p); a collective sender keeps two, a receiver two. Colocated
+  (CUDA IPC) every trainer rank packs all buckets on its GPU during a sync and frees them once
+  every engine has loaded them (actors/trainer.release_local).
+- Host RAM: each process's own copy from its loading path (HOST_PROCESS for Python, torch, CUDA).
+  A trainer rank under ZeRO-3 builds the model under zero.Init (its shard plus one checkpoint shard
+  file at a time); other stages and the reference load the whole model on the host first; every
+  vLLM tensor-parallel worker keeps a full host copy of the checkpoint (engines/vllm_engine.py).
 - vLLM: it claims gpu_memory_utilization x the GPU; from that, weights (pΨ/TP per GPU) and a fixed
   allowance for its activation peak, CUDA graphs and non-torch memory (VLLM_RESERVE; vLLM measures the
   real figure at start) leave the KV cache. KV bytes per token = 2·L·kv_heads·head_dim·p (per GPU:
@@ -35,6 +46,10 @@ ZERO3_MAX_LIVE = 1e9  # DeepSpeed's stage3_max_live_parameters default
 ZERO12_BUCKET = 5e8  # DeepSpeed's reduce_bucket_size / allgather_bucket_size default (elements)
 VLLM_RESERVE = 2 * GIB
 HF_GENERATE_BATCH = 64  # HFBackend's max_batch_size default (the principle writer's batch)
+LOGPROB_CHUNK = 512  # algorithms.logprobs.DEFAULT_CHUNK (tests check they agree; no torch import here)
+CUDA_CONTEXT = 0.5 * GIB  # each process's CUDA context and kernels, outside PyTorch's allocator (estimate)
+HOST_PROCESS = 2 * GIB  # a GPU process's own host memory: Python, torch, CUDA libraries (estimate)
+HF_SHARD = 5e9  # save_pretrained's default max_shard_size: the checkpoint file loaded at a time
 
 # Shapes (config.json fields) of the shipped configs' models, for a plan made away from the model files.
 BUILTIN = {
@@ -44,6 +59,9 @@ BUILTIN = {
     "Llama-3.1-8B": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
                      "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
                      "tie_word_embeddings": False, "max_position_embeddings": 131072},
+    "Llama-3-70B": {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+                    "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 128256,
+                    "tie_word_embeddings": False, "max_position_embeddings": 8192},
 }
 
 
@@ -140,29 +158,69 @@ def activations(shape: ModelShape, p: int, tokens: int, checkpointing: bool) -> 
     return shape.layers * layer
 
 
-def trainer_memory(shape: ModelShape, tc, p: int, *, rows: int, width: int, packing: bool,
+def logits_bytes(shape: ModelShape, p: int, tokens: int, *, split_head: bool, train: bool) -> float:
+    """The logits' memory as selfsteer.algorithms.logprobs computes them (see the module docstring)."""
+    chunk = min(LOGPROB_CHUNK, tokens) * shape.vocab
+    if split_head:  # hidden states kept, the lm_head per chunk (recomputed in backward)
+        return tokens * shape.hidden * p + chunk * ((2 * p + 8) if train else (p + 8))
+    return tokens * shape.vocab * (2 * p if train else p) + chunk * (2 * p + 8)
+
+
+def largest_tensor(shape: ModelShape, p: int) -> float:
+    """The embedding (or lm_head): the largest tensor, and so the smallest bucket that holds it."""
+    return shape.vocab * shape.hidden * p
+
+
+def bucket_bytes(shape: ModelShape, p: int, bucket_mb: float) -> float:
+    """The largest sync bucket: `bucket_mb`, or one tensor larger than that (sync.buckets.plan_buckets)."""
+    return max(bucket_mb * 2 ** 20, largest_tensor(shape, p))
+
+
+def trainer_memory(shape: ModelShape, tc, p: int, *, tokens: int, mask_bytes: float = 0.0, split_head: bool = False,
                    sync_bytes: float = 0.0) -> dict[str, float]:
-    """One trainer rank: model states, activations and logits for `rows` rows of `width` tokens."""
+    """One trainer rank: model states, activations and logits of one forward of `tokens` tokens."""
     psi = shape.params
     out = torch_states(psi, p) if tc.backend == "torch" else zero_states(psi, p, tc.zero_stage, tc.num_ranks)
-    tokens = rows * width
     out["activations"] = activations(shape, p, tokens, tc.gradient_checkpointing)
-    out["logits"] = tokens * shape.vocab * (2 * p + 8)
-    if packing:
-        out["attention mask"] = rows * width * width * p
+    out["logits"] = logits_bytes(shape, p, tokens, split_head=split_head, train=True)
+    if mask_bytes:
+        out["attention mask"] = mask_bytes
     if sync_bytes:
         out["sync buffers"] = sync_bytes
+    out["CUDA context"] = CUDA_CONTEXT
     return out
 
 
-def forward_memory(shape: ModelShape, p: int, *, rows: int, width: int, packing: bool) -> dict[str, float]:
+def forward_memory(shape: ModelShape, p: int, *, tokens: int, mask_bytes: float = 0.0,
+                   split_head: bool = True) -> dict[str, float]:
     """The reference model: weights and one scoring forward (no grad: one layer's activations live)."""
-    tokens = rows * width
     out = {"weights": p * shape.params, "activations": shape.layer_activation_elems() * p * tokens,
-           "logits": tokens * shape.vocab * (p + 8)}
-    if packing:
-        out["attention mask"] = rows * width * width * p
+           "logits": logits_bytes(shape, p, tokens, split_head=split_head, train=False)}
+    if mask_bytes:
+        out["attention mask"] = mask_bytes
+    out["CUDA context"] = CUDA_CONTEXT
     return out
+
+
+def packed_mask_bytes(rows: int, width: int, p: int, packed: bool) -> float:
+    """A packed batch's 4D mask ([rows, 1, W, W] in the model's dtype); padded rows have none."""
+    return rows * width * width * p if packed else 0.0
+
+
+def host_trainer(shape: ModelShape, p: int, tc) -> float:
+    """Host RAM of one trainer rank at load: its ZeRO-3 shard and one checkpoint file, or the whole model."""
+    if tc.backend == "deepspeed" and tc.zero_stage == 3:
+        return HOST_PROCESS + p * shape.params / tc.num_ranks + min(HF_SHARD, p * shape.params)
+    return HOST_PROCESS + p * shape.params
+
+
+def host_engine(shape: ModelShape, p: int, tp: int, vllm: bool) -> float:
+    """Host RAM of one engine: every vLLM TP worker's full host copy; an HF engine loads on the host."""
+    return tp * (HOST_PROCESS + p * shape.params) if vllm else HOST_PROCESS + p * shape.params
+
+
+def host_reference(shape: ModelShape, p: int) -> float:
+    return HOST_PROCESS + p * shape.params
 
 
 def hf_generate_memory(shape: ModelShape, p: int, *, batch: int, width: int) -> dict[str, float]:

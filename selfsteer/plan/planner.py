@@ -14,6 +14,8 @@ from typing import Optional
 
 from selfsteer.algorithms.registry import method
 from selfsteer.plan import memory as gm
+from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
+from selfsteer.plan.workload import Card, card as find_card, work as method_work
 
 EPS = 1e-9
 
@@ -31,6 +33,7 @@ class Bundle:
     cpus: float
     gpus: float
     memory: dict = field(default_factory=dict)
+    host: float = 0.0  # host RAM of the role's process(es) at their peak (loading), bytes
     note: str = ""
     problem: str = ""  # set when the role cannot work even with a GPU to itself
 
@@ -130,40 +133,64 @@ def memory_problems(bundles: list[Bundle], nodes: list[Node], placement: Placeme
 
 
 def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: float, writer_shape=None) -> None:
-    """Fill each GPU bundle's per-GPU memory estimate (CPU bundles keep none)."""
+    """Fill each bundle's per-GPU memory estimate and its host RAM (CPU bundles keep none)."""
     p = gm.DTYPE_BYTES[cfg.model.dtype]
-    width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
-    rows = method(cfg.algo).rows(cfg)
-    rc = cfg.rollout
+    prompt, new = cfg.data.max_prompt_tokens, cfg.rollout.sampling.max_new_tokens
+    width = prompt + new
+    w = method_work(cfg)
+    rc, tc = cfg.rollout, cfg.trainer
+    bucket = gm.bucket_bytes(shape, p, cfg.sync.bucket_mb)
+    collective = cfg.sync.method == "collective"
     for b in bundles:
         if not b.gpus:
             continue
         if b.role.startswith("trainer"):
-            sync = 2 * cfg.sync.bucket_mb * 2 ** 20 if b.label.endswith(" 0") and cfg.sync.method == "collective" else 0
-            b.memory = gm.trainer_memory(shape, cfg.trainer, p, rows=cfg.trainer.micro_batch_size * rows, width=width,
-                                         packing=cfg.trainer.packing, sync_bytes=sync)
+            sync = 2 * bucket if b.label.endswith(" 0") and collective else 0  # two send slots on rank 0
+            mb = tc.micro_batch_size
+            b.memory = gm.trainer_memory(
+                shape, tc, p, tokens=w.forward_tokens(mb, prompt, new), sync_bytes=sync,
+                mask_bytes=gm.packed_mask_bytes(mb * w.contexts, prompt + new * w.rows // w.contexts, p, w.packed),
+                split_head=tc.backend == "torch")
+            b.host = gm.host_trainer(shape, p, tc)
         elif b.role == "reference":
-            b.memory = gm.forward_memory(shape, p, rows=cfg.reference.micro_batch_size, width=width,
-                                         packing=cfg.reference.packing)
+            rows = cfg.reference.micro_batch_size
+            b.memory = gm.forward_memory(shape, p, tokens=w.scoring_tokens(rows, prompt, new, cfg.reference.packing),
+                                         mask_bytes=gm.packed_mask_bytes(rows, width, p, cfg.reference.packing))
+            b.host = gm.host_reference(shape, p)
         elif b.role == "rollout" and rc.backend in ("vllm", "auto"):
             budget = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization,
                                     tp=rc.tensor_parallel_size, max_model_len=rc.max_model_len or shape.max_positions,
                                     seq_len=width)
             b.memory = {f"vLLM {rc.gpu_memory_utilization:g} x GPU": budget.per_gpu}
-            b.note = (f"= weights {budget.weights / gm.GIB:.2f} + reserve {budget.reserve / gm.GIB:.2f} + KV cache "
-                      f"{budget.kv_cache / gm.GIB:.2f}: {budget.tokens:,} tokens at {budget.kv_bytes_per_token:,.0f} B, "
-                      f"max_model_len {budget.max_model_len:,}, {budget.sequences:.0f} x {width}-token sequences")
+            if collective:
+                b.memory["receive buffers"] = 2 * bucket  # outside vLLM's share: allocated after it started
+            b.note = vllm_note(budget, width)
+            b.host = gm.host_engine(shape, p, rc.tensor_parallel_size, vllm=True)
             if not budget.fits:
-                b.problem = (f"vLLM's KV cache holds {budget.tokens:,} tokens, less than max_model_len "
-                             f"{budget.max_model_len:,}; lower rollout.max_model_len or raise tensor_parallel_size")
+                b.problem = vllm_problem(budget, shape, p, gpu_bytes, rc.gpu_memory_utilization)
         elif b.role == "rollout":
             b.memory = gm.hf_generate_memory(shape, p, batch=rc.max_batch_size, width=width)
             if rc.backend == "hf_mod":
                 b.memory["policy B weights"] = b.memory["weights"]
+            b.host = gm.host_engine(shape, p, 1, vllm=False)
         elif b.role == "principles" and writer_shape is not None:
             llm = cfg.principles.llm
             b.memory = gm.hf_generate_memory(writer_shape, p, batch=gm.HF_GENERATE_BATCH,
                                              width=cfg.data.max_prompt_tokens + llm.max_new_tokens)
+            b.host = gm.host_engine(writer_shape, p, 1, vllm=False)
+
+
+def host_problems(bundles: list[Bundle], nodes: list[Node], placement: Placement, host_bytes: Optional[float]):
+    """Host RAM per node (sum of the processes placed there), and the nodes that lack it."""
+    per_node = [0.0] * len(nodes)
+    for b_index, (n_index, _) in placement.where.items():
+        per_node[n_index] += bundles[b_index].host
+    problems = []
+    if host_bytes:
+        problems = [(f"{nodes[i].name} host RAM", f"needs {used / gm.GIB:.0f} GiB while loading (trainer ranks, "
+                                                  f"engines' host copies, reference), the node has {host_bytes / gm.GIB:.0f}")
+                    for i, used in enumerate(per_node) if used > host_bytes]
+    return per_node, problems
 
 
 def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
@@ -225,37 +252,42 @@ def _groups(bundles: list[Bundle]) -> list[list[int]]:
     return out
 
 
-def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
-              cpus_per_node: Optional[float] = None) -> tuple[str, list[tuple[str, str]]]:
+def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: Optional[float] = None,
+              host_memory_gib: Optional[float] = None) -> tuple[str, list[tuple[str, str]]]:
     """The plan's text and its problems ((role, reason); none: the config fits)."""
-    gpu_bytes = gpu_memory_gib * gm.GIB
+    from selfsteer.plan import timing
+
+    gpu_bytes = gpu.usable_gib * gm.GIB
+    host_bytes = host_memory_gib * gm.GIB if host_memory_gib else None
     cluster = [Node(f"node{i}", cpus_per_node, gpus_per_node, gpu_bytes) for i in range(nodes)]
     shape = gm.model_shape(cfg.model.policy, cfg.model.toy)
     llm = cfg.principles.llm
     writer_gpus = llm.actor_resources(cfg.principles.mode)["num_gpus"]
     writer = gm.model_shape(llm.model_path) if writer_gpus else None
-    lines = [f"cluster: {nodes} node(s) x {gpus_per_node} GPU(s) of {gpu_memory_gib:g} GiB"
+    w = method_work(cfg)
+    lines = [f"cluster: {nodes} node(s) x {gpus_per_node} GPU(s) {gpu.name}, {gpu.usable_gib:g} GiB usable each"
              + (f", {cpus_per_node:g} CPUs each" if cpus_per_node is not None else " (CPUs not checked: --cpus-per-node)"),
              f"model: {shape.name}: {shape.params / 1e9:.3f} B parameters ({shape.params:,}), {cfg.model.dtype}; "
              f"sizes from {shape.source}",
              f"  {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads ({shape.kv_heads} kv, head_dim "
-             f"{shape.head_dim}), intermediate {shape.intermediate}, vocab {shape.vocab}, tied embeddings {shape.tied}"]
+             f"{shape.head_dim}), intermediate {shape.intermediate}, vocab {shape.vocab}, tied embeddings {shape.tied}; "
+             f"largest tensor {gm.largest_tensor(shape, gm.DTYPE_BYTES[cfg.model.dtype]) / gm.GIB:.2f} GiB"]
     if writer is not None:
         lines.append(f"principle writer: {writer.name}: {writer.params / 1e9:.3f} B parameters; sizes from {writer.source}")
-    spec = method(cfg.algo)
     tc = cfg.trainer
     lines.append(f"trainer: {tc.backend}" + (f" ZeRO-{tc.zero_stage}" if tc.backend == "deepspeed" else "")
-                 + f" over {tc.num_ranks} ranks, micro-batch {tc.micro_batch_size} x "
-                 f"{spec.rows(cfg)} rows of "
-                 f"{cfg.data.max_prompt_tokens}+{cfg.rollout.sampling.max_new_tokens} tokens, gradient checkpointing "
-                 f"{'on' if tc.gradient_checkpointing else 'off'}")
+                 + f" over {tc.num_ranks} ranks, micro-batch {tc.micro_batch_size} x {w.rows} rows "
+                 f"({w.contexts} context(s), {'packed' if w.packed else 'padded'}) of {cfg.data.max_prompt_tokens}+"
+                 f"{cfg.rollout.sampling.max_new_tokens} tokens, {w.responses_per_prompt} samples per prompt, "
+                 f"gradient checkpointing {'on' if tc.gradient_checkpointing else 'off'}")
     if cfg.placement == "colocated":
-        more, problems = _colocated(cfg, shape, cluster, gpu_bytes, nodes * gpus_per_node)
+        more, problems = _colocated(cfg, shape, cluster, gpu, host_bytes, nodes * gpus_per_node)
         return "\n".join(lines + [""] + more), problems
     bundles = requirements(cfg)
     attach_memory(cfg, bundles, shape, gpu_bytes, writer)
     placement = place(bundles, cluster)
-    problems = placement.problems + memory_problems(bundles, cluster, placement)
+    per_node, host_issues = host_problems(bundles, cluster, placement, host_bytes)
+    problems = placement.problems + memory_problems(bundles, cluster, placement) + host_issues
     lines.append("")
     lines.append(f"{'role':<22} {'bundle':<16} {'placement':<18} {'GiB/GPU':>8}  estimate")
     for group in _groups(bundles):
@@ -269,21 +301,35 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
         total = _gib(b.gpu_bytes) if b.memory else "-"
         lines.append(f"{label:<22} {b.describe():<16} {_where(cluster, placement, group):<18} {total:>8}  {detail}")
     used = sum(b.gpus for b in bundles)
+    lines.append(host_line(per_node, host_bytes))
     if tc.num_gpus:
-        from selfsteer.plan.timing import round_line
-
-        lines.append(round_line(cfg, shape, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines, reference_gpus=1,
-                                rows=spec.rows(cfg)))
+        engine = next((b for b in bundles if b.role == "rollout"), None)
+        seconds = timing.round_seconds(cfg, shape, gpu, w, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines,
+                                       reference_gpus=cfg.reference.num_actors, kv_sequences=_kv_sequences(
+                                           cfg, shape, gpu_bytes, cfg.rollout.tensor_parallel_size, engine))
+        lines.append(timing.round_line(cfg, seconds, gpu))
+        problems += timing.timeout_problems(cfg, seconds)
     lines.append("")
     lines.append(f"GPUs requested: {used:g} of {nodes * gpus_per_node}; CPUs requested: {sum(b.cpus for b in bundles):g}")
     if problems:
         lines += [f"DOES NOT FIT: {role}: {reason}" for role, reason in problems]
     else:
-        lines.append("fits: every role is placed and every GPU's estimate is within its memory")
+        lines.append("fits: every role is placed, every GPU's estimate is within its memory, every phase within "
+                     "its timeout")
     return "\n".join(lines), problems
 
 
-def _colocated(cfg, shape, cluster: list[Node], gpu_bytes: float, total_gpus: int) -> tuple[list[str], list]:
+def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:
+    """Full-length sequences one vLLM engine's KV cache holds (an HF engine: its max_batch_size)."""
+    if engine is not None and cfg.rollout.backend not in ("vllm", "auto"):
+        return float(cfg.rollout.max_batch_size)
+    rc = cfg.rollout
+    return gm.vllm_budget(shape, gm.DTYPE_BYTES[cfg.model.dtype], gpu_bytes, utilization=rc.gpu_memory_utilization,
+                          tp=tp, max_model_len=rc.max_model_len or shape.max_positions,
+                          seq_len=cfg.data.max_prompt_tokens + rc.sampling.max_new_tokens).sequences
+
+
+def _colocated(cfg, shape, cluster: list[Node], gpu: Card, host_bytes, total_gpus: int) -> tuple[list[str], list]:
     """placement=colocated: its GPU bundles placed here, each GPU's phases in selfsteer.plan.colocated."""
     from selfsteer.plan.colocation import colocated_slots
     from selfsteer.plan.colocated import colocated_lines
@@ -293,9 +339,7 @@ def _colocated(cfg, shape, cluster: list[Node], gpu_bytes: float, total_gpus: in
     except ValueError as exc:
         return [f"colocated: {exc}"], [("placement", str(exc))]
     placed = place([Bundle("colocated", f"GPU bundle {i}", b["CPU"], 1.0) for i, b in enumerate(gpu_bundles)], cluster)
-    rows = method(cfg.algo).rows(cfg)
-    width = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
-    return colocated_lines(cfg, shape, gpu_bytes, total_gpus, rows, width, gpu_bundles, slots, placed.problems)
+    return colocated_lines(cfg, shape, gpu, host_bytes, total_gpus, gpu_bundles, slots, placed)
 
 
 def main(args) -> int:
@@ -306,8 +350,10 @@ def main(args) -> int:
 
     try:
         cfg = load_config(args.config, list(args.overrides))
-        text, problems = make_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                   gpu_memory_gib=args.gpu_memory_gib, cpus_per_node=args.cpus_per_node)
+        gpu = find_card(getattr(args, "gpu", None), args.gpu_memory_gib)
+        kw = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu=gpu, cpus_per_node=args.cpus_per_node,
+                  host_memory_gib=getattr(args, "host_memory_gib", None))
+        text, problems = make_plan(cfg, **kw)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"selfsteer plan: {exc}", file=sys.stderr)
         return 2
@@ -317,8 +363,7 @@ def main(args) -> int:
     if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus and method(cfg.algo).supports("colocated"):
         from selfsteer.plan.colocated import colocated_variant
 
-        other, _ = make_plan(colocated_variant(cfg, gpus), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                             gpu_memory_gib=args.gpu_memory_gib, cpus_per_node=args.cpus_per_node)
+        other, _ = make_plan(colocated_variant(cfg, gpus), **kw)
         print(f"\nthe same run with placement=colocated on all {gpus} GPUs (a trainer rank and an engine per GPU):")
         print("\n".join(other.splitlines()[3:]))  # the cluster and model lines are the same
     return 2 if problems else 0

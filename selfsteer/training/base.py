@@ -52,7 +52,8 @@ def make_optimizer_and_scheduler(model: torch.nn.Module, cfg, total_steps: int |
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
+            # ds_shape: under zero.Init a parameter is an empty placeholder; its real shape decides.
+            (no_decay if len(getattr(p, "ds_shape", p.shape)) < 2 else decay).append(p)
     # An empty group is left out (a LoRA adapter has only matrices): ZeRO drops it, and the
     # scheduler's per-group lambdas would then outnumber the optimizer's groups.
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},

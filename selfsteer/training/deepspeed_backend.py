@@ -7,29 +7,46 @@ import torch
 from selfsteer.training.base import make_optimizer_and_scheduler, nullcontext_params
 
 
+def ds_config(cfg, world: int, dtype: torch.dtype) -> dict:
+    """The engine's DeepSpeed config (also what partitioned_loading hands transformers)."""
+    return {
+        # Accumulation boundaries are set explicitly per round (see backward); these only
+        # satisfy DeepSpeed's batch-size bookkeeping.
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def partitioned_loading(cfg, dtype: torch.dtype):
+    """ZeRO-3: make `from_pretrained` build the model under `deepspeed.zero.Init`, so each rank holds
+    only its partition, in host RAM and on its device (issue 23; transformers then reads the checkpoint
+    on rank 0 and scatters it one layer at a time). Returns the HfDeepSpeedConfig, which must stay
+    referenced while the model loads (transformers keeps only a weak reference); None below stage 3.
+    Call after the process group exists."""
+    if cfg.zero_stage != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config(cfg, torch.distributed.get_world_size(), dtype))
+
+
 class DeepSpeedBackend:
     def __init__(self, model: torch.nn.Module, cfg, *, total_steps: int, device: str, dtype: torch.dtype):
         import deepspeed
 
         self._deepspeed = deepspeed
         optimizer, scheduler = make_optimizer_and_scheduler(model, cfg, total_steps)
-        world = torch.distributed.get_world_size()
-        ds_config = {
-            # Accumulation boundaries are set explicitly per round (see backward); these only
-            # satisfy DeepSpeed's batch-size bookkeeping.
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": cfg.grad_accum,
-            "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": dtype == torch.bfloat16},
-            "fp16": {"enabled": dtype == torch.float16},
-            "steps_per_print": 1 << 30,
-            "wall_clock_breakdown": False,
-        }
+        config = ds_config(cfg, torch.distributed.get_world_size(), dtype)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
         self.module = self.engine.module
         self.zero_stage = cfg.zero_stage
         # DeepSpeed's own engine unpickles whatever the files hold (weights_only=False): ours loads

@@ -108,3 +108,15 @@ def quiet_libraries(cfg) -> dict[str, str]:
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     return {k: os.environ[k] for k in wanted}
+
+
+def release_device_cache() -> None:
+    """Between phases: hand PyTorch's cached CUDA blocks (and closed IPC handles) back to the driver,
+    so the process sharing the GPU next can have them (issue 23; verl and OpenRLHF do the same). A
+    no-op without CUDA."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()

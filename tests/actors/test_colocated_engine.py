@@ -63,3 +63,32 @@ def test_sleep_frees_memory_and_shm_sync_restores_trainer_weights(engine_and_tra
     assert [g.token_ids for g in engine.generate(REQUESTS, GREEDY)] == want
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wake_is_two_stage_weights_then_kv_cache_and_sleep_is_idempotent(engine_and_trainer, tmp_path, monkeypatch):
+    """verl's order (issue 23): weights back, load, then the KV cache once the trainer's buckets are freed;
+    engines sleep before reference scoring, so the round's later sleep must be a no-op."""
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    engine, trainer = engine_and_trainer
+    params = {n: p.detach() for n, p in trainer.named_parameters()}
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], bucket_bytes=64 * 1024)
+    writer = shm.ShmWriter(buckets)
+    woken, real_wake = [], engine.backend.wake_up
+    monkeypatch.setattr(engine.backend, "wake_up", lambda tags=None: (woken.append(tags), real_wake(tags))[1])
+    assert engine.sleep()["supported"] == 1.0 and engine.asleep
+    assert engine.sleep() == {"rss_freed_mb": 0.0, "supported": 1.0}  # already asleep: nothing freed twice
+    writer.begin(1)
+    for i in range(len(buckets)):
+        writer.write(i, params)
+    engine.receive_local("shm", writer.handle(), buckets, False, version=1)
+    assert woken == [["weights"]] and engine.kv_asleep and not engine.asleep
+    assert engine.finish_wake() and woken == [["weights"], ["kv_cache"]] and not engine.kv_asleep
+    assert not engine.finish_wake()  # once
+    engine.sleep()
+    writer.begin(2)
+    for i in range(len(buckets)):
+        writer.write(i, params)
+    engine.receive_local("shm", writer.handle(), buckets, False, version=2)
+    assert len(engine.generate(REQUESTS, GREEDY)) == 2  # sampling finishes a wake the sync left half done
+    assert woken[-2:] == [["weights"], ["kv_cache"]] and not engine.kv_asleep
+    writer.close()

@@ -44,16 +44,60 @@ def test_fp32_adam_has_no_master_copy():
 
 def test_trainer_estimate_of_the_one_node_qwen_config():
     cfg = load_config(REPO / "configs/qwen2_7b_instruct.yaml")
-    rows, width = 6, 1024 + 2048  # SSO v1: six (response, context) rows per triple, micro-batch 1
-    tokens = rows * width  # 18,432
-    memory = gm.trainer_memory(QWEN, cfg.trainer, 2, rows=rows, width=width, packing=True)
+    # SSO v1, micro-batch 1, packed: the three contexts once (3 x 1024) and six 2048-token responses.
+    tokens = 3 * 1024 + 6 * 2048  # 15,360
+    memory = gm.trainer_memory(QWEN, cfg.trainer, 2, tokens=tokens, mask_bytes=3 * 5120 * 5120 * 2)
     # Checkpointed layer inputs 28*3584*2 B per token; one layer recomputed: (6*3584 + 2*512 + 4*18944)*2 B.
-    assert memory["activations"] == 28 * 3584 * 2 * tokens + 98_304 * 2 * tokens == 7_323_254_784
-    assert memory["logits"] == tokens * 152_064 * (2 * 2 + 8) == 33_634_123_776  # bf16 logits + grad, fp32 copy + log-softmax
-    assert memory["attention mask"] == 6 * 3072 * 3072 * 2
-    total = 16 * PSI / 6 + 2e9 + 7_323_254_784 + 33_634_123_776 + 6 * 3072 * 3072 * 2
+    assert memory["activations"] == 28 * 3584 * 2 * tokens + 98_304 * 2 * tokens == 6_102_712_320
+    # As logprobs computes them through a DeepSpeed engine: bf16 logits kept for backward and their
+    # one gradient tensor (T*V*2*2), plus one 512-token chunk's float32 work (512*V*(2*2 + 8)).
+    assert memory["logits"] == tokens * 152_064 * 4 + 512 * 152_064 * 12 == 10_277_093_376  # 9.57 GiB
+    assert memory["CUDA context"] == 0.5 * GIB
+    total = 16 * PSI / 6 + 2e9 + 6_102_712_320 + 10_277_093_376 + 3 * 5120 * 5120 * 2 + 0.5 * GIB
     assert sum(memory.values()) == pytest.approx(total)
-    assert 58 * GIB < total < 60 * GIB  # ~59.0 GiB of an 80 GiB GPU
+    assert 36 * GIB < total < 37 * GIB  # the old estimate (full fp32 logits of unpacked rows) said 59 GiB
+
+
+def test_logits_as_the_code_computes_them_for_trainer_and_reference():
+    from selfsteer.algorithms.logprobs import DEFAULT_CHUNK
+
+    assert gm.LOGPROB_CHUNK == DEFAULT_CHUNK
+    # The reference applies the lm_head per chunk: hidden states of 8 padded rows + one chunk's logits.
+    tokens = 8 * 3072
+    ref = gm.forward_memory(QWEN, 2, tokens=tokens)
+    assert ref["logits"] == tokens * 3584 * 2 + 512 * 152_064 * (2 + 8)  # 0.89 GiB, not 34.8
+    assert 0.8 * GIB < ref["logits"] < 0.9 * GIB
+    # The torch backend splits the head in training too: hidden states + one chunk with its gradient.
+    assert gm.logits_bytes(QWEN, 2, 15_360, split_head=True, train=True) == 15_360 * 3584 * 2 + 512 * 152_064 * 12
+
+
+def test_method_rows_follow_the_config():
+    from selfsteer.plan.workload import work
+
+    sso = work(load_config(REPO / "configs/qwen2_7b_instruct.yaml"))
+    assert (sso.responses_per_prompt, sso.rows, sso.contexts, sso.packed) == (3, 6, 3, True)
+    assert work(load_config(REPO / "configs/qwen2_7b_instruct.yaml", ["loss.variant=v2"])).rows == 4
+    sc = work(load_config(None, ["algo=self_contrast", "self_contrast.n_samples=8", "self_contrast.k=5"]))
+    assert (sc.responses_per_prompt, sc.rows, sc.contexts) == (8, 6, 1)  # k + 1 rows: y* and k negatives
+    assert sc.forward_tokens(2, 100, 50) == 2 * (100 + 6 * 50)
+    sepo = work(load_config(None, ["algo=sepo"]))
+    assert not sepo.packed and sepo.forward_tokens(1, 100, 50) == 2 * 150  # token masks: padded rows
+
+
+def test_sync_buckets_hold_the_largest_tensor():
+    # Qwen2-7B's embedding is 152,064 x 3,584 x 2 B = 1.02 GiB: a 256 MiB bucket setting still sends it whole.
+    assert gm.largest_tensor(QWEN, 2) == 152_064 * 3584 * 2
+    assert gm.bucket_bytes(QWEN, 2, 256) == 152_064 * 3584 * 2
+    assert gm.bucket_bytes(QWEN, 2, 2048) == 2048 * 2 ** 20
+
+
+def test_host_ram_from_the_loading_path():
+    cfg = load_config(REPO / "configs/qwen2_7b_instruct_colocated.yaml")
+    # ZeRO-3 over 8 under zero.Init: the rank's shard and one 5 GB checkpoint file, not 14.2 GiB.
+    assert gm.host_trainer(QWEN, 2, cfg.trainer) == 2 * GIB + 2 * PSI / 8 + 5e9
+    ddp = load_config(REPO / "configs/qwen2_7b_instruct_colocated.yaml", ["trainer.zero_stage=2"]).trainer
+    assert gm.host_trainer(QWEN, 2, ddp) == 2 * GIB + 2 * PSI
+    assert gm.host_engine(QWEN, 2, 4, vllm=True) == 4 * (2 * GIB + 2 * PSI)  # each TP worker's host copy
 
 
 def test_vllm_budget_for_qwen2_7b():
@@ -116,7 +160,7 @@ def test_requirements_count_tensor_parallel_gpus_and_a_principle_model():
                                            ("qwen2_7b_instruct_2node", 2), ("llama3_1_8b_sft_2node", 2)])
 def test_shipped_gpu_configs_fit_their_nodes(config, nodes, capsys):
     rc = main(["plan", f"configs/{config}.yaml", "--nodes", str(nodes), "--gpus-per-node", "8",
-               "--gpu-memory-gib", "80", "--cpus-per-node", "64"])
+               "--gpu", "h100-80gb", "--cpus-per-node", "64"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"GPUs requested: {8 * nodes} of {8 * nodes}" in out and "fits:" in out
@@ -158,11 +202,13 @@ def test_start_roles_fails_at_once_when_the_local_ray_cannot_place_the_config(ra
     assert len(placement_group_table()) == groups  # no trainer placement group was even asked for
 
 
-def test_docs_show_the_plan_as_it_prints(capsys):
-    """docs/guide/cluster.md ("GPU clusters") pastes this command's output; it must stay what the command prints."""
-    assert main(["plan", "configs/qwen2_7b_instruct.yaml", "--nodes", "1", "--gpus-per-node", "8",
-                 "--gpu-memory-gib", "80", "--cpus-per-node", "64"]) == 0
-    assert capsys.readouterr().out in (REPO / "docs/guide/cluster.md").read_text()
+@pytest.mark.parametrize("args", [["configs/qwen2_7b_instruct.yaml", "--nodes", "1"],
+                                  ["configs/qwen2_7b_instruct_colocated.yaml", "--nodes", "1"],
+                                  ["configs/llama3_70b_8node.yaml", "--nodes", "8", "--host-memory-gib", "2048"]])
+def test_docs_show_the_plan_as_it_prints(args, capsys):
+    """docs/guide/gpu-memory.md pastes these commands' output; it must stay what they print."""
+    main(["plan", *args, "--gpus-per-node", "8", "--gpu", "h100-80gb", "--cpus-per-node", "64"])
+    assert capsys.readouterr().out in (REPO / "docs/guide/gpu-memory.md").read_text()
 
 
 @pytest.mark.slow
@@ -180,37 +226,26 @@ def test_selfsteer_run_exits_2_with_the_placement_message(tmp_path, toy_cache):
     assert "the cluster has" in proc.stderr and "CPU 1, GPU 0" in proc.stderr
 
 
-def test_plan_counts_the_rows_and_generations_self_contrast_really_uses(capsys):
-    """k+1 = 17 trainer rows per example and n_samples = 32 responses per prompt (the paper's
-    defaults), from the method's spec, which the round and the trainer read too."""
-    from selfsteer.algorithms.registry import method
-    from selfsteer.plan.timing import round_seconds
-
-    assert main(["plan", "configs/qwen2_7b_instruct.yaml", "algo=self_contrast"]) == 2  # 17 rows do not fit
+def test_70b_config_plans_as_the_docs_say(capsys):
+    """Llama-3-70B on 8 x 8 H100s: every term counted, and the one-GPU reference cannot hold 131 GiB."""
+    shape = gm.model_shape("/models/Meta-Llama-3-70B-Instruct")
+    # Per layer: q, o 2*8192*8192; k, v 2*8192*1024; MLP 3*8192*28672; two norms; no biases.
+    layer = 2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672 + 2 * 8192
+    assert shape.params == 80 * layer + 2 * 128_256 * 8192 + 8192 == 70_553_706_496
+    rc = main(["plan", "configs/llama3_70b_8node.yaml", "--nodes", "8", "--gpu", "h100-80gb",
+               "--host-memory-gib", "2048"])
     out = capsys.readouterr().out
-    assert "micro-batch 1 x 17 rows of 1024+2048 tokens" in out
-    # Logits of 17 rows x 3072 tokens: 52,224 tokens x vocab 152,064 x (2*2 + 8) B = 95,296,684,032 B = 88.75 GiB.
-    assert "logits 88.75" in out and "placement=colocated" not in out  # self_contrast has no colocated variant
-    # Sampling: 2048 prompts x 32 / 1 engine / batch 256 = 256 waves x 2048 steps x 2Ψ B / 2 TB/s = 3,993 s.
-    assert "sampling 67 min" in out
-    cfg = load_config(REPO / "configs/qwen2_7b_instruct.yaml", ["algo=self_contrast"])
-    spec = method("self_contrast")
-    assert spec.keys(cfg) == ["chosen"] + [f"neg_{j}" for j in range(16)] and spec.generations(cfg) == 32
-    t = round_seconds(cfg, QWEN, train_gpus=6, engines=1, reference_gpus=1, rows=spec.rows(cfg))
-    assert t["sampling"] == pytest.approx(256 * 2048 * 2 * PSI / 2e12)
-    sso = load_config(REPO / "configs/qwen2_7b_instruct.yaml")
-    assert round_seconds(sso, QWEN, train_gpus=6, engines=1, reference_gpus=1, rows=6)["sampling"] == \
-        pytest.approx(24 * 2048 * 2 * PSI / 2e12)  # SSO: 2048 x 3 / 256 = 24 waves
-
-
-@pytest.mark.parametrize("overrides, generations, rows", [
-    (["algo=sso", "loss.variant=v1"], 3, 6), (["algo=sso", "loss.variant=v2"], 3, 4), (["algo=dpo"], 3, 2),
-    (["algo=self_contrast", "self_contrast.k=2", "self_contrast.n_samples=8"], 8, 3), (["algo=sepo"], 2, 2),
-    (["algo=sipo", "sipo.rewrite=false"], 4, 2), (["algo=sipo", "sipo.rewrite=true"], 12, 2)])  # 4 weights
-def test_each_method_spec_counts_what_its_round_samples_and_trains(overrides, generations, rows):
-    from selfsteer.algorithms.registry import method
-
-    cfg = load_config(REPO / ("configs/sipo_tiny_cpu.yaml" if "algo=sipo" in overrides[0] else "configs/tiny_cpu.yaml"),
-                      overrides)
-    spec = method(cfg.algo)
-    assert (spec.generations(cfg), spec.rows(cfg)) == (generations, rows)
+    assert rc == 2
+    separate = out.split("the same run with placement=colocated")[0]
+    assert "DOES NOT FIT: reference: needs 136.6 GiB on node7 gpu0" in separate
+    assert separate.count("DOES NOT FIT") == 1  # trainer ranks, engines, host RAM and timeouts all fit
+    psi = shape.params
+    # Trainer rank 1, ZeRO-3 over 32: 16Ψ/32 + 1e9*2 live buffer + activations + logits + mask + context.
+    tokens = 3 * 1024 + 6 * 1024
+    rank = (16 * psi / 32 + 2e9 + 80 * 8192 * 2 * tokens + (6 * 8192 + 2 * 1024 + 4 * 28672) * 2 * tokens
+            + tokens * 128_256 * 4 + 512 * 128_256 * 12 + 3 * 3072 * 3072 * 2 + 0.5 * GIB)
+    assert f"trainer ranks 1-31" in separate and f"{rank / GIB:.2f}" in separate
+    # An engine node: 8 TP workers, each with a full host copy of the checkpoint (2Ψ) and its process.
+    assert f"node4 {8 * (2 * psi + 2 * GIB) / GIB:.0f}" in separate
+    colocated = out.split("the same run with placement=colocated")[1]
+    assert "KV cache: none (the share is" in colocated and "KV cache -" not in out  # never a negative budget

@@ -41,28 +41,41 @@ def test_colocated_gpu_layout_errors_name_the_key():
         load_config(CONFIG, ["placement=mixed"])
 
 
-def test_phase_memory_by_hand_for_qwen2_7b_on_8x80gib():
+def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
     cfg = load_config(CONFIG)
     shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
-    mem = phase_memory(cfg, shape, 80 * GIB, rows=6, width=3072)
-    states = 16 * PSI / 8 + 2e9  # ZeRO-3 over 8: bf16 weights + grads + fp32 Adam, plus 1e9-element live buffer x 2 B
-    vllm = 0.5 * 80 * GIB  # the engine awake
-    ref_weights = 2 * PSI
-    train_extra = 7_323_254_784 + 33_634_123_776 + 6 * 3072 * 3072 * 2  # activations, logits, mask (test_plan)
-    tokens = 8 * 3072  # reference micro-batch 8 rows
-    ref_forward = 2 * PSI + 98_304 * 2 * tokens + tokens * 152_064 * (2 + 8) + 8 * 3072 * 3072 * 2
+    usable = 79.11 * GIB  # what torch reports for an "80 GB" H100, not 80 GiB
+    mem = phase_memory(cfg, shape, usable)
+    ctx = 0.5 * GIB  # a CUDA context per trainer and reference process
+    states = 16 * PSI / 8 + 2e9 + ctx  # ZeRO-3 over 8: bf16 weights + grads + fp32 Adam, 1e9-element live buffer
+    vllm = 0.5 * usable  # the engine awake
+    ref_resident = 2 * PSI + ctx
+    # Training, packed: 3 contexts x 1024 + 6 x 2048 tokens; logits and their gradient in bf16 + one fp32 chunk.
+    tokens = 15_360
+    train_extra = 6_102_712_320 + tokens * 152_064 * 4 + 512 * 152_064 * 12 + 3 * 5120 * 5120 * 2
+    # The reference: 8 packed rows share 4 contexts; split head: hidden states + one chunk's logits.
+    ref_tokens = 4 * 1024 + 8 * 2048
+    ref_forward = (2 * PSI + 98_304 * 2 * ref_tokens + ref_tokens * 3584 * 2 + 512 * 152_064 * 10
+                   + 8 * 3072 * 3072 * 2 + ctx)
     asleep = 1 * GIB
-    assert mem["sampling"] == pytest.approx([states + vllm + ref_weights] + [states + vllm] * 7)
+    embedding = 152_064 * 3584 * 2  # save_hf gathers one tensor at a time; this is the largest
+    assert mem["sampling"] == pytest.approx([states + vllm + ref_resident] + [states + vllm] * 7)
     assert mem["reference"] == pytest.approx([states + asleep + ref_forward] + [states + asleep] * 7)
-    assert mem["training"] == pytest.approx([states + train_extra + asleep + ref_weights]
+    assert mem["training"] == pytest.approx([states + train_extra + asleep + ref_resident]
                                             + [states + train_extra + asleep] * 7)
-    assert 70 * GIB < mem["reference"][0] < 71 * GIB  # the fullest moment: GPU 0 while the reference scores
-    assert max(max(v) for v in mem.values()) < 80 * GIB
-    assert busy_gpus(cfg) == {"sampling": 8, "reference": 1, "training": 8}
+    # A sync: every bucket packed for CUDA IPC (the whole model) + the engine's weights only (two-stage wake).
+    assert mem["sync"] == pytest.approx([states + 2 * PSI + asleep + 2 * PSI + ref_resident]
+                                        + [states + 2 * PSI + asleep + 2 * PSI] * 7)
+    assert mem["save"] == pytest.approx([states + embedding + vllm + ref_resident] + [states + embedding + vllm] * 7)
+    assert 71 * GIB < max(max(v) for v in mem.values()) == mem["save"][0] < 72 * GIB
+    assert busy_gpus(cfg) == {"sampling": 8, "reference": 1, "training": 8, "sync": 8, "save": 8}
+    # What the issue found in the old code, by the same terms: the IPC buckets held all round (+2Ψ in
+    # every phase) and a one-stage wake (vLLM's whole share during the sync) do not fit on GPU 0.
+    assert states + 2 * PSI + vllm + ref_resident + 2 * PSI > usable
 
 
 def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys):
-    args = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80", "--cpus-per-node", "64"]
+    args = ["--nodes", "1", "--gpus-per-node", "8", "--gpu", "h100-80gb", "--cpus-per-node", "64"]
     assert main(["plan", "configs/qwen2_7b_instruct.yaml", *args]) == 0
     out = capsys.readouterr().out
     separate, colocated = out.split("the same run with placement=colocated on all 8 GPUs")
@@ -70,10 +83,37 @@ def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys
     assert "GPUs used: 8 of 8" in colocated and "fits: every GPU's estimate" in colocated
     assert main(["plan", str(CONFIG), *args]) == 0
     out = capsys.readouterr().out
-    assert "sampling            8     70.23" in out and "GPUs used: 8 of 8" in out and "fits:" in out
-    # On 40 GiB GPUs it does not: the plan names the GPU and phase.
-    assert main(["plan", str(CONFIG), "--gpu-memory-gib", "40"]) == 2
-    assert "DOES NOT FIT: GPU 0 while" in capsys.readouterr().out
+    assert "save                8     71.80" in out and "GPUs used: 8 of 8" in out and "fits:" in out
+    assert "of 79.11 usable" in out
+    # On 40 GB GPUs it does not: the plan names the GPU and phase.
+    assert main(["plan", str(CONFIG), "--gpu", "a100-40gb"]) == 2
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT: GPU 0 while" in out
+
+
+def test_a_phase_over_its_call_timeout_fails_the_plan_naming_the_timeout(capsys):
+    # On A100s (312 TFLOP/s) the reference's full-length scoring of 2048 prompts takes ~1 h on one GPU.
+    assert main(["plan", str(CONFIG), "ray.call_timeout_s=1800", "--gpu", "a100-80gb"]) == 2
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT: reference phase: estimated" in out and "above ray.call_timeout_s=1800 s" in out
+    assert "raise ray.call_timeout_s to at least" in out
+    need = int(out.split("raise ray.call_timeout_s to at least ")[1].split()[0])
+    assert main(["plan", str(CONFIG), f"ray.call_timeout_s={need}", "--gpu", "a100-80gb"]) == 0
+
+
+def test_decode_time_counts_kv_reads():
+    from selfsteer.plan import timing
+    from selfsteer.plan.workload import card, work
+
+    cfg = load_config(CONFIG)
+    shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
+    h100 = card("h100-80gb")
+    t = timing.round_seconds(cfg, shape, h100, work(cfg), train_gpus=8, engines=8, reference_gpus=1, kv_sequences=142)
+    # 2048 prompts x 3 samples over 8 engines = 768 each, 142 at once (the KV cache) -> 6 waves of 2048 steps;
+    # a step reads the weights and 142 sequences' KV of 1024 + t tokens at 57,344 B a token.
+    wave = 2048 * 2 * PSI + 142 * 57_344 * (2048 * 1024 + 2048 * 2049 / 2)
+    assert t["sampling"] == pytest.approx(6 * wave / 3.35e12)
+    assert t["sampling"] > 2 * 6 * 2048 * 2 * PSI / 3.35e12  # KV reads more than double the weights-only figure
 
 
 def test_cluster_check_sees_the_colocated_bundles():
@@ -87,13 +127,20 @@ def test_cluster_check_sees_the_colocated_bundles():
 
 def test_round_time_estimate_by_hand():
     from selfsteer.plan.timing import round_seconds
+    from selfsteer.plan.workload import card, work
 
     cfg = load_config(CONFIG)
     shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
-    t = round_seconds(cfg, shape, train_gpus=8, engines=8, reference_gpus=1, rows=6)
-    tokens = 2048 * 6 * 3072  # prompts x rows x (prompt + response) at full length
+    t = round_seconds(cfg, shape, card("a100-80gb"), work(cfg), train_gpus=8, engines=8, reference_gpus=1,
+                      kv_sequences=1000)
+    trained = 2048 * (3 * 1024 + 6 * 2048)  # prompts x packed tokens (three contexts once, six responses)
+    scored = 2048 * (3 * 1024 + 6 * 2048)  # the reference packs too: six rows share three contexts
     flops = 312e12 * 0.4
-    assert t["training"] == pytest.approx(8 * PSI * tokens / (8 * flops))  # 6 + 2 (recompute) FLOPs per param-token
-    assert t["reference"] == pytest.approx(2 * PSI * tokens / flops)
-    # 6,144 responses over 8 engines of 256: 3 waves of 2,048 decode steps, each reading 2 PSI bytes at 2 TB/s.
-    assert t["sampling"] == pytest.approx(3 * 2048 * 2 * PSI / 2e12)
+    assert t["training"] == pytest.approx(8 * PSI * trained / (8 * flops))  # 6 + 2 (recompute) FLOPs per param-token
+    assert t["reference"] == pytest.approx(2 * PSI * scored / flops)
+    # 6,144 responses over 8 engines of 256: 3 waves of 2,048 decode steps, each reading the weights and
+    # the batch's KV at 2.04 TB/s, or computing 2Ψ FLOPs per sequence: at batch 256 the FLOPs are slower.
+    wave_bytes = 2048 * 2 * PSI + 256 * 57_344 * (2048 * 1024 + 2048 * 2049 / 2)
+    wave_flops = 2 * PSI * 256 * 2048
+    assert wave_flops / flops > wave_bytes / 2.04e12
+    assert t["sampling"] == pytest.approx(3 * wave_flops / flops)

@@ -46,20 +46,6 @@ def test_torch_backend_reports_each_steps_lr_and_pre_clip_grad_norm(toy_model_pa
         assert got == pytest.approx(expected, rel=1e-5) and got > 1e-3
 
 
-def test_tied_state_dict_keeps_a_tied_embedding_once(toy_model_path):
-    from transformers import AutoModelForCausalLM
-
-    from selfsteer.actors.trainer import _tied_state_dict
-
-    model = AutoModelForCausalLM.from_pretrained(toy_model_path)
-    assert model.config.tie_word_embeddings
-    state = _tied_state_dict(model)
-    assert "lm_head.weight" not in state and "model.embed_tokens.weight" in state
-    assert set(state) == set(model.state_dict()) - {"lm_head.weight"}
-    model.config.tie_word_embeddings = False  # an untied model keeps both names
-    assert "lm_head.weight" in _tied_state_dict(model)
-
-
 def _items(n: int, keys, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{k: {"context": [rng.randrange(4, 60) for _ in range(6)], "response": [rng.randrange(4, 60) for _ in range(4)],
