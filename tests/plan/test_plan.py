@@ -84,6 +84,31 @@ def test_method_rows_follow_the_config():
     assert not sepo.packed and sepo.forward_tokens(1, 100, 50) == 2 * 150  # token masks: padded rows
 
 
+def test_plan_counts_the_rows_and_generations_self_contrast_really_uses(capsys):
+    """k+1 = 17 trainer rows per example and n_samples = 32 responses per prompt (the paper's defaults),
+    from the method's registry spec, which the round and the trainer read too."""
+    from selfsteer.algorithms.registry import method
+    from selfsteer.plan.timing import round_seconds
+    from selfsteer.plan.workload import card, work
+
+    assert main(["plan", "configs/qwen2_7b_instruct.yaml", "algo=self_contrast"]) == 2  # over its call timeout
+    out = capsys.readouterr().out
+    assert "micro-batch 1 x 17 rows (1 context(s), packed)" in out and "32 samples per prompt" in out
+    assert "placement=colocated" not in out  # self_contrast has no colocated variant
+    cfg = load_config(REPO / "configs/qwen2_7b_instruct.yaml", ["algo=self_contrast"])
+    sso = load_config(REPO / "configs/qwen2_7b_instruct.yaml")
+    spec = method("self_contrast")
+    assert spec.keys(cfg) == ["chosen"] + [f"neg_{j}" for j in range(16)] and spec.generations(cfg) == 32
+    sc, v1 = work(cfg), work(sso)
+    assert sc.forward_tokens(1, 1024, 2048) == 1024 + 17 * 2048  # the context once, 17 responses
+    assert v1.forward_tokens(1, 1024, 2048) == 3 * 1024 + 6 * 2048  # x, x+, x-; six responses
+    kw = dict(train_gpus=6, engines=1, reference_gpus=1, kv_sequences=335)
+    t, s = round_seconds(cfg, QWEN, card(None), sc, **kw), round_seconds(sso, QWEN, card(None), v1, **kw)
+    # 2048 prompts x 32 samples on one engine at batch 256: 256 waves; SSO's 3 samples: 24 waves of the same cost.
+    assert t["sampling"] / s["sampling"] == pytest.approx(256 / 24)
+    assert t["training"] / s["training"] == pytest.approx((1024 + 17 * 2048) / (3 * 1024 + 6 * 2048))
+
+
 def test_sync_buckets_hold_the_largest_tensor():
     # Qwen2-7B's embedding is 152,064 x 3,584 x 2 B = 1.02 GiB: a 256 MiB bucket setting still sends it whole.
     assert gm.largest_tensor(QWEN, 2) == 152_064 * 3584 * 2
@@ -249,3 +274,17 @@ def test_70b_config_plans_as_the_docs_say(capsys):
     assert f"node4 {8 * (2 * psi + 2 * GIB) / GIB:.0f}" in separate
     colocated = out.split("the same run with placement=colocated")[1]
     assert "KV cache: none (the share is" in colocated and "KV cache -" not in out  # never a negative budget
+
+
+
+@pytest.mark.parametrize("overrides, generations, rows", [
+    (["algo=sso", "loss.variant=v1"], 3, 6), (["algo=sso", "loss.variant=v2"], 3, 4), (["algo=dpo"], 3, 2),
+    (["algo=self_contrast", "self_contrast.k=2", "self_contrast.n_samples=8"], 8, 3), (["algo=sepo"], 2, 2),
+    (["algo=sipo", "sipo.rewrite=false"], 4, 2), (["algo=sipo", "sipo.rewrite=true"], 12, 2)])  # 4 weights
+def test_each_method_spec_counts_what_its_round_samples_and_trains(overrides, generations, rows):
+    from selfsteer.algorithms.registry import method
+
+    cfg = load_config(REPO / ("configs/sipo_tiny_cpu.yaml" if "algo=sipo" in overrides[0] else "configs/tiny_cpu.yaml"),
+                      overrides)
+    spec = method(cfg.algo)
+    assert (spec.generations(cfg), spec.rows(cfg)) == (generations, rows)
