@@ -123,7 +123,7 @@ def test_benchmark_skips_a_finished_run_and_clears_an_unresumable_one(tmp_path):
     rm = _bench()
     done = tmp_path / "done"
     done.mkdir()
-    (done / "state.json").write_text(json.dumps({"round": 8}))
+    (done / "state.json").write_text(json.dumps({"round": 8, "cursor": {"epoch": 0, "position": 8}, "trainer_tag": "round_0008"}))
     assert rm._run("unused.yaml", done, [], rounds=8, deadline=None) is True  # no process started
     assert rm._seconds("90m") == 5400 and rm._seconds("2h") == 7200 and rm._seconds("30") == 30
 
