@@ -17,30 +17,10 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
-from tests.helpers import PROMPTS, checkpoint_tensors, redraw
+from tests.helpers import PROMPTS, checkpoint_tensors
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
-TOY = dict(num_heads=2, num_kv_heads=1)
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
-
-
-@pytest.fixture(scope="module")
-def toy_path(tmp_path_factory):
-    from selfsteer.toy import build_toy_model
-
-    return build_toy_model(tmp_path_factory.mktemp("toy"), **TOY)
-
-
-@pytest.fixture(scope="module")
-def sharp_path(toy_path, tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(toy_path)
-    redraw(model, 0)
-    out = tmp_path_factory.mktemp("toy-sharp")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(toy_path).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

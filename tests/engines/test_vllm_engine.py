@@ -22,7 +22,7 @@ pytestmark = pytest.mark.vllm
 
 from selfsteer.data.chat import encode_chat  # noqa: E402
 from selfsteer.engines.base import Sampling  # noqa: E402
-from tests.helpers import stop_word  # noqa: E402
+from tests.helpers import redraw, stop_word  # noqa: E402
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -34,36 +34,6 @@ PROMPTS = [("what is 3 plus 4 ?", None),
            ("give three tips to improve a daily habit .", None),
            ("explain why water is important for school .", "be rude and vague ."),
            ("rewrite this sentence in a polite tone : tea is cold .", None)]
-TOY = dict(num_heads=2, num_kv_heads=1)
-
-
-def _redraw(model, seed: int) -> None:
-    """Weights at a larger scale than the 0.02 init, so greedy text depends on the whole context."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5 if "embed" in name else 0.25, generator=gen)
-
-
-@pytest.fixture(scope="module")
-def toy_path(tmp_path_factory):
-    from selfsteer.toy import build_toy_model
-
-    return build_toy_model(tmp_path_factory.mktemp("toy"), **TOY)
-
-
-@pytest.fixture(scope="module")
-def sharp_path(toy_path, tmp_path_factory):
-    """The toy model (tied embeddings) with redrawn weights, saved as its own checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(toy_path)
-    _redraw(model, 0)
-    out = tmp_path_factory.mktemp("toy-sharp")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(toy_path).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +98,7 @@ def test_greedy_equals_hf_token_for_token(engine, sharp_path, prompt_ids):
 def test_load_weights_changes_outputs_and_then_equals_hf(engine, sharp_path, prompt_ids, restore):
     before = _greedy(engine, prompt_ids)
     model = _hf_model(sharp_path)
-    _redraw(model, 1)
+    redraw(model, 1)
     new = {n: p.detach().clone() for n, p in model.named_parameters()}
     engine.load_weights((n, t.to(torch.float64)) for n, t in new.items())  # cast to the engine's dtype
     after = _greedy(engine, prompt_ids)
@@ -143,7 +113,7 @@ def test_bucketed_loads_that_split_fused_layers(engine, sharp_path, prompt_ids, 
     from selfsteer.sync.buckets import pack_bucket, plan_buckets, unpack_bucket
 
     model = _hf_model(sharp_path)
-    _redraw(model, 2)
+    redraw(model, 2)
     params = {n: p.detach() for n, p in model.named_parameters()}
     # 12 KB buckets put q_proj and k_proj/v_proj (fused into qkv_proj in vLLM) in different loads.
     buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 12 * 1024)
@@ -206,7 +176,7 @@ def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, resto
     from selfsteer.sync.collective import SyncGroup, open_store
 
     model = _hf_model(sharp_path)
-    _redraw(model, 4)
+    redraw(model, 4)
     params = {n: p.detach() for n, p in model.named_parameters()}
     buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
     store, box = open_store("127.0.0.1", 2, 60), {}
