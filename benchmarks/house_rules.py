@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import real_model as RM  # noqa: E402  (its run, resume and stop helpers)
 
 from selfsteer.benchmark.realbench import house_task as H  # noqa: E402
-from selfsteer.benchmark.realbench.ifeval_task import read_jsonl, write_jsonl  # noqa: E402
+from selfsteer.benchmark.realbench.ifeval_task import write_jsonl  # noqa: E402
+from selfsteer.utils.io import read_jsonl  # noqa: E402
 from selfsteer.run.checkpoint import load_state  # noqa: E402
 
 # The same budget for every method: the config's rounds, prompts and steps. online_sso_filter is

@@ -6,6 +6,8 @@ for `--repeats` timed calls and the best of each counts (on a shared box, the le
 
     python benchmarks/rollout.py                        # 10m model, 128 prompts, 256 new tokens
     python benchmarks/rollout.py --size 80m --batch 64 --max-tokens 128
+    python benchmarks/rollout.py --model /work/models/smollm2_135m_instruct --batch 48 --max-tokens 96 \
+        --prompts runs/house_rules_work/prompts/house_train_split0.jsonl   # a real HF model and prompts
 
 What decides the ratio on CPU (2-core AMD EPYC, AVX2, one thread each; see the issue-4 note):
 short generations are GEMM-bound in both backends, and vLLM wins only by its fused oneDNN
@@ -65,6 +67,7 @@ def run_worker(args) -> None:
     from selfsteer.data.chat import encode_chat
     from selfsteer.engines.base import Sampling, backend_class
     from selfsteer.toy.prompts import toy_prompts
+    from selfsteer.utils.io import read_jsonl
 
     torch.set_num_threads(args.threads)
     kwargs = dict(device=args.device, max_batch_size=args.batch)
@@ -73,7 +76,8 @@ def run_worker(args) -> None:
         kwargs.update(enforce_eager=not args.compile)
     start = time.perf_counter()
     backend = backend_class(args.worker)(args.model, **kwargs)
-    prompts = [encode_chat(backend.tokenizer, p["prompt"]) for p in toy_prompts(args.batch, seed=0)]
+    records = read_jsonl(args.prompts)[: args.batch] if args.prompts else toy_prompts(args.batch, seed=0)
+    prompts = [encode_chat(backend.tokenizer, p["prompt"]) for p in records]
     sampling = [Sampling(temperature=0.7, top_p=0.8, max_new_tokens=args.max_tokens, seed=1)] * len(prompts)
     backend.generate(prompts[:4], [Sampling(temperature=0.7, top_p=0.8, max_new_tokens=8, seed=0)] * 4)  # warm-up
     report({"startup_s": time.perf_counter() - start})
@@ -93,7 +97,8 @@ class Worker:
     def __init__(self, backend: str, args):
         cmd = [sys.executable, __file__, "--worker", backend, "--model", args.model, "--batch", str(args.batch),
                "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--device", args.device,
-               "--kv-cache-gib", str(args.kv_cache_gib)] + (["--compile"] if args.compile else [])
+               "--kv-cache-gib", str(args.kv_cache_gib)] + (["--compile"] if args.compile else []) \
+            + (["--prompts", args.prompts] if args.prompts else [])
         # vLLM's CPU worker keeps an external OMP_NUM_THREADS (else it drops torch to 1 thread).
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
                "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
@@ -133,17 +138,22 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="let vLLM torch.compile the model (default: eager)")
     parser.add_argument("--cache-dir", default=None, help="where the toy model is built (default: a temp dir)")
     parser.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="an HF model directory to time instead of a toy model")
+    parser.add_argument("--prompts", help="a prompts JSONL (`prompt` field) instead of the toy prompts")
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
 
     from selfsteer.toy import build_toy_model
 
-    cache = args.cache_dir or tempfile.mkdtemp(prefix="selfsteer-bench-")
-    args.model = str(build_toy_model(cache, **SIZES[args.size]))
+    if args.model:
+        described = args.model
+    else:
+        cache = args.cache_dir or tempfile.mkdtemp(prefix="selfsteer-bench-")
+        args.model = str(build_toy_model(cache, **SIZES[args.size]))
+        described = f"toy {args.size} {SIZES[args.size]}"
     print(f"machine: {machine()}")
-    print(f"model: toy {args.size} {SIZES[args.size]}, batch {args.batch}, max_tokens {args.max_tokens}, "
+    print(f"model: {described}, prompts {args.prompts or 'toy'}, batch {args.batch}, max_tokens {args.max_tokens}, "
           f"threads {args.threads}, vLLM {'compiled' if args.compile else 'eager'}, KV cache {args.kv_cache_gib} GiB")
     # Started one after the other, then timed in turns, so both see the same background load.
     workers = [Worker(name, args) for name in ("hf", "vllm")]

@@ -14,20 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.tools.model_eval import generator_name, resolve_checkpoint, run_eval
+from selfsteer.utils.io import read_jsonl
 
 logger = logging.getLogger(__name__)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {n} is not JSON: {exc}") from None
-    return rows
 
 
 def export_alpaca_eval(source: str, out: str, *, generator: Optional[str] = None, which: str = "greedy",
@@ -56,7 +45,7 @@ def export_alpaca_eval(source: str, out: str, *, generator: Optional[str] = None
         raise FileNotFoundError(f"{src}: no such eval file or run directory")
     field = "greedy" if which == "greedy" else "samples"
     items = []
-    for n, row in enumerate(_read_jsonl(src), 1):
+    for n, row in enumerate(read_jsonl(src), 1):
         if "prompt" not in row or field not in row:
             raise ValueError(f"{src}: line {n} lacks 'prompt' or {field!r}; is it a `selfsteer eval --out` file?")
         if which == "sample" and not row["samples"]:

@@ -25,3 +25,19 @@ def write_json(path: Path, value, indent: int | None = 2) -> None:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """One JSON object per line (non-ASCII kept as is)."""
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON object on every non-blank line; a bad line is a ValueError naming the file and line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: a JSON object expected, found {type(row).__name__}")
+        rows.append(row)
+    return rows
