@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import statistics
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -189,6 +190,12 @@ def write_report(report: dict, out: Path) -> dict:
             names = {r["dimension"] for r in report["dimensions"]}
             report = {**report, "dimensions": [r for r in old["dimensions"] if r["dimension"] not in names]
                       + report["dimensions"]}
+        else:  # another probe's results: kept beside, never overwritten
+            kept = path.with_name(f"probe.{time.strftime('%Y%m%d-%H%M%S')}.json")
+            path.replace(kept)
+            differ = sorted(k for k in {**old.get("settings", {}), **report["settings"]}
+                            if old.get("settings", {}).get(k) != report["settings"].get(k))
+            logger.warning("probe: %s holds a probe with other settings (%s); moved to %s", path, ", ".join(differ), kept)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(path)

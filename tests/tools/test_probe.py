@@ -102,3 +102,16 @@ def test_cli_probes_in_parts_and_refuses_an_unknown_dimension(probe_config, caps
     capsys.readouterr()
     assert main(["probe", "configs/tiny_cpu.yaml", *overrides, "--dimensions", "Nope"]) == 2
     assert "unknown dimension(s) ['Nope']" in capsys.readouterr().err
+
+
+def test_a_probe_with_other_settings_keeps_the_earlier_report(probe_config):
+    tmp_path, overrides = probe_config
+    out = tmp_path / "cli"
+    assert main(["probe", "configs/tiny_cpu.yaml", *overrides, "--prompts", "3", "--out", str(out),
+                 "--dimensions", "Tone"]) == 0
+    first = json.loads((out / "probe.json").read_text())
+    assert main(["probe", "configs/tiny_cpu.yaml", *overrides, "--prompts", "2", "--out", str(out),
+                 "--dimensions", "Deaf"]) == 0
+    (kept,) = out.glob("probe.2*.json")  # moved aside, whole
+    assert json.loads(kept.read_text()) == first
+    assert [r["dimension"] for r in json.loads((out / "probe.json").read_text())["dimensions"]] == ["Deaf"]
