@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import signal
@@ -135,8 +136,11 @@ def main(argv=None) -> int:
 
 
 def _seconds(text: str) -> float:
-    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
-    return float(text[:-1]) * unit if unit else float(text)
+    """'90', '90s', '45m', '3h' or '1h30m' as seconds; anything else is an error naming the flag."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip() or (len(parts) > 1 and any(not u for _, u in parts)):
+        raise SystemExit(f"--stop-after {text!r}: give a duration such as 90m, 3h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
 
 
 def _run(config: str, run_dir: Path, overrides: list[str], rounds: int, deadline) -> bool:

@@ -126,6 +126,10 @@ def test_benchmark_skips_a_finished_run_and_clears_an_unresumable_one(tmp_path):
     (done / "state.json").write_text(json.dumps({"round": 8, "cursor": {"epoch": 0, "position": 8}, "trainer_tag": "round_0008"}))
     assert rm._run("unused.yaml", done, [], rounds=8, deadline=None) is True  # no process started
     assert rm._seconds("90m") == 5400 and rm._seconds("2h") == 7200 and rm._seconds("30") == 30
+    assert rm._seconds("1h30m") == 5400
+    for bad in ("1h30", "soon", ""):  # refused by name, not read as something else
+        with pytest.raises(SystemExit, match="--stop-after"):
+            rm._seconds(bad)
 
 
 def test_benchmark_table_from_hand_results():
