@@ -5,40 +5,25 @@
 
 from __future__ import annotations
 
-import torch
-
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
-from selfsteer.utils.runtime import attention_implementation, bind_ray_gpu, limit_threads, resolve_device, resolve_dtype
+from selfsteer.actors.scoring import ScoringModel
+from selfsteer.utils.runtime import limit_threads
 
 
 class ReferenceModel:
     def __init__(self, model_path: str, ref_cfg, model_cfg, *, torch_threads: int = 1):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from selfsteer.utils.storage import check_marker
 
         check_marker("reference")  # output_dir shared with the driver, before loading
         limit_threads(torch_threads)
-        self.device = resolve_device(ref_cfg.device)
-        if self.device == "cuda":
-            bind_ray_gpu()  # under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES "cuda" alone would mean GPU 0
-        self.micro_batch_size = ref_cfg.micro_batch_size
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        dtype = resolve_dtype(model_cfg.dtype)
-        attn = attention_implementation(self.device, dtype)
-        self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
-            **({"attn_implementation": attn} if attn else {})
-        ).to(self.device).eval()
-        self.model.requires_grad_(False)
-        self.packed = ref_cfg.packing and packing_supported(self.model, pad_id=self.pad_id, device=self.device,
-                                                            vocab_size=self.model.config.vocab_size,
-                                                            mask_dtype=self.model.dtype, varlen=self.varlen)
-        # lm_head per chunk of scored tokens: the [tokens, vocab] logits of a row never exist.
-        self.split_head = split_head_supported(self.model, pad_id=self.pad_id, device=self.device,
-                                               vocab_size=self.model.config.vocab_size)
+        self.scorer = ScoringModel.load(model_path, model_cfg, device=ref_cfg.device,
+                                        micro_batch_size=ref_cfg.micro_batch_size, packing=ref_cfg.packing)
+        self.model, self.device = self.scorer.model, self.scorer.device
+
+    # What the loader and its start-up probes chose (tests/gpu asserts the flash-attention path).
+    pad_id = property(lambda self: self.scorer.pad_id)
+    packed = property(lambda self: self.scorer.packed)
+    split_head = property(lambda self: self.scorer.split_head)
+    varlen = property(lambda self: self.scorer.varlen)
 
     def ready(self) -> str:
         return self.device
@@ -57,24 +42,19 @@ class ReferenceModel:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
 
-    @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> tuple[list[float], list[float]]:
         """Summed response log-probs and scored token counts, one per (context, response) row."""
         from selfsteer.utils.progress import ProgressLine
 
         bar = ProgressLine("reference scoring", len(contexts), "rows")
-        sums, counts = score_sequences(self.model, contexts, responses, pad_id=self.pad_id,
-                                       device=self.device, micro_batch_size=self.micro_batch_size, packed=self.packed,
-                                       mask_dtype=self.model.dtype, split_head=self.split_head, varlen=self.varlen,
-                                       progress=bar.update)
-        bar.close()
-        return sums.tolist(), counts.tolist()
+        try:
+            return self.scorer.score(contexts, responses, progress=bar.update)
+        finally:
+            bar.close()
 
-    @torch.no_grad()
     def token_scores(self, contexts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """Per-token response log-probs, one list per row (SePO's token rewards read these)."""
-        return token_logprobs(self.model, contexts, responses, pad_id=self.pad_id, device=self.device,
-                              micro_batch_size=self.micro_batch_size, split_head=self.split_head)
+        return self.scorer.token_scores(contexts, responses)
 
 
 def shard_rows(contexts: list[list[int]], responses: list[list[int]], num_shards: int) -> list[list[int]]:

@@ -64,6 +64,8 @@ class TrainerRank:
         import torch.distributed as dist
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from selfsteer.actors.scoring import pad_token_id
+
         tc, mc = self.cfg.trainer, self.cfg.model
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -78,7 +80,7 @@ class TrainerRank:
             init_deepspeed_distributed(backend, timeout)  # adopts the group formed above; no stale build lock
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         dtype = self.dtype = resolve_dtype(mc.dtype)
         attn = attention_implementation(self.device, dtype)
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask

@@ -82,6 +82,7 @@ def train_oracle(ref_path: str, pairs: list[dict], out_dir: str, *, beta: float,
     """DPO-train a copy of `ref_path` on `pairs` into `out_dir` (skipped if it is already there)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from selfsteer.actors.scoring import pad_token_id
     from selfsteer.algorithms.dpo import dpo_sigmoid_loss
     from selfsteer.algorithms.logprobs import score_sequences
     from selfsteer.data.chat import encode_chat
@@ -94,7 +95,7 @@ def train_oracle(ref_path: str, pairs: list[dict], out_dir: str, *, beta: float,
     limit_threads(torch_threads)
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(ref_path)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token_id(tok)
     rows = []
     for p in pairs:
         ctx = encode_chat(tok, p["prompt"])

@@ -85,34 +85,27 @@ class SipoScorer:
 
     def __init__(self, sft_path: str, a_path: str, b_path: str, weights: list[float], ref_cfg, model_cfg,
                  *, torch_threads: int = 1):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from selfsteer.utils.runtime import limit_threads, resolve_device, resolve_dtype
+        from selfsteer.actors.scoring import ScoringModel
+        from selfsteer.utils.runtime import limit_threads
 
         limit_threads(torch_threads)
-        self.device, self.micro_batch_size = resolve_device(ref_cfg.device), ref_cfg.micro_batch_size
-        tok = AutoTokenizer.from_pretrained(sft_path, trust_remote_code=model_cfg.trust_remote_code)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        load = lambda p: AutoModelForCausalLM.from_pretrained(  # noqa: E731
-            p, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code).to(self.device).eval()
+        # Padded rows, full logits: the spec's reward values as first measured (the loader's probes off).
+        load = lambda p: ScoringModel.load(p, model_cfg, device=ref_cfg.device,  # noqa: E731
+                                           micro_batch_size=ref_cfg.micro_batch_size, packing=False,
+                                           split_head=False, tokenizer_path=sft_path)
         self.models = {"sft": load(sft_path), "A0": load(a_path), "B0": load(b_path)}
-        state_a, state_b = self.models["A0"].state_dict(), self.models["B0"].state_dict()
+        state_a, state_b = self.models["A0"].model.state_dict(), self.models["B0"].model.state_dict()
         for w in weights:
             soup = load(a_path)
-            soup.load_state_dict(soup_state(state_a, state_b, w))
+            soup.model.load_state_dict(soup_state(state_a, state_b, w))
             self.models[f"soup_{w:g}"] = soup
 
     def names(self) -> list[str]:
         """Reward models in order (spec: A0, B0, then the soups); "sft" is the implicit rewards' base."""
         return [n for n in self.models if n != "sft"]
 
-    @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]]) -> dict[str, list[float]]:
-        from selfsteer.algorithms.logprobs import score_sequences
-
-        return {name: score_sequences(m, contexts, responses, pad_id=self.pad_id, device=self.device,
-                                      micro_batch_size=self.micro_batch_size)[0].tolist()
-                for name, m in self.models.items()}
+        return {name: m.score(contexts, responses)[0] for name, m in self.models.items()}
 
 
 def originals(cfg, prompt_text: str, file_pairs: Optional[dict]) -> Optional[tuple[str, str]]:
