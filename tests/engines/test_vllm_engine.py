@@ -299,3 +299,28 @@ def test_lora_adapter_sync_generates_as_the_merged_model(sharp_path, prompt_ids)
         assert got == expected
         assert got != before
         before = got
+
+
+def test_worker_extension_calls_exist_on_every_model_runner():
+    """vLLM 0.32 on CUDA runs the V2 model runner when Triton is present (VLLM_USE_V2_MODEL_RUNNER
+    decides otherwise), a path CPU CI never starts. The extension's reload path calls only
+    `model_runner.get_model()` and `Worker.reload_weights(weights_iterator=...)`, which forwards to
+    the runner's `reload_weights`: check both runners (and the CPU one) take exactly those calls."""
+    import inspect
+
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as GPUModelRunnerV2
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner as GPUModelRunnerV1
+    from vllm.v1.worker.gpu_worker import Worker
+
+    from selfsteer.engines.vllm_engine import WorkerExtension
+
+    for runner in (GPUModelRunnerV1, GPUModelRunnerV2, CPUModelRunner):
+        assert list(inspect.signature(runner.get_model).parameters) == ["self"], runner
+        reload = inspect.signature(runner.reload_weights).parameters
+        assert "weights_iterator" in reload and all(
+            p.default is not inspect.Parameter.empty for n, p in reload.items() if n != "self"), runner
+    assert "self.model_runner.reload_weights(*args, **kwargs)" in inspect.getsource(Worker.reload_weights)
+    extension = inspect.getsource(WorkerExtension)
+    assert "self.reload_weights(weights_iterator=" in extension and "model_runner.get_model()" in extension
+    assert not {n for n in vars(WorkerExtension) if not n.startswith("_")} & set(dir(Worker))  # no shadowing
