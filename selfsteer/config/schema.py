@@ -379,8 +379,12 @@ def _check_lora(cfg: "RunConfig") -> None:
                           "travels; use placement=separate")
 
 
-def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = (),
+                forced: tuple[str, ...] | list[str] = ()) -> RunConfig:
     """Load `path` (YAML) onto the RunConfig schema, then apply dotted `key=value` overrides.
+
+    `forced` overrides come last and from the caller, not the user (the Ray job attaches to its
+    cluster with them): an error message names the user's file and overrides only.
 
     Raises:
         ConfigError: unknown key, wrong type or invalid value; the message names key and source.
@@ -405,6 +409,8 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
             if bad:
                 raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. rounds=5)")
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        if forced:
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(forced)))
         return OmegaConf.to_object(schema)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
