@@ -1,9 +1,9 @@
-"""`selfsteer` console script: one parser, one dispatch.
+"""`selfsteer` console script: one parser, one dispatch (`cli.dispatch`).
 
 Every subcommand (here: run, scale, plan; `cli.recipe` and `cli.tools` add the rest) is an argparse
-subparser whose `set_defaults(handler=fn)` names the function `main` calls with the parsed arguments;
-the handler returns the exit status (0 done, 2 bad input). `launch` is the one run path: the `run`
-handler and the `ray job submit` entry (`ray_jobs/online_sso.py`) both call it.
+subparser whose `set_defaults(handler=fn)` names the function called with the parsed arguments.
+`launch` is the one run path: the `run` handler and the `ray job submit` entry
+(`ray_jobs/online_sso.py`) both call it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-
-class UsageError(Exception):
-    """Arguments that do not go together: `main` reports it as argparse does (usage line, exit 2)."""
+from selfsteer.cli.dispatch import UsageError, dispatch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,17 +59,7 @@ def add_subcommands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # Overrides may follow an option (`run CONFIG --overwrite rounds=3`): argparse leaves them over.
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not getattr(args, "more_overrides", False) or any(w.startswith("-") or "=" not in w for w in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(args.overrides) + extra
-    try:
-        return args.handler(args)
-    except UsageError as exc:
-        parser.error(str(exc))
+    return dispatch(build_parser(), argv)
 
 
 def launch(config_path: str | None, overrides: Sequence[str], *, resume: str | None = None,

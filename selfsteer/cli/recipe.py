@@ -1,6 +1,7 @@
 """Command-line wiring of the recipe: `selfsteer principles | sso-data | train | dpo-data | pipeline |
 convert-ultrafeedback | serve`. `selfsteer.cli.main` adds these with `add_subcommands`; each parser names
-its handler (`set_defaults`). `python -m selfsteer.cli.recipe ...` is `selfsteer ...`: the same parser.
+its handler (`set_defaults`); `python -m selfsteer.cli.recipe ...` builds a parser of these alone and runs
+it through the same `cli.dispatch` (importing `cli.main` here would make an import cycle).
 
 Phase commands take the same YAML schema and dotted `key=value` overrides as `selfsteer run`; keys
 left unset get the recipe's values (`selfsteer.recipe.settings`). The model trained or sampled is
@@ -15,6 +16,8 @@ import logging
 import os
 import sys
 from typing import Callable
+
+from selfsteer.cli.dispatch import dispatch
 
 
 def add_subcommands(subparsers) -> None:
@@ -156,7 +159,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 @_recipe
 def _phase(args: argparse.Namespace) -> int:
     """principles, sso-data, dpo-data or train: one phase on a workbench of actors."""
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.recipe import phases
     from selfsteer.recipe.settings import recipe_config
     from selfsteer.recipe.workbench import Workbench
@@ -208,10 +211,10 @@ class _Bars:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selfsteer.cli.recipe ...`: the `selfsteer` parser and dispatch."""
-    from selfsteer.cli.main import main as selfsteer_main
-
-    return selfsteer_main(argv)
+    """`python -m selfsteer.cli.recipe ...`: the recipe's subcommands, as `selfsteer` parses and runs them."""
+    parser = argparse.ArgumentParser(prog="selfsteer", description="The five-phase SSO recipe on Ray actors.")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    return dispatch(parser, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import datasets  # noqa: F401  (imported at collection: its log handler keeps pytest's stream, not one test's capsys)
 import pytest
 
 from selfsteer.cli import recipe
@@ -65,9 +66,21 @@ def test_every_subcommand_names_its_handler():
         assert callable(command.get_default("handler")), name
 
 
-def test_the_recipe_module_is_the_selfsteer_parser(tmp_path, capsys):
-    # `python -m selfsteer.cli.recipe` knows `scale` too: it is `selfsteer`, not a second parser.
-    assert recipe.main(["scale", str(tmp_path / "no-run"), "--engines", "1"]) == 2
+def test_the_recipe_module_runs_the_same_handlers(tmp_path, capsys):
+    words = ["convert-ultrafeedback", str(tmp_path / "missing.parquet"), str(tmp_path / "p.json")]
+    assert recipe.main(words) == 2
     from_recipe = capsys.readouterr().err
-    assert main(["scale", str(tmp_path / "no-run"), "--engines", "1"]) == 2
-    assert from_recipe == capsys.readouterr().err and from_recipe.startswith("selfsteer: scale: ")
+    assert main(words) == 2
+    assert from_recipe == capsys.readouterr().err and from_recipe.startswith("selfsteer convert-ultrafeedback: ")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_arguments_that_do_not_go_together_end_as_usage_errors(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(Path(TINY).read_text())  # --resume reads the run's own config first
+    for words, said in ((["run"], "run needs a CONFIG or --resume RUN_DIR"),
+                        (["run", "--resume", str(tmp_path), "--overwrite", "rounds=2"], "give one"),
+                        (["eval", "m", "--prompts", "p", "rounds=2"], "unrecognized arguments: rounds=2")):
+        with pytest.raises(SystemExit) as exit_:
+            main(words)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("usage: selfsteer") and said in err, err
