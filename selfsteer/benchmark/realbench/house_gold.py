@@ -91,7 +91,8 @@ def evaluate(model_dir: str, records: list[dict], rules: list[str], min_cosine: 
 
     t0 = time.time()
     engine, prompts = local_engine(model_dir), [r["prompt"] for r in records]  # one load for every pass
-    answers = {"greedy": answer_all(engine, prompts, Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens))}
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    answers = {"greedy": answer_all(engine, prompts, greedy)}
     for k in range(samples):
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + k)
         answers[f"sample{k}"] = answer_all(engine, prompts, sampling)
