@@ -9,45 +9,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the job's flags and hand them to `selfsteer run`'s own run path (`selfsteer.cli.main.launch`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config; omit with --resume")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from selfsteer.config.schema import ConfigError, load_config
-    from selfsteer.run.driver import run
-
-    config_path, overrides = args.config, list(args.overrides)
-    if args.resume:  # the run's own resolved config, as `selfsteer run --resume`
-        if config_path:
-            parser.error("--resume reads RUN_DIR/config.yaml; give overrides (e.g. rounds=6), not --config")
-        overrides = overrides + [f"output_dir={args.resume}"]
-        config_path = f"{args.resume.rstrip('/')}/config.yaml"
-    elif not config_path:
+    if args.resume and args.config:
+        parser.error("--resume reads RUN_DIR/config.yaml; give overrides (e.g. rounds=6), not --config")
+    if not (args.resume or args.config):
         parser.error("give --config CONFIG or --resume RUN_DIR")
-    try:
-        # A submitted job always attaches to its cluster rather than starting Ray in-process.
-        cfg = load_config(config_path, [*overrides, "ray.address=auto", "ray.num_cpus=null"])
-    except ConfigError as exc:
-        print(f"online_sso: {exc}", file=sys.stderr)
-        return 2
-    from selfsteer.plan.planner import ClusterTooSmallError
-    from selfsteer.run.preflight import InputError
+    from selfsteer.cli.main import launch
 
-    try:
-        run_dir = run(cfg, resume=bool(args.resume))
-    except (ClusterTooSmallError, InputError) as exc:  # before any actor started: the message says what to change
-        print(f"online_sso: {exc}", file=sys.stderr)
-        return 2
-    print(f"online_sso: finished {cfg.rounds} round(s); outputs in {run_dir}")
-    return 0
+    # A submitted job always attaches to its cluster rather than starting Ray in-process.
+    return launch(args.config, args.overrides, resume=args.resume, forced=("ray.address=auto", "ray.num_cpus=null"))
 
 
 if __name__ == "__main__":

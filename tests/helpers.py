@@ -54,3 +54,73 @@ def mod_greedy_reference(model_a, model_b, prompt: list[int], weight: float, max
                 break
     return ids[len(prompt):]
 
+
+
+#: Toy-domain prompts the sync and LoRA tests generate on; a round's triples come from the first four.
+SYNC_PROMPTS = ["write a short list of fruit and tea .", "what is 3 plus 4 ?", "tell a short story about a cat .",
+                "how can i learn music fast ?", "describe the river in the morning .",
+                "give three tips to improve a daily habit .", "explain why water is important for school .",
+                "rewrite this sentence in a polite tone : tea is cold ."]
+
+
+def sso_stack(ray, cfg, run_dir, engines: int):
+    """The roles an SSO round needs, started as the run starts them: (inputs, trainer, pool, reference).
+    The caller shuts the trainer and pool down (and kills the reference if it outlives the test)."""
+    from selfsteer.actors.inputs import prepare_inputs
+    from selfsteer.actors.reference import ReferenceModel
+    from selfsteer.actors.rollout import RolloutPool
+    from selfsteer.actors.trainer import TrainerGroup
+
+    inputs = prepare_inputs(cfg, run_dir)
+    trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)
+    pool = RolloutPool(inputs.policy_path, cfg)
+    pool.resize(engines)
+    reference = ray.remote(ReferenceModel).options(num_cpus=0).remote(inputs.policy_path, cfg.reference, cfg.model)
+    return inputs, trainer, pool, reference
+
+
+def sso_round(pool, prompts=SYNC_PROMPTS[:4]):
+    """One SSO round's data sampled on `pool`: per prompt a good-, a bad- and a no-principle answer
+    (12 tokens, seed 3) as triples; returns (triples, the v1 loss's row keys, the rows to score)."""
+    from selfsteer.algorithms.sso import REQUIRED_KEYS
+    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows
+    from selfsteer.engines.base import ChatRequest, Sampling
+
+    requests = []
+    for p in prompts:
+        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
+    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=3))
+    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(prompts)]
+    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]]
+    return triples, keys, scoring_rows(triples, keys)
+
+
+def train_sso_round(ray, cfg, trainer, pool, reference):
+    """An SSO round on the trainer: `sso_round`'s rows scored by the reference actor; the ranks' results."""
+    import dataclasses
+
+    from selfsteer.data.triples import training_items
+
+    triples, keys, rows = sso_round(pool)
+    sums, _ = ray.get(reference.score.remote(*rows))
+    return trainer.train(training_items(triples, keys, sums), keys, dataclasses.asdict(cfg.loss))
+
+
+def greedy_hf(model_dir, prompts, max_new_tokens: int = 16) -> list[list[int]]:
+    """HF's greedy token ids per chat prompt, one prompt at a time (no padding anywhere), cut after EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfsteer.data.chat import encode_chat
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for p in prompts:
+        ids = torch.tensor([encode_chat(tok, p)])
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        tokens = gen[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(tok.eos_token_id) + 1]
+        out.append(tokens)
+    return out

@@ -19,16 +19,16 @@ class Evaluator:
     """Holds one model; answers the held-out prompts greedily and by sampling."""
 
     def __init__(self, model_dir: str, batch_size: int = 128):
-        from selfsteer.engines.hf_engine import HFBackend
+        from selfsteer.benchmark.realbench.evaluate import local_engine
 
-        self.engine = HFBackend(str(model_dir), max_batch_size=batch_size)
+        self.engine = local_engine(model_dir, batch_size)
 
     def responses(self, prompts: list[T.TaskPrompt], system: Optional[str], sampling: Sampling, n: int = 1) -> list[list[str]]:
         """`n` responses per prompt (row i = prompt i)."""
-        tok = self.engine.tokenizer
-        ids = [encode_chat(tok, p.text, system) for p in prompts for _ in range(n)]
-        gens = self.engine.generate(ids, [sampling] * len(ids))
-        return by_prompt([g.text for g in gens], n)
+        from selfsteer.benchmark.realbench.evaluate import answers
+
+        return by_prompt(answers(self.engine, [p.text for p in prompts], sampling, system=system, n=n,
+                                 desc="gold eval"), n)
 
 
 def by_prompt(texts: list[str], n: int) -> list[list[str]]:

@@ -1,6 +1,7 @@
 """Command-line wiring of the recipe: `selfsteer principles | sso-data | train | dpo-data | pipeline |
-convert-ultrafeedback | serve`. `selfsteer.cli.main` adds these with `add_subcommands` and hands the parsed
-arguments to `dispatch`; `python -m selfsteer.cli.recipe ...` runs them on their own.
+convert-ultrafeedback | serve`. `selfsteer.cli.main` adds these with `add_subcommands`; each parser names
+its handler (`set_defaults`); `python -m selfsteer.cli.recipe ...` builds a parser of these alone and runs
+it through the same `cli.dispatch` (importing `cli.main` here would make an import cycle).
 
 Phase commands take the same YAML schema and dotted `key=value` overrides as `selfsteer run`; keys
 left unset get the recipe's values (`selfsteer.recipe.settings`). The model trained or sampled is
@@ -10,10 +11,13 @@ left unset get the recipe's values (`selfsteer.recipe.settings`). The model trai
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
+from typing import Callable
 
-COMMANDS = ("principles", "sso-data", "train", "dpo-data", "pipeline", "convert-ultrafeedback", "serve")
+from selfsteer.cli.dispatch import dispatch
 
 
 def add_subcommands(subparsers) -> None:
@@ -24,6 +28,7 @@ def add_subcommands(subparsers) -> None:
         p.add_argument("--input", required=True, help=inp)
         p.add_argument("--output", required=True, help=out)
         _common(p)
+        p.set_defaults(handler=_phase)
         return p
 
     phase("principles", "recipe phase 1: a good and a bad principle per prompt",
@@ -44,6 +49,7 @@ def add_subcommands(subparsers) -> None:
     pipe.add_argument("--output-dir", required=True,
                       help="gets principles.json, sso_data.json, generator/, dpo_data.json, final/")
     _common(pipe)
+    pipe.set_defaults(handler=_pipeline)
 
     conv = subparsers.add_parser("convert-ultrafeedback", help="UltraFeedback-binarized parquet -> prompts JSON",
                                  description='parquet with "prompt" and "prompt_id" -> [{"prompt", "uuid"}]')
@@ -53,6 +59,7 @@ def add_subcommands(subparsers) -> None:
     conv.add_argument("--id-field", default="prompt_id")
     conv.add_argument("--limit", type=int, help="keep only the first N distinct prompts")
     conv.add_argument("--log-level", default="INFO")
+    conv.set_defaults(handler=_convert)
 
     srv = subparsers.add_parser("serve", help="serve a local HF model as an OpenAI-compatible chat API",
                                 description="OpenAI-compatible /v1/chat/completions over the HF backend")
@@ -66,6 +73,7 @@ def add_subcommands(subparsers) -> None:
     srv.add_argument("--max-batch-size", type=int, default=16)
     srv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     srv.add_argument("--log-level", default="INFO")
+    srv.set_defaults(handler=_serve)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,22 +83,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run a parsed recipe subcommand; returns the exit status (2: bad config or input, 1: failure)."""
-    from selfsteer.config.schema import ConfigError
-    from selfsteer.principles.endpoint import EndpointError
-    from selfsteer.recipe.records import RecordError
-    from selfsteer.recipe.training import TrainingError
+def _recipe(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A recipe handler: its logging, and its errors as one line (2: bad config or input, 1: endpoint failure)."""
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (ConfigError, RecordError, TrainingError, FileNotFoundError) as exc:
-        print(f"selfsteer {args.command}: {_message(exc)}", file=sys.stderr)
-        return 2
-    except EndpointError as exc:
-        print(f"selfsteer {args.command}: {_message(exc)}", file=sys.stderr)
-        return 1
+    @functools.wraps(fn)
+    def handler(args: argparse.Namespace) -> int:
+        from selfsteer.config.schema import ConfigError
+        from selfsteer.principles.endpoint import EndpointError
+        from selfsteer.recipe.records import RecordError
+        from selfsteer.recipe.training import TrainingError
+
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return fn(args)
+        except (ConfigError, RecordError, TrainingError, FileNotFoundError) as exc:
+            print(f"selfsteer {args.command}: {_message(exc)}", file=sys.stderr)
+            return 2
+        except EndpointError as exc:
+            print(f"selfsteer {args.command}: {_message(exc)}", file=sys.stderr)
+            return 1
+
+    return handler
 
 
 def _message(exc: BaseException) -> str:
@@ -99,48 +112,60 @@ def _message(exc: BaseException) -> str:
     return str(cause if isinstance(cause, BaseException) else exc)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import os
+@_recipe
+def _convert(args: argparse.Namespace) -> int:
+    from selfsteer.recipe.convert import convert_ultrafeedback
 
-    if args.command == "convert-ultrafeedback":
-        from selfsteer.recipe.convert import convert_ultrafeedback
+    counts = convert_ultrafeedback(args.parquet, args.output, prompt_field=args.prompt_field,
+                                   id_field=args.id_field, limit=args.limit)
+    print(f"selfsteer: wrote {counts['written']} prompts to {args.output} "
+          f"({counts['rows']} rows read, {counts['duplicates']} duplicate ids skipped)")
+    return 0
 
-        counts = convert_ultrafeedback(args.parquet, args.output, prompt_field=args.prompt_field,
-                                       id_field=args.id_field, limit=args.limit)
-        print(f"selfsteer: wrote {counts['written']} prompts to {args.output} "
-              f"({counts['rows']} rows read, {counts['duplicates']} duplicate ids skipped)")
-        return 0
-    if args.command == "serve":
-        from selfsteer.tools.serve import serve
 
-        api_key = None
-        if args.api_key_env:
-            api_key = os.environ.get(args.api_key_env)
-            if not api_key:
-                print(f"selfsteer serve: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
-                return 2
-        serve(args.model, host=args.host, port=args.port, served_name=args.served_model_name, api_key=api_key,
-              device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size, torch_threads=args.threads,
-              on_ready=lambda url: print(f"selfsteer serve: {url} (model {args.served_model_name or args.model})",
-                                         flush=True))
-        return 0
+@_recipe
+def _serve(args: argparse.Namespace) -> int:
+    from selfsteer.tools.serve import serve
 
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(f"selfsteer serve: --api-key-env {args.api_key_env}: that variable is not set", file=sys.stderr)
+            return 2
+    serve(args.model, host=args.host, port=args.port, served_name=args.served_model_name, api_key=api_key,
+          device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size, torch_threads=args.threads,
+          on_ready=lambda url: print(f"selfsteer serve: {url} (model {args.served_model_name or args.model})",
+                                     flush=True))
+    return 0
+
+
+@_recipe
+def _pipeline(args: argparse.Namespace) -> int:
+    from selfsteer.recipe import phases
+    from selfsteer.recipe.settings import recipe_config
+
+    cfg = recipe_config(args.config, args.overrides, dpo=False)
+    progress = _Bars()
+    summary = phases.run_pipeline(cfg, recipe_config(args.config, args.overrides, dpo=True), args.prompts,
+                                  args.output_dir, skip_bad=args.skip_bad, progress=progress)
+    progress.close()
+    print(f"selfsteer: pipeline finished; outputs in {args.output_dir} (final model: {args.output_dir}/final)")
+    for phase, counts in summary.items():
+        print(f"  {phase}: " + " ".join(f"{k}={v:g}" for k, v in counts.items()))
+    return 0
+
+
+@_recipe
+def _phase(args: argparse.Namespace) -> int:
+    """principles, sso-data, dpo-data or train: one phase on a workbench of actors."""
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.recipe import phases
     from selfsteer.recipe.settings import recipe_config
     from selfsteer.recipe.workbench import Workbench
-    from selfsteer.actors.roles import resolve_model
 
-    dpo = args.command == "train" and args.algo == "dpo"
-    cfg = recipe_config(args.config, args.overrides, dpo=dpo)
+    cfg = recipe_config(args.config, args.overrides, dpo=args.command == "train" and args.algo == "dpo")
     progress = _Bars()
-    if args.command == "pipeline":
-        summary = phases.run_pipeline(cfg, recipe_config(args.config, args.overrides, dpo=True), args.prompts,
-                                      args.output_dir, skip_bad=args.skip_bad, progress=progress)
-        progress.close()
-        print(f"selfsteer: pipeline finished; outputs in {args.output_dir} (final model: {args.output_dir}/final)")
-        for phase, counts in summary.items():
-            print(f"  {phase}: " + " ".join(f"{k}={v:g}" for k, v in counts.items()))
-        return 0
     policy = resolve_model(cfg)
     bench = Workbench(cfg)
     try:
@@ -186,9 +211,10 @@ class _Bars:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m selfsteer.cli.recipe ...`: the recipe's subcommands, as `selfsteer` parses and runs them."""
     parser = argparse.ArgumentParser(prog="selfsteer", description="The five-phase SSO recipe on Ray actors.")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
-    return dispatch(parser.parse_args(argv))
+    return dispatch(parser, argv)
 
 
 if __name__ == "__main__":

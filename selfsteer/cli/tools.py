@@ -1,17 +1,21 @@
-"""Command-line wiring of the model tools: `selfsteer import-gguf | eval | export | probe`."""
+"""Command-line wiring of the model tools: `selfsteer import-gguf | eval | export | probe`.
+
+`selfsteer.cli.main` adds these with `add_subcommands`; each parser names its handler (`set_defaults`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from typing import Callable
 
 from selfsteer.tools.model_eval import MODES, SCORERS
 
-COMMANDS = ("import-gguf", "eval", "export", "probe")
-
 
 def add_subcommands(subparsers) -> None:
+    """Add import-gguf, eval, export and probe to `selfsteer`'s subparsers."""
     imp = subparsers.add_parser("import-gguf", help="a GGUF model file -> a tied, loadable HF model directory",
                                 description="dequantize a GGUF file with transformers' loader and save it as "
                                             "safetensors with its tokenizer and chat template")
@@ -19,6 +23,7 @@ def add_subcommands(subparsers) -> None:
     imp.add_argument("out_dir", help="new HF model directory (must not hold a model yet)")
     imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     imp.add_argument("--log-level", default="INFO")
+    imp.set_defaults(handler=_import_gguf)
 
     ev = subparsers.add_parser(
         "eval", help="answer a prompts file with a checkpoint and score it (IFEval/IFBench constraints, the toy task)",
@@ -46,6 +51,7 @@ def add_subcommands(subparsers) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="JSONL to write, one row per prompt (and OUT.summary.json); omitted: summary only")
     ev.add_argument("--log-level", default="INFO")
+    ev.set_defaults(handler=_eval)
 
     ex = subparsers.add_parser("export", help="answers -> a judge's input format (AlpacaEval); or a LoRA "
                                               "checkpoint merged into its base (--merge)",
@@ -67,6 +73,7 @@ def add_subcommands(subparsers) -> None:
     ex.add_argument("--which", default="greedy", choices=("greedy", "sample"),
                     help="from an eval file: the greedy generation or the first sample")
     ex.add_argument("--log-level", default="INFO")
+    ex.set_defaults(handler=_export)
 
     pr = subparsers.add_parser("probe", help="can the config's principles steer its policy? gap, compliance, verdict",
                                description="selfsteer probe CONFIG [key=value ...] [--prompts N] [--out DIR]: per "
@@ -83,58 +90,77 @@ def add_subcommands(subparsers) -> None:
     pr.add_argument("--placement", default="system", choices=("system", "user"),
                     help="where the principle goes: the system prompt (as in runs) or appended to the user's message")
     pr.add_argument("--log-level", default="INFO")
+    pr.set_defaults(handler=_probe)
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run one of COMMANDS; 2 on bad input (message on stderr), 0 on success."""
-    from selfsteer.benchmark.realbench.checkers import CheckerError
+def _tool(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
+    """A tool's handler: its logging, and bad input as one line on stderr with exit status 2."""
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "import-gguf":
-            from selfsteer.tools.gguf_import import import_gguf
+    @functools.wraps(fn)
+    def handler(args: argparse.Namespace) -> int:
+        from selfsteer.benchmark.realbench.checkers import CheckerError
 
-            out = import_gguf(args.file, args.out_dir, args.dtype)
-            print(f"selfsteer: wrote {out}")
-        elif args.command == "eval":
-            from selfsteer.tools.model_eval import format_table, run_eval
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            fn(args)
+        except (ValueError, FileNotFoundError, FileExistsError, CheckerError) as exc:
+            print(f"selfsteer {args.command}: {exc}", file=sys.stderr)
+            return 2
+        return 0
 
-            summary = run_eval(args.model, args.prompts, baseline=args.baseline, samples=args.samples,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                               scorer=args.scorer, seed=args.seed, out=args.out)
-            tabled = summary["scorer"] in ("ifeval", "ifbench")  # its accuracies go into the table below
-            flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))
-                    and not (tabled and k.endswith(MODES))}
-            print("selfsteer eval:", " ".join(f"{k}={v}" for k, v in flat.items()))
-            if tabled:
-                print(format_table(summary))
-            if args.samples:
-                print(f"selfsteer eval: {args.samples} sampled answer(s) a prompt took {summary['sampled_s']:.0f} s, "
-                      f"the greedy answers {summary['greedy_s']:.0f} s (--samples 0: greedy only)")
-        elif args.command == "export" and args.merge:
-            from selfsteer.training.lora import export_merged
+    return handler
 
-            out = export_merged(args.merge[0], args.merge[1], args.dtype)
-            print(f"selfsteer: wrote {out}")
-        elif args.command == "export":
-            from selfsteer.tools.export import export_alpaca_eval
 
-            if not (args.source and args.format and args.out):
-                raise ValueError("export needs SOURCE --format alpaca_eval --out FILE, or --merge CKPT OUT")
-            out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which,
-                                     prompts=args.prompts, max_new_tokens=args.max_new_tokens)
-            print(f"selfsteer: wrote {out}")
-        elif args.command == "probe":
-            from selfsteer.config.schema import load_config
-            from selfsteer.tools.probe import run_probe, table
+@_tool
+def _import_gguf(args: argparse.Namespace) -> None:
+    from selfsteer.tools.gguf_import import import_gguf
 
-            if args.prompts < 2:
-                raise ValueError(f"--prompts {args.prompts}: need at least 2 prompts for a spread")
-            cfg = load_config(args.config, list(args.overrides))
-            report = run_probe(cfg, args.prompts, args.out, args.dimensions, args.seed, args.batch_size,
-                               args.max_new_tokens, args.placement)
-            print(table(report), end="")
-    except (ValueError, FileNotFoundError, FileExistsError, CheckerError) as exc:
-        print(f"selfsteer {args.command}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    out = import_gguf(args.file, args.out_dir, args.dtype)
+    print(f"selfsteer: wrote {out}")
+
+
+@_tool
+def _eval(args: argparse.Namespace) -> None:
+    from selfsteer.tools.model_eval import format_table, run_eval
+
+    summary = run_eval(args.model, args.prompts, baseline=args.baseline, samples=args.samples,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       scorer=args.scorer, seed=args.seed, out=args.out)
+    tabled = summary["scorer"] in ("ifeval", "ifbench")  # its accuracies go into the table below
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))
+            and not (tabled and k.endswith(MODES))}
+    print("selfsteer eval:", " ".join(f"{k}={v}" for k, v in flat.items()))
+    if tabled:
+        print(format_table(summary))
+    if args.samples:
+        print(f"selfsteer eval: {args.samples} sampled answer(s) a prompt took {summary['sampled_s']:.0f} s, "
+              f"the greedy answers {summary['greedy_s']:.0f} s (--samples 0: greedy only)")
+
+
+@_tool
+def _export(args: argparse.Namespace) -> None:
+    if args.merge:
+        from selfsteer.training.lora import export_merged
+
+        out = export_merged(args.merge[0], args.merge[1], args.dtype)
+    else:
+        from selfsteer.tools.export import export_alpaca_eval
+
+        if not (args.source and args.format and args.out):
+            raise ValueError("export needs SOURCE --format alpaca_eval --out FILE, or --merge CKPT OUT")
+        out = export_alpaca_eval(args.source, args.out, generator=args.generator, which=args.which,
+                                 prompts=args.prompts, max_new_tokens=args.max_new_tokens)
+    print(f"selfsteer: wrote {out}")
+
+
+@_tool
+def _probe(args: argparse.Namespace) -> None:
+    from selfsteer.config.schema import load_config
+    from selfsteer.tools.probe import run_probe, table
+
+    if args.prompts < 2:
+        raise ValueError(f"--prompts {args.prompts}: need at least 2 prompts for a spread")
+    cfg = load_config(args.config, list(args.overrides))
+    report = run_probe(cfg, args.prompts, args.out, args.dimensions, args.seed, args.batch_size,
+                       args.max_new_tokens, args.placement)
+    print(table(report), end="")

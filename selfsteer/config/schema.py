@@ -15,7 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from selfsteer.algorithms.registry import METHODS, method
+from selfsteer.config.checks import ALGOS, check_run  # noqa: F401  (ALGOS re-exported)
 from selfsteer.config.sections import (  # noqa: F401  (re-exported: `from selfsteer.config.schema import ...`)
     ConfigError, EvalConfig, LLMPrincipleConfig, LoraConfig, PairsConfig, PrincipleConfig, SelfContrastConfig, SipoConfig, SepoConfig, SignalConfig, TaskConfig, _check_choice, _check_finite, _check_positive, _key,
 )
@@ -267,9 +267,6 @@ class RayConfig:
             raise ConfigError(f"ray.max_restarts={self.max_restarts!r} must be >= 0 (-1, Ray's 'no limit', is not supported)")
 
 
-ALGOS = tuple(METHODS)  # the online methods (selfsteer.algorithms.registry)
-
-
 @dataclass(frozen=True)
 class RunConfig:
     algo: str = "sso"  # sso | dpo | self_contrast | sepo | sipo: which method's rounds run
@@ -310,77 +307,15 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
-        _check_choice("", "algo", self.algo, ALGOS)
-        _check_choice("", "placement", self.placement, ("separate", "colocated"))
-        if self.placement == "colocated" and self.async_rounds:
-            raise ConfigError("placement=colocated runs phases one after another on the same devices; "
-                              "async_rounds=true needs placement=separate")
-        if self.placement == "colocated" and not method(self.algo).supports("colocated"):
-            raise ConfigError(f"placement=colocated runs algo {_with('colocated')}, not {self.algo!r}")
-        if self.placement == "colocated" and not self.rollout.update_weights:
-            raise ConfigError("placement=colocated frees the engines' weights during training and reloads them "
-                              "from the trainer; rollout.update_weights=false needs placement=separate")
-        if self.async_rounds and not method(self.algo).supports("async"):
-            raise ConfigError(f"async_rounds=true runs algo {_with('async')} only, not {self.algo!r}")
-        _check_positive("", "rounds", self.rounds)
-        _check_positive("", "save_every", self.save_every)
-        _check_positive("", "save_state_every", self.save_state_every)
-        if self.algo == "sipo" and self.rollout.backend != "hf_mod":
-            raise ConfigError(f"algo=sipo decodes with two fused policies, which needs rollout.backend=hf_mod (got "
-                              f"{self.rollout.backend!r}): vLLM cannot run a second model inside its decoding step")
-        if self.algo == "sipo" and self.model.policy != "task" and not (self.sipo.pairs_a or self.sipo.policy_a):
-            raise ConfigError("algo=sipo needs sipo.pairs_a/pairs_b (stage 0 DPO pairs) or sipo.policy_a/policy_b "
-                              "(trained policies); only the alignment task's model (model.policy=task) has built-in pairs")
-        if self.eval.every and self.data.prompts != "task":
-            raise ConfigError(f"eval.every={self.eval.every} scores the alignment task's held-out prompts with its gold "
-                              f"rules, so it needs data.prompts=task (got {self.data.prompts!r}); score other runs' "
-                              "checkpoints with `selfsteer eval`")
-        if self.eval.every and not self.rollout.update_weights:
-            raise ConfigError("eval.every evaluates the weights the engines hold, and rollout.update_weights=false keeps "
-                              "them at the start model; score the run's checkpoints with `selfsteer eval` instead")
-        _check_lora(self)
-        remedies = self.pairs != PairsConfig() or self.reference.refresh_every
-        if remedies and not method(self.algo).supports("remedies"):
-            raise ConfigError(f"pairs.* and reference.refresh_every act on SSO/DPO pairs, not algo {self.algo!r}")
+        check_run(self)
 
 
-def _with(feature: str) -> str:
-    """The algos that support `feature`, for an error message ("sso or dpo")."""
-    return " or ".join(name for name, m in METHODS.items() if m.supports(feature))
-
-
-def _check_lora(cfg: "RunConfig") -> None:
-    """model.lora and reference.mode=adapter_off against the rest of the run: what cannot combine, and why."""
-    lora, ref = cfg.model.lora, cfg.reference
-    if ref.mode == "adapter_off":
-        if not lora.enabled:
-            raise ConfigError("reference.mode=adapter_off scores with the LoRA adapter switched off, so it needs "
-                              "model.lora.enabled=true; use reference.mode=actor for full fine-tuning")
-        if cfg.model.reference is not None:
-            raise ConfigError(f"reference.mode=adapter_off uses the policy's own base as the reference; "
-                              f"model.reference={cfg.model.reference!r} needs reference.mode=actor")
-        if ref.refresh_every:
-            raise ConfigError("reference.refresh_every moves the reference to the policy; with reference.mode="
-                              "adapter_off the reference is the frozen base. Use reference.mode=actor")
-        if cfg.async_rounds:
-            raise ConfigError("reference.mode=adapter_off scores on the trainer ranks, which async_rounds=true keeps "
-                              "busy training; use reference.mode=actor or async_rounds=false")
-    if not lora.enabled:
-        return
-    if cfg.algo == "sipo":
-        raise ConfigError("model.lora with algo=sipo: SIPO's stage 0 trains two full policies and its MOD engine "
-                          "fuses two full models (rollout.backend=hf_mod); LoRA policies are not supported there")
-    if ref.refresh_every:
-        raise ConfigError("model.lora with reference.refresh_every: the refresh copies the synced tensors into the "
-                          "reference, and with LoRA those are the adapter's only; set reference.refresh_every=0")
-    if cfg.placement == "colocated":
-        raise ConfigError("model.lora with placement=colocated: colocated engines free all their weights while "
-                          "the trainer trains and refill them from the sync, but with LoRA only the adapter "
-                          "travels; use placement=separate")
-
-
-def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = (),
+                forced: tuple[str, ...] | list[str] = ()) -> RunConfig:
     """Load `path` (YAML) onto the RunConfig schema, then apply dotted `key=value` overrides.
+
+    `forced` overrides come last and from the caller, not the user (the Ray job attaches to its
+    cluster with them): an error message names the user's file and overrides only.
 
     Raises:
         ConfigError: unknown key, wrong type or invalid value; the message names key and source.
@@ -405,6 +340,8 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
             if bad:
                 raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. rounds=5)")
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        if forced:
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(forced)))
         return OmegaConf.to_object(schema)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"

@@ -128,26 +128,23 @@ def constraint_scorer(which: str, rows: Optional[list[dict]], where: str):
 
 def _answers(model_dir: Path, prompts: list[str], samples: int, max_new_tokens: int, temperature: float,
              top_p: float, seed: int, who: str) -> tuple[list[str], list[list[str]], dict[str, float]]:
-    from selfsteer.benchmark.realbench.evaluate import answer
-    from selfsteer.data.chat import encode_chat
+    from selfsteer.benchmark.realbench.evaluate import answers, local_engine
     from selfsteer.engines.base import Sampling
-    from selfsteer.engines.hf_engine import HFBackend
 
     try:
-        engine = HFBackend(str(model_dir), max_batch_size=16)
+        engine = local_engine(model_dir, batch_size=16)
     except Exception as exc:  # noqa: BLE001 - check_model_dir passed; whatever transformers still refuses, one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelDirError(f"{model_dir}: the model does not load: {type(exc).__name__}: {first}") from None
-    ids = [encode_chat(engine.tokenizer, p) for p in prompts]
     t0 = time.time()
     greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-    texts = [t.strip() for t in answer(engine, ids, greedy, desc=f"{who} greedy")]
+    texts = [t.strip() for t in answers(engine, prompts, greedy, desc=f"{who} greedy")]
     seconds = {"greedy_s": round(time.time() - t0, 1)}
     sampled: list[list[str]] = [[] for _ in prompts]
     if samples:
         t0 = time.time()
         s = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        gens = answer(engine, [x for x in ids for _ in range(samples)], s, desc=f"{who} sampled x{samples}")
+        gens = answers(engine, prompts, s, n=samples, desc=f"{who} sampled x{samples}")
         sampled = [[g.strip() for g in gens[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
         seconds["sampled_s"] = round(time.time() - t0, 1)
     return texts, sampled, seconds

@@ -9,23 +9,16 @@ import dataclasses
 import pytest
 import torch
 
-from tests.actors.test_trainer_sync import PROMPTS
+from tests.helpers import SYNC_PROMPTS as PROMPTS
+from tests.helpers import greedy_hf, sso_round, sso_stack
 
 pytestmark = pytest.mark.slow
 
 
-def _items(cfg, trainer, pool, ray, reference=None):
-    from selfsteer.algorithms.sso import REQUIRED_KEYS
-    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
-    from selfsteer.engines.base import ChatRequest, Sampling
+def _items(trainer, pool, ray, reference=None):
+    from selfsteer.data.triples import training_items
 
-    requests = []
-    for p in PROMPTS[:4]:
-        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
-    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=3))
-    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(PROMPTS[:4])]
-    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]]
-    rows = scoring_rows(triples, keys)
+    triples, keys, rows = sso_round(pool)
     sums, counts = trainer.reference_scores(*rows)
     if reference is not None:
         want, want_counts = ray.get(reference.score.remote(*rows))
@@ -45,35 +38,26 @@ def _adapter(trainer, path):
 def test_lora_trainer_reference_sync_and_resume(ray_local, toy_cache, tmp_path, backend, zero_stage):
     import ray
 
-    from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.actors.roles import prepare_inputs
-    from selfsteer.actors.rollout import RolloutPool
     from selfsteer.actors.syncer import WeightSyncer
-    from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.config.schema import load_config
     from selfsteer.engines.base import ChatRequest, Sampling
     from selfsteer.training.lora import export_merged
-    from tests.actors.test_trainer_sync import _greedy_hf
 
     cfg = load_config("configs/tiny_cpu.yaml", [
         f"output_dir={tmp_path / 'run'}", f"model.cache_dir={toy_cache}", "model.lora.enabled=true",
         "model.lora.rank=4", "reference.mode=adapter_off", f"trainer.backend={backend}",
         f"trainer.zero_stage={zero_stage}", "trainer.lr=0.02", "sync.verify=always"])
-    inputs = prepare_inputs(cfg, tmp_path / "run")
-    trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)
-    pool = RolloutPool(inputs.policy_path, cfg)
-    pool.resize(1)
-    reference = ray_local.remote(ReferenceModel).options(num_cpus=0).remote(inputs.policy_path, cfg.reference, cfg.model)
+    _, trainer, pool, reference = sso_stack(ray_local, cfg, tmp_path / "run", engines=1)
     try:
         syncer = WeightSyncer(trainer, cfg)
         assert all(".lora_" in s.name for b in syncer.buckets for s in b.slots)  # only the adapter travels
         start = _adapter(trainer, tmp_path / "a0")
-        items, keys = _items(cfg, trainer, pool, ray, reference)
+        items, keys = _items(trainer, pool, ray, reference)
         trainer.train(items, keys, dataclasses.asdict(cfg.loss))
         trained = _adapter(trainer, tmp_path / "a1")
         assert any(not torch.equal(start[n], trained[n]) for n in start), "training left the adapter as it was"
         # The adapter moved, the reference (adapter off) did not: scores still equal the base's.
-        items, keys = _items(cfg, trainer, pool, ray, reference)
+        items, keys = _items(trainer, pool, ray, reference)
         trainer.train(items, keys, dataclasses.asdict(cfg.loss))
 
         syncer.sync(pool.engines)  # verified: the engine's adapter fingerprints equal rank 0's
@@ -81,7 +65,7 @@ def test_lora_trainer_reference_sync_and_resume(ray_local, toy_cache, tmp_path, 
         merged = export_merged(tmp_path / "a2", tmp_path / "merged")
         got = ray.get(pool.engines[0].generate.remote([ChatRequest(p) for p in PROMPTS],
                                                         Sampling(temperature=0.0, max_new_tokens=16)))
-        expected = _greedy_hf(merged, PROMPTS)
+        expected = greedy_hf(merged, PROMPTS)
         assert [g.token_ids for g in got] == expected
 
         # Resume: the state after round 2, another round, then back: adapter and optimizer exactly restored.

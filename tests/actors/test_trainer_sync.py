@@ -8,66 +8,23 @@ import dataclasses
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+from tests.helpers import SYNC_PROMPTS as PROMPTS
+from tests.helpers import greedy_hf, sso_stack, train_sso_round
 
-PROMPTS = ["write a short list of fruit and tea .", "what is 3 plus 4 ?", "tell a short story about a cat .",
-           "how can i learn music fast ?", "describe the river in the morning .", "give three tips to improve a daily habit .",
-           "explain why water is important for school .", "rewrite this sentence in a polite tone : tea is cold ."]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(ray_local, toy_cache, tmp_path_factory):
-    from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.actors.rollout import RolloutPool
-    from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.config.schema import load_config
-    from selfsteer.actors.roles import prepare_inputs
 
     run_dir = tmp_path_factory.mktemp("sync-run")
     cfg = load_config("configs/tiny_cpu.yaml", [f"output_dir={run_dir}", f"model.cache_dir={toy_cache}"])
-    inputs = prepare_inputs(cfg, run_dir)
-    trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)
-    pool = RolloutPool(inputs.policy_path, cfg)
-    pool.resize(2)
-    reference = ray_local.remote(ReferenceModel).options(num_cpus=0).remote(inputs.policy_path, cfg.reference, cfg.model)
+    inputs, trainer, pool, reference = sso_stack(ray_local, cfg, run_dir, engines=2)
     yield cfg, inputs, trainer, pool, reference, WeightSyncer(trainer, cfg), run_dir
     pool.shutdown()
     trainer.shutdown()
-
-
-def _train_one_round(cfg, trainer, pool, reference, ray):
-    from selfsteer.algorithms.sso import REQUIRED_KEYS
-    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
-    from selfsteer.engines.base import ChatRequest, Sampling
-
-    requests = []
-    for p in PROMPTS[:4]:
-        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
-    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=3))
-    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(PROMPTS[:4])]
-    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]]
-    sums, _ = ray.get(reference.score.remote(*scoring_rows(triples, keys)))
-    return trainer.train(training_items(triples, keys, sums), keys, dataclasses.asdict(cfg.loss))
-
-
-def _greedy_hf(model_dir, prompts):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfsteer.data.chat import encode_chat
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = []
-    for p in prompts:  # one at a time: no padding anywhere in the reference path
-        ids = torch.tensor([encode_chat(tok, p)])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        tokens = gen[0, ids.shape[1]:].tolist()
-        if tok.eos_token_id in tokens:
-            tokens = tokens[:tokens.index(tok.eos_token_id) + 1]
-        out.append(tokens)
-    return out
 
 
 @pytest.mark.parametrize("method", ["collective", "object_store"])
@@ -82,7 +39,7 @@ def test_sync_after_training_is_exact(stack, method):
     if method != cfg.sync.method:
         syncer = WeightSyncer(trainer, dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, method=method)))
     before = ray.get(pool.engines[0].named_weights.remote())
-    results = _train_one_round(cfg, trainer, pool, reference, ray)
+    results = train_sso_round(ray, cfg, trainer, pool, reference)
     assert all(r["optimizer_steps"] >= 1 for r in results)
     stats = syncer.sync(pool.engines)
     assert stats["sync/buckets"] == len(syncer.buckets) > 1  # several buckets, one call each
@@ -98,7 +55,7 @@ def test_sync_after_training_is_exact(stack, method):
         for name, tensor in weights.items():
             assert torch.equal(tensor, trained[name]), name
 
-    expected = _greedy_hf(ckpt, PROMPTS)
+    expected = greedy_hf(ckpt, PROMPTS)
     greedy = Sampling(temperature=0.0, max_new_tokens=16)
     for engine in pool.engines:
         got = ray.get(engine.generate.remote([ChatRequest(p) for p in PROMPTS], greedy))

