@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     from selfsteer.benchmark import evaluation as E
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per evaluated checkpoint drowns the log
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.toy import task as T
 
     settings = E.EvalSettings(prompts=args.eval_prompts, samples=args.samples)

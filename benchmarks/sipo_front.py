@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from selfsteer.benchmark import evaluation as E
     from selfsteer.online.sipo_models import stage0
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.toy import task as T
 
     out, lines = {}, []

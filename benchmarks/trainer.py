@@ -94,7 +94,7 @@ def run_ours(args, model_path: str, pairs: list[dict], backend: str, loss: str, 
     from selfsteer.algorithms.sso import REQUIRED_KEYS
     from selfsteer.config.schema import load_config
     from selfsteer.data.triples import SSO_ROWS
-    from selfsteer.actors.roles import init_ray
+    from selfsteer.actors.ray_start import init_ray
 
     cfg = load_config(None, [
         f"model.policy={model_path}", "model.dtype=float32", f"trainer.backend={backend}", "trainer.num_ranks=1",

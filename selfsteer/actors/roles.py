@@ -11,7 +11,6 @@ from typing import Any, Optional
 import ray
 
 from selfsteer.actors.inputs import Inputs
-from selfsteer.actors.inputs import prepare_inputs, resolve_model, task_start_settings  # noqa: F401 (importers' path)
 from selfsteer.actors.ray_start import init_ray
 from selfsteer.config.schema import RunConfig
 from selfsteer.utils.runtime import actor_env
@@ -223,15 +222,17 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     return Roles(cfg, pool, principle_actor, references, trainer, syncer, shared_pg=shared and shared[0], marker=marker)
 
 
-def spawn_actor(cfg: RunConfig, marker: dict, cls, *args, resources: dict, env: Optional[dict] = None, **kwargs):
-    """One long-lived role actor, started the same way for every role.
+def spawn_actor(cfg: RunConfig, marker: Optional[dict], cls, *args, resources: dict, env: Optional[dict] = None,
+                **kwargs):
+    """One long-lived role actor, started the same way for every role (the run's and the recipe's).
 
     Ray restarts it up to `ray.max_restarts` times and `Roles.call` re-issues the call (Ray's own
     task retries stay off: a call is re-issued once, by us); it gets the storage marker every role
-    reads back first, the shared thread and quiet-library settings, and `env` on top.
+    reads back first (None: the recipe, which writes no run directory, has none), the shared thread
+    and quiet-library settings, and `env` on top.
     """
     return ray.remote(cls).options(
-        **resources, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, {**marker, **(env or {})})},
+        **resources, runtime_env={"env_vars": actor_env(cfg.ray.torch_threads, {**(marker or {}), **(env or {})})},
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     ).remote(*args, **kwargs)
 

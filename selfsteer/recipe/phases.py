@@ -249,7 +249,7 @@ def run_pipeline(sso_cfg: RunConfig, dpo_cfg: RunConfig, prompts: str | Path, ou
     import json
 
     from selfsteer.recipe.training import train_on_file
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
 
     paths = PipelinePaths(Path(output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def train_on_file(bench: Workbench, cfg: RunConfig, input_path: str | Path, outp
     keys = _keys(cfg, algo)
     loss_kwargs = method(algo).loss_kwargs(cfg)
 
-    from selfsteer.actors.roles import init_ray
+    from selfsteer.actors.ray_start import init_ray
 
     init_ray(cfg)
     bench.release_pool()  # engines and trainer must not hold the accelerators at once
@@ -180,12 +180,11 @@ def _chunks(triples: list[Triple], step_examples: int) -> list[list[Triple]]:
 def _start_reference(cfg: RunConfig, model_path: str):
     """The frozen reference: `model.reference`, else the start model itself (docs/concepts/sso.md §1)."""
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.utils.runtime import actor_env
+    from selfsteer.actors.roles import spawn_actor
 
-    rc, threads = cfg.reference, cfg.ray.torch_threads
-    return ray.remote(ReferenceModel).options(
-        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, runtime_env={"env_vars": actor_env(threads)},
-    ).remote(cfg.model.reference or model_path, rc, cfg.model, torch_threads=threads)
+    rc = cfg.reference
+    return spawn_actor(cfg, None, ReferenceModel, cfg.model.reference or model_path, rc, cfg.model,
+                       resources=dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus), torch_threads=cfg.ray.torch_threads)
 
 
 def _save(trainer, output_dir: Path, log: list[dict]) -> None:

@@ -32,7 +32,7 @@ class Workbench:
         if self._pool is not None and self._pool_model == model_path:
             return self._pool
         from selfsteer.actors.rollout import RolloutPool
-        from selfsteer.actors.roles import init_ray
+        from selfsteer.actors.ray_start import init_ray
 
         init_ray(self.cfg)
         self.release_pool()
@@ -44,14 +44,14 @@ class Workbench:
     def principle_actor(self):
         if self._principle_actor is None:
             from selfsteer.actors.principle import PrincipleGenerator
-            from selfsteer.actors.roles import init_ray
-            from selfsteer.utils.runtime import actor_env
+            from selfsteer.actors.ray_start import init_ray
+            from selfsteer.actors.roles import spawn_actor
 
             cfg = self.cfg
             init_ray(cfg)
-            self._principle_actor = ray.remote(PrincipleGenerator).options(
-                **cfg.principles.llm.actor_resources(cfg.principles.mode), runtime_env={"env_vars": actor_env(cfg.ray.torch_threads)},
-            ).remote(cfg.principles, cfg.seed, cfg.model, torch_threads=cfg.ray.torch_threads)
+            self._principle_actor = spawn_actor(
+                cfg, None, PrincipleGenerator, cfg.principles, cfg.seed, cfg.model,
+                resources=cfg.principles.llm.actor_resources(cfg.principles.mode), torch_threads=cfg.ray.torch_threads)
             ray.get(self._principle_actor.ready.remote(), timeout=cfg.ray.call_timeout_s)
         return self._principle_actor
 

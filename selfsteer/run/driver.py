@@ -21,7 +21,8 @@ from selfsteer.run import checkpoint, preflight
 from selfsteer.config.schema import RunConfig, save_config, to_dict
 from selfsteer.run.metrics import MetricsWriter, SignalWatch, SteerWatch
 from selfsteer.online.gold_eval import GoldEval
-from selfsteer.actors.roles import Roles, prepare_inputs, start_roles
+from selfsteer.actors.inputs import prepare_inputs
+from selfsteer.actors.roles import Roles, start_roles
 from selfsteer.utils.io import write_json
 from selfsteer.utils.runtime import quiet_libraries
 
@@ -115,7 +116,7 @@ def check_placement(cfg: RunConfig) -> None:
     """Start (or attach to) Ray and refuse a config whose roles the cluster cannot place."""
     import ray
 
-    from selfsteer.actors.roles import init_ray
+    from selfsteer.actors.ray_start import init_ray
     from selfsteer.plan.planner import check_cluster, nodes_from_ray
 
     init_ray(cfg)

@@ -107,7 +107,7 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
         ValueError: an unknown dimension or check name, or an unusable prompts file (the message
             names the file, row and field); FileNotFoundError: no such model directory.
     """
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.benchmark.realbench.rules import resolve_check
     from selfsteer.data.chat import encode_chat
     from selfsteer.engines.base import Sampling

@@ -17,7 +17,7 @@ def test_eval_scores_the_weights_the_run_trained_and_survives_a_resume(ray_local
     from selfsteer.toy import task as T
     from selfsteer.config.schema import load_config
     from selfsteer.run.driver import run
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.utils.runtime import QUIET_KEYS, actor_env
 
     for key in QUIET_KEYS:  # quiet_libraries sets them in this process: restored after the test

@@ -19,7 +19,7 @@ def test_an_interrupted_sso_data_phase_resumes_where_it_stopped(ray_local, tmp_p
     from selfsteer.recipe.phases import build_sso_data
     from selfsteer.recipe.workbench import Workbench
     from selfsteer.recipe.settings import recipe_config
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.toy.prompts import toy_prompts
 
     cfg = recipe_config("configs/recipe_tiny_cpu.yaml", [f"model.cache_dir={toy_cache}", "data.prompts_per_round=4"])

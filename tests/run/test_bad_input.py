@@ -55,7 +55,7 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(toy_model_path)
     from transformers import AutoTokenizer
 
     from selfsteer.data.prompts import PromptCursor, PromptRecord
-    from selfsteer.actors.roles import Inputs
+    from selfsteer.actors.inputs import Inputs
 
     tok = AutoTokenizer.from_pretrained(toy_model_path)
     prompts = [PromptRecord("a", 0, "what is 1 plus 2 ?"), PromptRecord("b", 1, "tea " * 400)]
@@ -69,7 +69,7 @@ def test_a_skipped_long_prompt_is_logged_and_recorded_with_its_uuid(tmp_path, to
     from transformers import AutoTokenizer
 
     from selfsteer.data.prompts import PromptCursor, PromptRecord
-    from selfsteer.actors.roles import Inputs
+    from selfsteer.actors.inputs import Inputs
 
     tok = AutoTokenizer.from_pretrained(toy_model_path)
     prompts = [PromptRecord("short", 0, "what is 1 plus 2 ?"), PromptRecord("long-one", 1, "tea " * 400)]

@@ -370,7 +370,7 @@ def test_a_prompt_too_long_for_the_http_writer_is_skipped_and_recorded(tmp_path,
     from transformers import AutoTokenizer
 
     from selfsteer.actors.principle import PrincipleGenerator
-    from selfsteer.actors.roles import Inputs
+    from selfsteer.actors.inputs import Inputs
     from selfsteer.config.sections import LLMPrincipleConfig, PrincipleConfig
     from selfsteer.data.prompts import PromptCursor, PromptRecord
     from selfsteer.principles.prompt import principle_prompt

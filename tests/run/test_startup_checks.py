@@ -31,7 +31,7 @@ def _sparse_safetensors(path, n_params: int) -> None:
 
 
 def test_prepare_inputs_warns_about_the_lr_of_a_large_model_before_any_actor(toy_model_path, tmp_path, caplog):
-    from selfsteer.actors.roles import prepare_inputs
+    from selfsteer.actors.inputs import prepare_inputs
 
     big = tmp_path / "big"
     shutil.copytree(toy_model_path, big)

@@ -60,7 +60,7 @@ def test_trainer_group_metrics_and_tied_checkpoint(ray_local, toy_cache, tmp_pat
     from selfsteer.actors.trainer import TrainerGroup
     from selfsteer.algorithms.sso import REQUIRED_KEYS
     from selfsteer.data.triples import SSO_ROWS
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
 
     cfg = load_config("configs/tiny_cpu.yaml", [
         f"model.cache_dir={toy_cache}", f"trainer.backend={backend}", f"trainer.zero_stage={stage}",

@@ -188,7 +188,7 @@ def test_stale_segment_of_a_killed_writer_is_removed_and_a_live_ones_kept(tmp_pa
 
 
 def test_init_ray_removes_stale_segments(tmp_path, monkeypatch, ray_local):
-    from selfsteer.actors.roles import init_ray
+    from selfsteer.actors.ray_start import init_ray
     from selfsteer.config.schema import RunConfig
 
     monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
