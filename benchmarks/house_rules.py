@@ -4,7 +4,7 @@ Every (method, seed) is a normal `selfsteer run` of configs/real_model/house_rul
 --work. Every saved round checkpoint answers the held-out questions (disjoint topics) with no
 principle, greedily and sampled, and the house rules' programs score the answers behind the
 empty / repetitive / off-topic guards (selfsteer/benchmark/realbench/house_gold.py). It resumes
-as benchmarks/real_model.py does (whose run and stop helpers it uses): a finished run is skipped,
+as benchmarks/real_model.py does (whose sitting, run and stop helpers it uses): a finished run is skipped,
 an unfinished one continues with `selfsteer run --resume`, every score lands in results.json as
 soon as it exists, and --stop-after stops cleanly.
 
@@ -28,12 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import real_model as RM  # noqa: E402  (its run, resume and stop helpers)
+import real_model as RM  # noqa: E402  (its sitting, run, resume and stop helpers)
 
 from selfsteer.benchmark.realbench import house_task as H  # noqa: E402
 from selfsteer.benchmark.realbench.ifeval_task import write_jsonl  # noqa: E402
-from selfsteer.utils.io import read_jsonl  # noqa: E402
-from selfsteer.run.checkpoint import load_state  # noqa: E402
 
 # The same budget for every method: the config's rounds, prompts and steps. online_sso_filter is
 # the remedy the signal-health work found ("Remedies" in the signal-health guide: the spec's v1 pair filter).
@@ -121,11 +119,8 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results, save = RM.open_results(out)
     deadline = time.time() + RM._seconds(args.stop_after) if args.stop_after else None
-    save = lambda: results_path.write_text(json.dumps(results, indent=2))  # noqa: E731
 
     if not args.report_only:
         from selfsteer.benchmark.realbench.house_gold import evaluate
@@ -146,51 +141,17 @@ def main(argv=None) -> int:
             print("scoring the start model", flush=True)
             results["start"] = score(model_dir)
             save()
-        for seed in args.seeds:
-            for method in [m for m in methods if METHODS[m] is not None]:
-                run_dir = work / "runs" / method / f"seed{seed}"
-                entry = results.setdefault(method, {}).setdefault(str(seed), {"rounds": {}})
-                if entry.get("finished") and len(entry["rounds"]) and max(map(int, entry["rounds"])) >= args.rounds:
-                    print(f"{method} seed {seed}: finished in {results_path}; skipping", flush=True)
-                    continue
-                if load_state(run_dir) is None and entry["rounds"]:
-                    print(f"{method} seed {seed}: no run directory to resume; its scored rounds are dropped", flush=True)
-                    entry.update(rounds={}, per_round=[], finished=False)
-                overrides = [f"seed={seed}", f"rounds={args.rounds}", f"model.policy={model_dir}",
-                             f"data.prompts={train_file}", f"output_dir={run_dir}", *METHODS[method], *args.set]
-                done = RM._run(args.config, run_dir, overrides, args.rounds, deadline)
-                _score(run_dir, entry, lambda d: score(d, results["start"]), args.keep_checkpoints)
-                entry["per_round"] = _round_metrics(run_dir)
-                entry["finished"] = done
-                save()
-                if deadline and time.time() > deadline:
-                    print("--stop-after reached; rerun the same command to continue", flush=True)
-                    break
-            else:
-                continue
-            break
+        RM.sit(args, METHODS, methods, results, save, deadline, model_dir, train_file,
+               score=lambda d: score(d, results["start"]), round_metrics=_round_metrics,
+               finished=lambda rounds: bool(rounds) and max(map(int, rounds)) >= args.rounds)
         save()
     if "start" not in results:
-        ap.error(f"{results_path} holds no results yet")
+        ap.error(f"{out / 'results.json'} holds no results yet")
     md = table(results, methods)
     (out / "table.md").write_text(md)
     plot(results, methods, out / "gold.png")
     print(md)
     return 0
-
-
-def _score(run_dir: Path, entry: dict, score, keep: bool) -> None:
-    """Score every saved round checkpoint not yet scored; drop scored ones except the latest."""
-    import shutil
-
-    ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
-    for ckpt in ckpts:
-        r = str(int(ckpt.name.split("_")[1]))
-        if r not in entry["rounds"] and (ckpt / "config.json").is_file():
-            print(f"scoring {ckpt}", flush=True)
-            entry["rounds"][r] = score(ckpt)
-        if not keep and ckpt != ckpts[-1] and r in entry["rounds"]:
-            shutil.rmtree(ckpt)
 
 
 SIGNAL_KEYS = ("signal/gap_chosen", "signal/steer_gap_min", "signal/unsteered_dimensions", "signal/pair_identical",
@@ -229,8 +190,10 @@ def table(results: dict, methods: list[str]) -> str:
              f"{st.get('sample0', st['greedy'])['gold']:.3f} | 0.500 | {st['greedy']['any_guard']:.3f} | "
              f"{st['greedy']['mean_words']:.1f} |"]
     for m in methods:
+        if m == "start":  # its entry is one evaluation, not runs by seed
+            continue
         finals = [(_final(info), info) for info in results.get(m, {}).values() if _final(info)]
-        if m == "start" or not finals:
+        if not finals:
             continue
         rounds = sorted({max(map(int, info["rounds"])) for _, info in finals})
         g = [f["greedy"] for f, _ in finals]

@@ -81,11 +81,8 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results, save = open_results(out)
     deadline = time.time() + _seconds(args.stop_after) if args.stop_after else None
-    save = lambda: results_path.write_text(json.dumps(results, indent=2))  # noqa: E731
 
     if not args.report_only:
         from selfsteer.benchmark.realbench.evaluate import evaluate
@@ -101,33 +98,12 @@ def main(argv=None) -> int:
             print("scoring the start model", flush=True)
             results["start"] = evaluate(str(model_dir), heldout, args.max_new_tokens)
             save()
-        for seed in args.seeds:
-            for method in [m for m in methods if METHODS[m] is not None]:
-                run_dir = work / "runs" / method / f"seed{seed}"
-                entry = results.setdefault(method, {}).setdefault(str(seed), {"rounds": {}})
-                if entry.get("finished") and len(entry["rounds"]) >= args.rounds:
-                    print(f"{method} seed {seed}: finished in {results_path}; skipping", flush=True)
-                    continue  # also on a machine without its run directory (results.json is committed)
-                if load_state(run_dir) is None and entry["rounds"]:  # its run directory is gone: start afresh
-                    print(f"{method} seed {seed}: no run directory to resume; its {len(entry['rounds'])} scored "
-                          "round(s) are dropped and the run starts again", flush=True)
-                    entry.update(rounds={}, per_round=[], finished=False)
-                overrides = [f"seed={seed}", f"rounds={args.rounds}", f"model.policy={model_dir}",
-                             f"data.prompts={train_file}", f"output_dir={run_dir}", *METHODS[method], *args.set]
-                done = _run(args.config, run_dir, overrides, args.rounds, deadline)
-                _score(run_dir, entry, heldout, args, evaluate)
-                entry["per_round"] = _round_metrics(run_dir)
-                entry["finished"] = done
-                save()
-                if deadline and time.time() > deadline:
-                    print("--stop-after reached; rerun the same command to continue", flush=True)
-                    break
-            else:
-                continue
-            break
+        sit(args, METHODS, methods, results, save, deadline, model_dir, train_file,
+            score=lambda d: evaluate(str(d), heldout, args.max_new_tokens), round_metrics=_round_metrics,
+            finished=lambda rounds: len(rounds) >= args.rounds)
         save()
     if "start" not in results:
-        ap.error(f"{results_path} holds no results yet")
+        ap.error(f"{out / 'results.json'} holds no results yet")
     md = table(results, methods, args.label)
     (out / "table.md").write_text(md)
     plot(results, methods, out / "gold.png")
@@ -203,15 +179,54 @@ def _stop_tree(proc: subprocess.Popen) -> None:
             pass
 
 
-def _score(run_dir: Path, entry: dict, heldout: list[dict], args, evaluate) -> None:
-    """Score every saved round checkpoint not yet scored; drop scored ones except the latest."""
+def open_results(out: Path):
+    """`out`/results.json as a dict (empty before the first score) and a function that writes it back."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return results, lambda: path.write_text(json.dumps(results, indent=2))
+
+
+def sit(args, table: dict, methods: list[str], results: dict, save, deadline, model_dir: Path, train_file: Path, *,
+        score, round_metrics, finished) -> None:
+    """One sitting of a benchmark: run or resume every (seed, method) in turn, score its new round
+    checkpoints (`score(ckpt)`), save results.json after each, and stop once `deadline` has passed.
+
+    `table`: method -> its overrides (None: not a run); `finished(rounds)`: whether a run marked
+    finished has scored enough rounds to be skipped; `round_metrics(run_dir)`: its per_round rows.
+    """
+    for seed in args.seeds:
+        for method in [m for m in methods if table[m] is not None]:
+            run_dir = Path(args.work) / "runs" / method / f"seed{seed}"
+            entry = results.setdefault(method, {}).setdefault(str(seed), {"rounds": {}})
+            if entry.get("finished") and finished(entry["rounds"]):
+                print(f"{method} seed {seed}: finished in {Path(args.out) / 'results.json'}; skipping", flush=True)
+                continue  # also on a machine without its run directory (results.json is committed)
+            if load_state(run_dir) is None and entry["rounds"]:  # its run directory is gone: start afresh
+                print(f"{method} seed {seed}: no run directory to resume; its {len(entry['rounds'])} scored "
+                      "round(s) are dropped and the run starts again", flush=True)
+                entry.update(rounds={}, per_round=[], finished=False)
+            overrides = [f"seed={seed}", f"rounds={args.rounds}", f"model.policy={model_dir}",
+                         f"data.prompts={train_file}", f"output_dir={run_dir}", *table[method], *args.set]
+            done = _run(args.config, run_dir, overrides, args.rounds, deadline)
+            _score(run_dir, entry, score, args.keep_checkpoints)
+            entry["per_round"] = round_metrics(run_dir)
+            entry["finished"] = done
+            save()
+            if deadline and time.time() > deadline:
+                print("--stop-after reached; rerun the same command to continue", flush=True)
+                return
+
+
+def _score(run_dir: Path, entry: dict, score, keep: bool) -> None:
+    """Score every saved round checkpoint not yet scored; drop scored ones except the latest unless `keep`."""
     ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
     for ckpt in ckpts:
         r = str(int(ckpt.name.split("_")[1]))
         if r not in entry["rounds"] and (ckpt / "config.json").is_file():
             print(f"scoring {ckpt}", flush=True)
-            entry["rounds"][r] = evaluate(str(ckpt), heldout, args.max_new_tokens)
-        if not args.keep_checkpoints and ckpt != ckpts[-1] and r in entry["rounds"]:
+            entry["rounds"][r] = score(ckpt)
+        if not keep and ckpt != ckpts[-1] and r in entry["rounds"]:
             shutil.rmtree(ckpt)
 
 

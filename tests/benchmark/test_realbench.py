@@ -165,3 +165,27 @@ def test_stop_tree_ends_the_run_and_a_child_in_its_own_process_group():
     state = Path(f"/proc/{child[0]}/stat")
     assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
+
+
+def test_a_sitting_skips_finished_runs_scores_new_checkpoints_and_keeps_the_latest(tmp_path):
+    import argparse
+
+    rm = _bench()
+    args = argparse.Namespace(seeds=[0], rounds=2, work=str(tmp_path / "work"), out=str(tmp_path / "out"),
+                              config="unused.yaml", keep_checkpoints=False, set=[])
+    run_dir = tmp_path / "work" / "runs" / "online_sso_v1" / "seed0"
+    for r in (1, 2):  # two saved round checkpoints of a run that reached its last round
+        (run_dir / "checkpoints" / f"round_{r:04d}").mkdir(parents=True)
+        (run_dir / "checkpoints" / f"round_{r:04d}" / "config.json").write_text("{}")
+    (run_dir / "state.json").write_text(json.dumps({"round": 2, "cursor": {"epoch": 0, "position": 2},
+                                                    "trainer_tag": "round_0002"}))
+    results, save = rm.open_results(Path(args.out))
+    results["rlcd_dpo"] = {"0": {"rounds": {"2": 0.1}, "finished": True}}  # finished: never run again
+    rm.sit(args, {"start": None, "rlcd_dpo": [], "online_sso_v1": []}, ["start", "rlcd_dpo", "online_sso_v1"],
+           results, save, None, tmp_path / "model", tmp_path / "train.jsonl", score=lambda d: d.name,
+           round_metrics=lambda d: [], finished=lambda rounds: len(rounds) >= 1)
+    entry = json.loads((Path(args.out) / "results.json").read_text())["online_sso_v1"]["0"]
+    assert entry == {"rounds": {"1": "round_0001", "2": "round_0002"}, "per_round": [], "finished": True}
+    assert not (run_dir / "checkpoints" / "round_0001").exists() and (run_dir / "checkpoints" / "round_0002").exists()
+    assert results["rlcd_dpo"] == {"0": {"rounds": {"2": 0.1}, "finished": True}}
+    assert not (tmp_path / "work" / "runs" / "rlcd_dpo").exists()
