@@ -215,11 +215,13 @@ def plot(results: dict, methods: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in methods:
+        if m == "start":  # drawn as the grey line below
+            continue
         curve: dict[int, list[float]] = {0: [results["start"]["greedy"]["gold"]]}
         for info in results.get(m, {}).values():
             for r, ev in info.get("rounds", {}).items():
                 curve.setdefault(int(r), []).append(ev["greedy"]["gold"])
-        if m == "start" or len(curve) < 2:
+        if len(curve) < 2:
             continue
         xs = sorted(curve)
         ax.errorbar(xs, [statistics.mean(curve[x]) for x in xs],
