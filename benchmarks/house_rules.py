@@ -208,32 +208,18 @@ def table(results: dict, methods: list[str]) -> str:
 
 
 def plot(results: dict, methods: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {}
     for m in methods:
-        if m == "start":  # drawn as the grey line below
+        if m == "start":  # drawn as the grey line
             continue
         curve: dict[int, list[float]] = {0: [results["start"]["greedy"]["gold"]]}
         for info in results.get(m, {}).values():
             for r, ev in info.get("rounds", {}).items():
                 curve.setdefault(int(r), []).append(ev["greedy"]["gold"])
-        if len(curve) < 2:
-            continue
-        xs = sorted(curve)
-        ax.errorbar(xs, [statistics.mean(curve[x]) for x in xs],
-                    yerr=[statistics.stdev(curve[x]) if len(curve[x]) > 1 else 0 for x in xs], marker="o", capsize=2,
-                    label=m)
-    ax.axhline(results["start"]["greedy"]["gold"], color="grey", ls="--", label="start")
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out gold (share of house rules met, greedy)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        if len(curve) >= 2:
+            curves[m] = curve
+    RM.plot_curves(curves, results["start"]["greedy"]["gold"], "held-out gold (share of house rules met, greedy)",
+                   path, errorbars=True)
 
 
 if __name__ == "__main__":

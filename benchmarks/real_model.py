@@ -279,21 +279,30 @@ def table(results: dict, methods: list[str], label: str = "") -> str:
 
 
 def plot(results: dict, methods: list[str], path: Path) -> None:
+    curves = {m: _curve(results, m) for m in methods if m != "start" and results.get(m)}
+    plot_curves(curves, results["start"]["prompt_strict"], "held-out prompt-level strict accuracy", path)
+
+
+def plot_curves(curves: dict, start: float, ylabel: str, path: Path, errorbars: bool = False) -> None:
+    """Both benchmarks' plot: per method the mean over seeds by round (with the sd if `errorbars`),
+    the start model as a grey line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in methods:
-        if m == "start" or not results.get(m):
-            continue
-        curve = _curve(results, m)
+    for m, curve in curves.items():
         xs = sorted(curve)
-        ax.plot(xs, [statistics.mean(curve[x]) for x in xs], marker="o", label=m)
-    ax.axhline(results["start"]["prompt_strict"], color="grey", ls="--", label="start")
+        ys = [statistics.mean(curve[x]) for x in xs]
+        if errorbars:
+            ax.errorbar(xs, ys, yerr=[statistics.stdev(curve[x]) if len(curve[x]) > 1 else 0 for x in xs],
+                        marker="o", capsize=2, label=m)
+        else:
+            ax.plot(xs, ys, marker="o", label=m)
+    ax.axhline(start, color="grey", ls="--", label="start")
     ax.set_xlabel("round")
-    ax.set_ylabel("held-out prompt-level strict accuracy")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
