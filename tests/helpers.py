@@ -106,6 +106,30 @@ def train_sso_round(ray, cfg, trainer, pool, reference):
     return trainer.train(training_items(triples, keys, sums), keys, dataclasses.asdict(cfg.loss))
 
 
+def assert_engines_hold_checkpoint(ray, trainer, pool, before: dict, ckpt, prompts, greedy) -> list[list[int]]:
+    """After a sync: the trainer saves `ckpt`; training changed some weight of `before` (else the test
+    proves nothing), every engine holds the saved weights exactly and answers `prompts` greedily as HF
+    does on `ckpt`. Returns HF's token ids."""
+    from safetensors.torch import load_file
+
+    from selfsteer.engines.base import ChatRequest
+
+    trainer.save_hf(str(ckpt))
+    trained = load_file(ckpt / "model.safetensors")
+    changed = [n for n, t in before.items() if not torch.equal(t, trained[n])]
+    assert changed, "training changed no weight: the test would prove nothing"
+    for engine in pool.engines:
+        weights = ray.get(engine.named_weights.remote())
+        assert set(weights) == set(trained) - {"lm_head.weight"}  # tied: the head is the embedding
+        for name, tensor in weights.items():
+            assert torch.equal(tensor, trained[name]), name
+    expected = greedy_hf(ckpt, prompts)
+    for engine in pool.engines:
+        got = ray.get(engine.generate.remote([ChatRequest(p) for p in prompts], greedy))
+        assert [g.token_ids for g in got] == expected
+    return expected
+
+
 def greedy_hf(model_dir, prompts, max_new_tokens: int = 16) -> list[list[int]]:
     """HF's greedy token ids per chat prompt, one prompt at a time (no padding anywhere), cut after EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from tests.helpers import SYNC_PROMPTS as PROMPTS
-from tests.helpers import greedy_hf, sso_stack, train_sso_round
+from tests.helpers import assert_engines_hold_checkpoint, sso_stack, train_sso_round
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +29,9 @@ def stack(ray_local, toy_cache, tmp_path_factory):
 @pytest.mark.parametrize("method", ["collective", "object_store"])
 def test_sync_after_training_is_exact(stack, method):
     import ray
-    from safetensors.torch import load_file
 
     from selfsteer.actors.syncer import WeightSyncer
-    from selfsteer.engines.base import ChatRequest, Sampling
+    from selfsteer.engines.base import Sampling
 
     cfg, inputs, trainer, pool, reference, syncer, run_dir = stack
     if method != cfg.sync.method:
@@ -44,22 +42,8 @@ def test_sync_after_training_is_exact(stack, method):
     stats = syncer.sync(pool.engines)
     assert stats["sync/buckets"] == len(syncer.buckets) > 1  # several buckets, one call each
 
-    ckpt = run_dir / f"ckpt-{method}"
-    trainer.save_hf(str(ckpt))
-    trained = load_file(ckpt / "model.safetensors")
-    changed = [n for n, t in before.items() if not torch.equal(t, trained[n])]
-    assert changed, "training changed no weight: the test would prove nothing"
-    for engine in pool.engines:
-        weights = ray.get(engine.named_weights.remote())
-        assert set(weights) == set(trained) - {"lm_head.weight"}  # tied: the head is the embedding
-        for name, tensor in weights.items():
-            assert torch.equal(tensor, trained[name]), name
-
-    expected = greedy_hf(ckpt, PROMPTS)
-    greedy = Sampling(temperature=0.0, max_new_tokens=16)
-    for engine in pool.engines:
-        got = ray.get(engine.generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
-        assert [g.token_ids for g in got] == expected
+    assert_engines_hold_checkpoint(ray, trainer, pool, before, run_dir / f"ckpt-{method}", PROMPTS,
+                                   Sampling(temperature=0.0, max_new_tokens=16))
 
 
 def test_sync_detects_a_diverged_engine(stack):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.helpers import SYNC_PROMPTS as PROMPTS
-from tests.helpers import greedy_hf, sso_stack, train_sso_round
+from tests.helpers import assert_engines_hold_checkpoint, sso_stack, train_sso_round
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -73,7 +73,6 @@ def test_engines_run_vllm(stack):
 
 def test_sync_after_training_is_exact(stack):
     import ray
-    from safetensors.torch import load_file
 
     from selfsteer.engines.base import ChatRequest, Sampling
 
@@ -87,21 +86,7 @@ def test_sync_after_training_is_exact(stack):
     stats = syncer.sync(pool.engines)
     assert stats["sync/buckets"] == len(syncer.buckets) > 1  # several buckets, one call each
 
-    ckpt = run_dir / "ckpt"
-    trainer.save_hf(str(ckpt))
-    trained = load_file(ckpt / "model.safetensors")
-    changed = [n for n, t in before.items() if not torch.equal(t, trained[n])]
-    assert changed, "training changed no weight: the test would prove nothing"
-    for engine in pool.engines:
-        weights = ray.get(engine.named_weights.remote())
-        assert set(weights) == set(trained) - {"lm_head.weight"}  # tied: the head is the embedding
-        for name, tensor in weights.items():
-            assert torch.equal(tensor, trained[name]), name
-
-    expected = greedy_hf(ckpt, PROMPTS)
-    for engine in pool.engines:
-        got = ray.get(engine.generate.remote([ChatRequest(p) for p in PROMPTS], greedy))
-        assert [g.token_ids for g in got] == expected
+    expected = assert_engines_hold_checkpoint(ray, trainer, pool, before, run_dir / "ckpt", PROMPTS, greedy)
     # The named weights above come from the engine's HF copy; only the outputs prove vLLM's own
     # kernels use the new weights, so they must also differ from before the sync.
     assert [g.token_ids for g in outputs_before] != expected
