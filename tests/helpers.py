@@ -130,6 +130,22 @@ def assert_engines_hold_checkpoint(ray, trainer, pool, before: dict, ckpt, promp
     return expected
 
 
+def assert_request_order(engine, prompt_ids, greedy) -> None:
+    """One call interleaving two sampling settings over four prompts: every result is its own request's,
+    equal to that request generated alone, and the 5-token run of a prompt is the prefix of its greedy run."""
+    from selfsteer.engines.base import Sampling
+
+    short = Sampling(temperature=0.0, max_new_tokens=5)
+    requests = [(prompt_ids[0], greedy), (prompt_ids[1], short), (prompt_ids[2], greedy), (prompt_ids[3], short),
+                (prompt_ids[3], greedy), (prompt_ids[2], short), (prompt_ids[1], greedy)]
+    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
+    assert len(outs) == len(requests)
+    for (ids, sampling), out in zip(requests, outs):
+        alone = engine.generate([ids], [sampling])[0]
+        assert out.prompt_ids == ids and out.token_ids == alone.token_ids
+    assert outs[3].token_ids == outs[4].token_ids[:5]  # the same prompt under both settings
+
+
 def greedy_hf(model_dir, prompts, max_new_tokens: int = 16) -> list[list[int]]:
     """HF's greedy token ids per chat prompt, one prompt at a time (no padding anywhere), cut after EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -17,7 +17,7 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
-from tests.helpers import PROMPTS, checkpoint_tensors
+from tests.helpers import PROMPTS, assert_request_order, checkpoint_tensors
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
@@ -58,15 +58,7 @@ def _greedy(engine, prompt_ids):
 
 
 def test_results_in_request_order_across_sampling_settings(engine, prompt_ids):
-    short = Sampling(temperature=0.0, max_new_tokens=5)
-    requests = [(prompt_ids[0], GREEDY), (prompt_ids[1], short), (prompt_ids[2], GREEDY), (prompt_ids[3], short),
-                (prompt_ids[3], GREEDY), (prompt_ids[2], short), (prompt_ids[1], GREEDY)]
-    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
-    assert len(outs) == len(requests)
-    for (ids, sampling), out in zip(requests, outs):
-        alone = engine.generate([ids], [sampling])[0]
-        assert out.prompt_ids == ids and out.token_ids == alone.token_ids
-    assert outs[3].token_ids == outs[4].token_ids[:5]
+    assert_request_order(engine, prompt_ids, GREEDY)
     assert len({tuple(t) for t in _greedy(engine, prompt_ids)}) == len(prompt_ids)  # outputs depend on the prompt
 
 

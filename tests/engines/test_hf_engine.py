@@ -8,7 +8,7 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
-from tests.helpers import stop_word
+from tests.helpers import assert_request_order, stop_word
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -92,17 +92,7 @@ def test_results_in_request_order_across_sampling_groups_and_chunks(sharp_path, 
 
     # Interleaved settings are batched per setting, and chunked by max_batch_size; order must survive.
     engine = HFBackend(str(sharp_path), max_batch_size=2)
-    short = Sampling(temperature=0.0, max_new_tokens=5)
-    requests = [(prompt_ids[0], GREEDY), (prompt_ids[1], short), (prompt_ids[2], GREEDY), (prompt_ids[3], short),
-                (prompt_ids[3], GREEDY), (prompt_ids[2], short), (prompt_ids[1], GREEDY)]
-    outs = engine.generate([r for r, _ in requests], [s for _, s in requests])
-    assert len(outs) == len(requests)
-    for (ids, sampling), out in zip(requests, outs):
-        alone = engine.generate([ids], [sampling])[0]
-        assert out.prompt_ids == ids
-        assert out.token_ids == alone.token_ids
-    # The same prompt under both settings: the 5-token run is the prefix of the 12-token run.
-    assert outs[3].token_ids == outs[4].token_ids[:5]
+    assert_request_order(engine, prompt_ids, GREEDY)
 
 
 def test_greedy_equals_model_generate(engine, sharp_path, prompt_ids):
