@@ -146,6 +146,17 @@ def assert_request_order(engine, prompt_ids, greedy) -> None:
     assert outs[3].token_ids == outs[4].token_ids[:5]  # the same prompt under both settings
 
 
+def assert_config_rejects(cases) -> None:
+    """Each (config file, override, message pattern): `load_config` refuses it with a ConfigError saying so."""
+    import pytest
+
+    from selfsteer.config.schema import ConfigError, load_config
+
+    for path, override, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            load_config(path, [override])
+
+
 def greedy_hf(model_dir, prompts, max_new_tokens: int = 16) -> list[list[int]]:
     """HF's greedy token ids per chat prompt, one prompt at a time (no padding anywhere), cut after EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

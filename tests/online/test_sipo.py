@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from selfsteer.online.sipo_models import soup_state, task_stage0_pairs
+from tests.helpers import assert_config_rejects
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +75,16 @@ def test_stage0_pairs_conflict_on_exactly_the_two_objectives():
 
 
 def test_sipo_config_errors_name_the_problem():
-    from selfsteer.config.schema import ConfigError, load_config
-
-    with pytest.raises(ConfigError, match=r"needs rollout.backend=hf_mod \(got 'vllm'\): vLLM cannot run a second model"):
-        load_config("configs/sipo_tiny_cpu.yaml", ["rollout.backend=vllm"])
-    with pytest.raises(ConfigError, match="only the alignment task's model"):
-        load_config("configs/sipo_tiny_cpu.yaml", ["model.policy=toy"])
-    with pytest.raises(ConfigError, match="both 'Length'"):
-        load_config("configs/sipo_tiny_cpu.yaml", ["sipo.objective_a=Length"])
-    with pytest.raises(ConfigError, match=r"sipo.weights=\[0.5, 1.5\]"):
-        load_config("configs/sipo_tiny_cpu.yaml", ["sipo.weights=[0.5,1.5]"])
+    assert_config_rejects([
+        ("configs/sipo_tiny_cpu.yaml", "rollout.backend=vllm",
+         r"needs rollout.backend=hf_mod \(got 'vllm'\): vLLM cannot run a second model"),
+        ("configs/sipo_tiny_cpu.yaml", "model.policy=toy",
+         "only the alignment task's model"),
+        ("configs/sipo_tiny_cpu.yaml", "sipo.objective_a=Length",
+         "both 'Length'"),
+        ("configs/sipo_tiny_cpu.yaml", "sipo.weights=[0.5,1.5]",
+         r"sipo.weights=\[0.5, 1.5\]"),
+    ])
 
 
 @pytest.mark.slow

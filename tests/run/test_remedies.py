@@ -8,6 +8,8 @@ import pytest
 
 from selfsteer.online.sso_pairs import ReplayBuffer
 
+from tests.helpers import assert_config_rejects
+
 
 def test_replay_draws_ratio_times_new_items_from_the_last_rounds_only():
     buf = ReplayBuffer(ratio=0.5, rounds=2, seed=0)
@@ -23,14 +25,14 @@ def test_replay_draws_ratio_times_new_items_from_the_last_rounds_only():
 
 
 def test_remedies_are_sso_and_dpo_only():
-    from selfsteer.config.schema import ConfigError, load_config
-
-    with pytest.raises(ConfigError, match=r"pairs.\* and reference.refresh_every act on SSO/DPO pairs, not algo 'sepo'"):
-        load_config("configs/sepo_tiny_cpu.yaml", ["pairs.replay=1"])
-    with pytest.raises(ConfigError, match=r"pairs.filter='v2' is not one of \['none', 'v1'\]"):
-        load_config("configs/tiny_cpu.yaml", ["pairs.filter=v2"])
-    with pytest.raises(ConfigError, match=r"pairs.drop_similar=0.0 must be in \(0, 1\]"):
-        load_config("configs/tiny_cpu.yaml", ["pairs.drop_similar=0"])
+    assert_config_rejects([
+        ("configs/sepo_tiny_cpu.yaml", "pairs.replay=1",
+         r"pairs.\* and reference.refresh_every act on SSO/DPO pairs, not algo 'sepo'"),
+        ("configs/tiny_cpu.yaml", "pairs.filter=v2",
+         r"pairs.filter='v2' is not one of \['none', 'v1'\]"),
+        ("configs/tiny_cpu.yaml", "pairs.drop_similar=0",
+         r"pairs.drop_similar=0.0 must be in \(0, 1\]"),
+    ])
 
 
 @pytest.mark.slow
