@@ -157,6 +157,21 @@ def assert_config_rejects(cases) -> None:
             load_config(path, [override])
 
 
+def assert_stop_string_cuts(engine, prompt_ids, greedy):
+    """A word of the first prompt's greedy text as stop string, in a batch with the third prompt: the
+    first row ends with finish_reason 'stop' and exactly the text before the word. Returns (full,
+    stopped, word, other) for each backend's own checks; `other` is the third prompt generated alone."""
+    from selfsteer.engines.base import Sampling
+
+    full = engine.generate([prompt_ids[0]], [greedy])[0]
+    word, start = stop_word(full.text)
+    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
+                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].text == full.text[:start] and word not in stopped[0].text
+    return full, stopped, word, engine.generate([prompt_ids[2]], [greedy])[0]
+
+
 def greedy_hf(model_dir, prompts, max_new_tokens: int = 16) -> list[list[int]]:
     """HF's greedy token ids per chat prompt, one prompt at a time (no padding anywhere), cut after EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,7 +8,7 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
-from tests.helpers import assert_request_order, stop_word
+from tests.helpers import assert_request_order, assert_stop_string_cuts, stop_word
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -109,15 +109,8 @@ def test_greedy_equals_model_generate(engine, sharp_path, prompt_ids):
 
 
 def test_stop_string_cuts_text(engine, prompt_ids):
-    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    word, start = stop_word(full.text)
-    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
-                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
-    assert stopped[0].finish_reason == "stop"
-    assert stopped[0].text == full.text[:start]
-    assert word not in stopped[0].text
+    _, stopped, word, other = assert_stop_string_cuts(engine, prompt_ids, GREEDY)
     # The other row of the batch is unaffected unless it contains the stop word itself.
-    other = engine.generate([prompt_ids[2]], [GREEDY])[0]
     if word not in other.text:
         assert stopped[1].text == other.text and stopped[1].finish_reason == other.finish_reason
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.vllm
 
 from selfsteer.data.chat import encode_chat  # noqa: E402
 from selfsteer.engines.base import Sampling  # noqa: E402
-from tests.helpers import redraw, stop_word  # noqa: E402
+from tests.helpers import assert_stop_string_cuts, redraw  # noqa: E402
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 PROMPTS = [("what is 3 plus 4 ?", None),
@@ -156,16 +156,10 @@ def test_the_same_prompt_twice_in_one_call_is_two_samples(engine, prompt_ids):
 
 
 def test_stop_string_cuts_text_and_tokens(engine, prompt_ids):
-    full = engine.generate([prompt_ids[0]], [GREEDY])[0]
-    word, start = stop_word(full.text)
-    stopped = engine.generate([prompt_ids[0], prompt_ids[2]],
-                              [Sampling(temperature=0.0, max_new_tokens=12, stop=(word,))] * 2)
-    assert stopped[0].finish_reason == "stop"
-    assert stopped[0].text == full.text[:start] and word not in stopped[0].text
+    full, stopped, word, other = assert_stop_string_cuts(engine, prompt_ids, GREEDY)
     # Generation ended at the token that completed the stop string (HF keeps stepping).
     assert stopped[0].token_ids == full.token_ids[:len(stopped[0].token_ids)]
     assert len(stopped[0].token_ids) < len(full.token_ids)
-    other = engine.generate([prompt_ids[2]], [GREEDY])[0]
     if word not in other.text:
         assert (stopped[1].text, stopped[1].token_ids) == (other.text, other.token_ids)
 
