@@ -18,7 +18,8 @@ from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.registry import method
 from selfsteer.training.steps import optimizer_steps
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.utils.runtime import (actor_env, attention_implementation, bind_ray_gpu, limit_threads,
+from selfsteer.run.startup_checks import fallback
+from selfsteer.utils.runtime import (actor_env, attention_choice, bind_ray_gpu, limit_threads,
                                      release_device_cache, resolve_device, resolve_dtype)
 from selfsteer.utils.storage import check_marker
 
@@ -82,7 +83,9 @@ class TrainerRank:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = pad_token_id(self.tokenizer)
         dtype = self.dtype = resolve_dtype(mc.dtype)
-        attn = attention_implementation(self.device, dtype)
+        attn, why = attention_choice(self.device, dtype)
+        role = f"trainer rank {self.rank}"
+        fallbacks = fallback("flash_attention", role, why) if why else {}
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
         if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
             from selfsteer.training.deepspeed_backend import partitioned_loading
@@ -113,16 +116,20 @@ class TrainerRank:
         self.split_head = tc.backend == "torch" and split_head_supported(
             self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
         self.module.train()
+        if tc.packing and not self.packed:
+            fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the model "
+                                      "or kernel ignores the packed mask); training on padded rows"))
+        if tc.backend == "torch" and not self.split_head:
+            fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full forward "
+                                      "(or the model has no separable head); full logits, chunked"))
         return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
-                "split_head": self.split_head, "attention": attn or "default"}
+                "split_head": self.split_head, "attention": attn or "default", "fallbacks": fallbacks}
 
     def _packing_supported(self, vocab_size: int) -> bool:
         self.module.eval()  # no dropout in the check
         ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
                                mask_dtype=self.dtype, varlen=self.varlen)
         self.module.train()
-        if not ok:
-            logger.warning("trainer.packing: this model lets packed sequences attend to each other; using padded rows")
         return ok
 
     # --- training -------------------------------------------------------------------------

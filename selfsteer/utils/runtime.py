@@ -75,15 +75,21 @@ def visible_devices(assigned: list, cuda_visible: str | None) -> str | None:
 def attention_implementation(device: str, dtype) -> str | None:
     """"flash_attention_2" where it can run (flash_attn imports, CUDA, a 16-bit dtype), else None
     (the model's default, SDPA). Flash-attention takes packed rows as position ids (varlen)."""
+    return attention_choice(device, dtype)[0]
+
+
+def attention_choice(device: str, dtype) -> tuple[str | None, str | None]:
+    """(`attention_implementation`, why flash-attention was not taken where it could have run: on
+    CUDA with a 16-bit dtype, a flash_attn that does not import; else None)."""
     import torch
 
     if not str(device).startswith("cuda") or dtype not in (torch.float16, torch.bfloat16):
-        return None
+        return None, None
     try:
         import flash_attn  # noqa: F401
-    except Exception:  # ImportError, or a wheel built for another torch/CUDA
-        return None
-    return "flash_attention_2"
+    except Exception as exc:  # ImportError, or a wheel built for another torch/CUDA
+        return None, f"flash_attn does not import ({type(exc).__name__}: {exc}); using SDPA"
+    return "flash_attention_2", None
 
 
 def resolve_dtype(name: str):
