@@ -105,7 +105,7 @@ class WeightSyncer:
                 [int(i < len(engines)) for i in range(len(ranks))]
             pools = _wait_all([r.open_local.remote(self.buckets, self.method, n, sc.timeout_s)
                                for r, n in zip(self.trainer.ranks, readers)], ranks, sc.timeout_s)
-            if self.method == "shm":
+            if self.method == "shm" and pools and pools[0] is not None:
                 self._segment = pools[0]["path"]
             handles = [{**pools[0], "reader": i} for i in range(len(engines))] if self.method == "shm" else \
                 [{**pools[i], "reader": 0} for i in range(len(engines))]

@@ -29,7 +29,6 @@ import time
 import uuid
 import weakref
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
