@@ -193,3 +193,5 @@ def test_docs_show_the_lora_plans_as_they_print(args, capsys):
     main(["plan", *args, *NODE, "--host-memory-gib", "1024"])
     out = capsys.readouterr().out.split("\nthe same run with placement=colocated")[0]
     assert out in (REPO / "docs/guide/lora.md").read_text()
+    if args == ["configs/llama3_70b_lora.yaml"]:
+        assert out in (REPO / "docs/guide/gpu-memory.md").read_text()
