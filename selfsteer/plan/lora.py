@@ -142,6 +142,21 @@ def vllm_slot_bytes(shape: gm.ModelShape, rank: int, p: int) -> float:
     return adapter_params(shape, vllm_slot_rank(rank), PROJECTIONS) * p
 
 
+def vllm_slot(cfg, shape: gm.ModelShape, p: int) -> float:
+    """The vLLM engine's LoRA slot for this run (none without model.lora)."""
+    return vllm_slot_bytes(shape, cfg.model.lora.rank, p) if cfg.model.lora.enabled else 0.0
+
+
+def reference_forward(cfg, shape: gm.ModelShape, p: int, work, *, split_head: bool) -> dict[str, float]:
+    """reference.mode=adapter_off: one reference micro-batch's forward on a trainer rank, by part (its
+    weights are the rank's frozen base, already counted)."""
+    rows, prompt, new = cfg.reference.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.sampling.max_new_tokens
+    packed = work.packed  # the trainer's packing (trainer.packing), which its reference scoring uses
+    out = gm.forward_memory(shape, p, tokens=work.scoring_tokens(rows, prompt, new, packed), split_head=split_head,
+                            mask_bytes=gm.packed_mask_bytes(rows, prompt + new, p, packed))
+    return {k: v for k, v in out.items() if k not in ("weights", "CUDA context")}
+
+
 def hf_engine_adapter_bytes(shape: gm.ModelShape, lora_cfg) -> float:
     return adapter_params(shape, lora_cfg.rank, targets(lora_cfg)) * ADAPTER_FP32
 

@@ -154,7 +154,7 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             kw = dict(tokens=w.forward_tokens(mb, prompt, new), sync_bytes=sync, split_head=tc.backend == "torch",
                       mask_bytes=gm.packed_mask_bytes(mb * w.contexts, prompt + new * w.rows // w.contexts, p, w.packed))
             if lora:
-                scoring = _reference_forward(cfg, shape, p, w, split_head=kw["split_head"]) \
+                scoring = lm.reference_forward(cfg, shape, p, w, split_head=kw["split_head"]) \
                     if cfg.reference.mode == "adapter_off" else None
                 b.memory, b.note = lm.trainer_memory(shape, cfg, p, reference=scoring, **kw)
             else:
@@ -168,7 +168,7 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
         elif b.role == "rollout" and rc.backend in ("vllm", "auto"):
             budget = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization,
                                     tp=rc.tensor_parallel_size, max_model_len=rc.max_model_len or shape.max_positions,
-                                    seq_len=width, lora_slot=_lora_slot(cfg, shape, p))
+                                    seq_len=width, lora_slot=lm.vllm_slot(cfg, shape, p))
             b.memory = {f"vLLM {rc.gpu_memory_utilization:g} x GPU": budget.per_gpu}
             if collective:
                 b.memory["receive buffers"] = 2 * bucket  # outside vLLM's share: allocated after it started
@@ -188,20 +188,6 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             b.memory = gm.hf_generate_memory(writer_shape, p, batch=gm.HF_GENERATE_BATCH,
                                              width=cfg.data.max_prompt_tokens + llm.max_new_tokens)
             b.host = gm.host_engine(writer_shape, p, 1, vllm=False)
-
-
-def _reference_forward(cfg, shape, p: int, w, *, split_head: bool) -> dict[str, float]:
-    """reference.mode=adapter_off: one reference micro-batch's forward on a trainer rank (its weights are the
-    trainer's frozen base, already counted)."""
-    rows, prompt, new = cfg.reference.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.sampling.max_new_tokens
-    packed = cfg.trainer.packing and w.packed
-    out = gm.forward_memory(shape, p, tokens=w.scoring_tokens(rows, prompt, new, packed), split_head=split_head,
-                            mask_bytes=gm.packed_mask_bytes(rows, prompt + new, p, packed))
-    return {k: v for k, v in out.items() if k not in ("weights", "CUDA context")}
-
-
-def _lora_slot(cfg, shape, p: int) -> float:
-    return lm.vllm_slot_bytes(shape, cfg.model.lora.rank, p) if cfg.model.lora.enabled else 0.0
 
 
 def host_problems(bundles: list[Bundle], nodes: list[Node], placement: Placement, host_bytes: Optional[float]):
@@ -362,7 +348,7 @@ def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:
     return gm.vllm_budget(shape, gm.DTYPE_BYTES[cfg.model.dtype], gpu_bytes, utilization=rc.gpu_memory_utilization,
                           tp=tp, max_model_len=rc.max_model_len or shape.max_positions,
                           seq_len=cfg.data.max_prompt_tokens + rc.sampling.max_new_tokens,
-                          lora_slot=_lora_slot(cfg, shape, gm.DTYPE_BYTES[cfg.model.dtype])).sequences
+                          lora_slot=lm.vllm_slot(cfg, shape, gm.DTYPE_BYTES[cfg.model.dtype])).sequences
 
 
 def _colocated(cfg, shape, cluster: list[Node], gpu: Card, host_bytes, total_gpus: int) -> tuple[list[str], list]:
