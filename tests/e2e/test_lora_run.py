@@ -1,5 +1,6 @@
 """End to end: `selfsteer run` SSO with a LoRA policy on the toy model (reference.mode=adapter_off, so no
-reference actor), then `--resume` for one more round, and `selfsteer export --merge` of its last checkpoint."""
+reference actor), then `--resume` for one more round, and `selfsteer export --merge` of its last checkpoint;
+two rounds of DPO, Self-Contrast and SePO with LoRA (SIPO refuses LoRA at config load: tests/config)."""
 
 from __future__ import annotations
 
