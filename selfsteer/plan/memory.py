@@ -239,6 +239,7 @@ class VLLMBudget:
     tokens: int  # KV cache capacity in tokens
     max_model_len: int
     sequences: float  # concurrent sequences of the run's length that fit
+    lora_slot: float = 0.0  # model.lora: vLLM's preallocated adapter slot (selfsteer.plan.lora)
 
     @property
     def fits(self) -> bool:
@@ -246,10 +247,10 @@ class VLLMBudget:
 
 
 def vllm_budget(shape: ModelShape, p: int, gpu_bytes: float, *, utilization: float, tp: int,
-                max_model_len: int, seq_len: int) -> VLLMBudget:
+                max_model_len: int, seq_len: int, lora_slot: float = 0.0) -> VLLMBudget:
     per_gpu = utilization * gpu_bytes
     weights = p * shape.params / tp
-    kv = per_gpu - weights - VLLM_RESERVE
+    kv = per_gpu - weights - lora_slot - VLLM_RESERVE
     per_token = shape.kv_bytes_per_token(p, tp)
     tokens = max(int(kv // per_token), 0)
-    return VLLMBudget(per_gpu, weights, VLLM_RESERVE, kv, per_token, tokens, max_model_len, tokens / seq_len)
+    return VLLMBudget(per_gpu, weights, VLLM_RESERVE, kv, per_token, tokens, max_model_len, tokens / seq_len, lora_slot)
