@@ -12,9 +12,14 @@ model (`selfsteer.toy.build_toy_model`, the tiny Llama `configs/tiny_cpu.yaml` t
   `score_sequences`; with LoRA each step also scores the reference with the adapter off (what
   reference.mode=adapter_off adds to the trainer rank). Peak RSS is the child's ru_maxrss.
 - round time (`--round`): one real `selfsteer run` round per (model, mode), `time/round` from its metrics.
+- alignment (`--alignment`): `configs/alignment_tiny.yaml` run by full fine-tuning (its own lr) and with
+  LoRA (rank 16, reference.mode=adapter_off) at each of `--lrs`. The LoRA lr is chosen on the sampled
+  gold of the final checkpoint on TRAINING prompts only; the held-out gold of every run is printed
+  beside it, and the line `lora held-out gold: X vs full Y (diff D)` is the chosen lr's.
 
     python benchmarks/lora.py                      # sync bytes + steps, both models
     python benchmarks/lora.py --round --models toy # and one real round each
+    python benchmarks/lora.py --alignment --lock /tmp/selfsteer-cpu.lock   # LoRA vs full on the alignment task
 
 The line `lora sync bytes ratio: X` is SmolLM2's (goal <= 0.05 at rank 16).
 """
@@ -139,6 +144,63 @@ def round_seconds(path: str, lora: bool, rank: int, cache: Path, name: str) -> f
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["time/round"]
 
 
+def alignment(args) -> None:
+    """Full fine-tuning vs LoRA on the toy alignment task (see the module docstring); one line per run."""
+    import contextlib
+    import fcntl
+    import shutil
+    import time
+
+    from selfsteer.actors.roles import resolve_model
+    from selfsteer.benchmark import evaluation as E
+    from selfsteer.config.schema import load_config
+    from selfsteer.toy import task as T
+
+    @contextlib.contextmanager
+    def locked():
+        with open(args.lock or os.devnull, "a") as fh:
+            if args.lock:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    config = str(REPO / "configs/alignment_tiny.yaml")
+    out = Path(args.cache) / "alignment"
+    settings = E.EvalSettings(prompts=96, samples=4)
+    lora = ["model.lora.enabled=true", "model.lora.rank=16", "model.lora.alpha=32", "reference.mode=adapter_off"]
+    runs = [("full", f"lr {load_config(config).trainer.lr:g}", [])]
+    runs += [("lora", f"lr {lr}", [*lora, f"trainer.lr={lr}"]) for lr in args.lrs.split(",")]
+    for seed in args.seeds:
+        common = [f"seed={seed}", f"model.toy.seed={seed}", f"rounds={args.align_rounds}", "eval.every=0",
+                  "tensorboard=false", *([f"model.cache_dir={args.task_cache}"] if args.task_cache else [])]
+        cfg = load_config(config, common)
+        train, heldout = T.split_prompts(cfg.task.split_seed)
+        sets = {"train": T.balanced(train, settings.prompts, seed=cfg.task.split_seed),
+                "held-out": T.balanced(heldout, settings.prompts, seed=cfg.task.split_seed)}
+        with locked():
+            start = resolve_model(cfg)
+            golds = {"start": {k: E.evaluate(start, p, settings)["sampled"]["gold"] for k, p in sets.items()}}
+        rows = {}
+        for mode, label, overrides in runs:
+            run_dir = out / f"seed{seed}" / f"{mode}-{label.replace(' ', '')}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with locked():
+                t0 = time.time()
+                subprocess.run([sys.executable, "-m", "selfsteer.cli.main", "run", config, *common, *overrides,
+                                f"output_dir={run_dir}"], check=True, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"})
+                run_s = time.time() - t0
+                last = sorted((run_dir / "checkpoints").glob("round_*"))[-1]  # an adapter with LoRA: loaded merged
+                gold = {k: E.evaluate(str(last), p, settings)["sampled"]["gold"] for k, p in sets.items()}
+            rows[(mode, label)] = gold
+            print(f"seed {seed} {mode:<4} {label:<9} after {args.align_rounds} rounds ({run_s:.0f} s): sampled gold "
+                  f"train {gold['train']:.3f}, held-out {gold['held-out']:.3f} (start: train "
+                  f"{golds['start']['train']:.3f}, held-out {golds['start']['held-out']:.3f})", flush=True)
+        best = max((k for k in rows if k[0] == "lora"), key=lambda k: rows[k]["train"])  # train prompts only
+        full = rows[runs[0][:2]]["held-out"]
+        print(f"seed {seed}: LoRA {best[1]} chosen on train gold; lora held-out gold: {rows[best]['held-out']:.3f} "
+              f"vs full {full:.3f} (diff {rows[best]['held-out'] - full:+.3f})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2,toy")
@@ -149,6 +211,12 @@ def main() -> None:
     ap.add_argument("--ctx-len", type=int, default=96)
     ap.add_argument("--resp-len", type=int, default=64)
     ap.add_argument("--round", action="store_true", help="also one real `selfsteer run` round per model and mode")
+    ap.add_argument("--alignment", action="store_true", help="only the alignment task: LoRA vs full held-out gold")
+    ap.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="LoRA learning rates tried (--alignment)")
+    ap.add_argument("--align-rounds", type=int, default=6)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--task-cache", help="model.cache_dir for the task's start model (default: the config's)")
+    ap.add_argument("--lock", help="hold this file lock (flock) during each run and its evaluation")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "selfsteer-bench-lora"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
@@ -160,6 +228,9 @@ def main() -> None:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.alignment:
+        alignment(args)
+        return
     lora_cfg = LoraConfig(enabled=True, rank=args.rank, alpha=2.0 * args.rank)
     ratios = {}
     for name in args.models.split(","):

@@ -16,7 +16,8 @@ class ReferenceModel:
         check_marker("reference")  # output_dir shared with the driver, before loading
         limit_threads(torch_threads)
         self.scorer = ScoringModel.load(model_path, model_cfg, device=ref_cfg.device,
-                                        micro_batch_size=ref_cfg.micro_batch_size, packing=ref_cfg.packing)
+                                        micro_batch_size=ref_cfg.micro_batch_size, packing=ref_cfg.packing,
+                                        role="reference")
         self.model, self.device = self.scorer.model, self.scorer.device
 
     # What the loader and its start-up probes chose (tests/gpu asserts the flash-attention path).
@@ -27,6 +28,10 @@ class ReferenceModel:
 
     def ready(self) -> str:
         return self.device
+
+    def fallbacks(self) -> dict[str, float]:
+        """The start-up probes that turned a feature off here (`startup/fallback/<feature>` metrics)."""
+        return dict(self.scorer.fallbacks)
 
     def load_buckets(self, buckets: list, flats: list, verify: bool) -> list[str]:
         """Take the policy's weights (reference.refresh_every): the trainer's object-store buckets."""

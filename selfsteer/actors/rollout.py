@@ -19,7 +19,8 @@ from selfsteer.engines.base import ChatRequest, Generation, Sampling, backend_cl
 from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket, unpack_bucket
 from selfsteer.sync.collective import SyncGroup, receive_buckets
 from selfsteer.sync.objectstore import load_object_buckets
-from selfsteer.utils.runtime import actor_env, limit_threads, release_device_cache, resolve_device, resolve_dtype
+from selfsteer.utils.runtime import (actor_env, limit_threads, ray_device_index, release_device_cache, resolve_device,
+                                     resolve_dtype)
 from selfsteer.utils.storage import check_marker
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class RolloutEngine:
         limit_threads(torch_threads)
         self.index = index
         self.device = resolve_device(rollout_cfg.device)
+        if self.device == "cuda":  # before vLLM starts its workers: they take the GPUs they see
+            _pin_visible_gpus()
         backend_cls = backend_class(rollout_cfg.backend)
         self.backend = backend_cls(
             model_path, device=self.device, dtype=resolve_dtype(model_cfg.dtype),
@@ -132,13 +135,11 @@ class RolloutEngine:
             # The parameters live in the bucket tensors: receive straight into them, no copy.
             for flat in in_place:
                 self.sync_group.broadcast(flat, src=0)
-            fingerprints = [fingerprint(flat) for flat in in_place] if verify else []
         else:
-            fingerprints = receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
-                                           lambda b, flat: self.backend.load_weights(unpack_bucket(b, flat)),
-                                           verify)
+            receive_buckets(self.sync_group, buckets, self.sync_buffers, device,
+                            lambda b, flat: self.backend.load_weights(unpack_bucket(b, flat)), False)
         self.weights_version = version
-        return fingerprints
+        return self.loaded_fingerprints(buckets, verify)
 
     # --- colocated layout: sleep during training, weights through shared memory ------------------
     def sleep(self) -> dict:
@@ -171,14 +172,25 @@ class RolloutEngine:
         if method == "shm":  # written while we read: each bucket once trainer rank 0 published it
             from selfsteer.sync.shm import receive_shm
 
-            fingerprints = receive_shm(handle, buckets, load, verify, targets, version=version, timeout_s=timeout_s)
+            receive_shm(handle, buckets, load, targets, version=version, timeout_s=timeout_s)
         else:
             from selfsteer.sync.cuda_ipc import receive_ipc
 
-            fingerprints = receive_ipc(handle, buckets, load, verify, targets)
+            receive_ipc(handle, buckets, load, targets, version=version, timeout_s=timeout_s,
+                        device_index=ray_device_index())
         self.weights_version = version
         release_device_cache()
-        return fingerprints
+        return self.loaded_fingerprints(buckets, verify)
+
+    def loaded_fingerprints(self, buckets: list[Bucket], verify: bool) -> list[str]:
+        """Verification: fingerprints of the parameters the engine's model holds now, after loading
+        (packed as the trainer packs them), not of the bytes it received: a load that skipped or
+        mangled a tensor shows. A backend whose workers hold the model answers for them
+        (`loaded_fingerprints`, e.g. vLLM's worker extension)."""
+        if not verify:
+            return []
+        own = getattr(self.backend, "loaded_fingerprints", None)
+        return own(buckets) if own is not None else self.weights_fingerprint(buckets)
 
     def finish_wake(self) -> bool:
         """Second stage of the wake-up: the KV cache, once the weights are loaded and the trainer's
@@ -191,9 +203,9 @@ class RolloutEngine:
 
     def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
-        fingerprints = load_object_buckets(buckets, flats, self.backend.load_weights, verify)
+        load_object_buckets(buckets, flats, self.backend.load_weights, False)
         self.weights_version = version
-        return fingerprints
+        return self.loaded_fingerprints(buckets, verify)
 
     def weights_fingerprint(self, buckets: list[Bucket]) -> list[str]:
         """Fingerprints of this engine's own current weights, packed as the trainer packs them."""
@@ -220,6 +232,21 @@ class RolloutEngine:
     def weights_fingerprint_b(self, buckets: list[Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}
         return [fingerprint(pack_bucket(b, params, "cpu")) for b in buckets]
+
+
+def _pin_visible_gpus() -> None:
+    """Under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES every GPU is visible and vLLM's workers would
+    take device 0: show this process (and the workers it starts) only the GPUs Ray assigned it."""
+    from selfsteer.utils.runtime import visible_devices
+
+    try:
+        assigned = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    except Exception:  # noqa: BLE001 - not inside an actor
+        return
+    pinned = visible_devices(assigned, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if pinned is not None:
+        logger.info("rollout engine: CUDA_VISIBLE_DEVICES=%s (Ray's GPU ids for this actor)", pinned)
+        os.environ["CUDA_VISIBLE_DEVICES"] = pinned
 
 
 def rss_mb() -> float:

@@ -9,13 +9,14 @@ actors that score the same row differently, so they live here once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported, token_logprobs
-from selfsteer.utils.runtime import attention_implementation, bind_ray_gpu, resolve_device, resolve_dtype
+from selfsteer.run.startup_checks import fallback
+from selfsteer.utils.runtime import attention_choice, bind_ray_gpu, resolve_device, resolve_dtype
 
 
 def pad_token_id(tokenizer) -> int:
@@ -32,11 +33,13 @@ class ScoringModel:
     packed: bool = False  # rows packed under a 4D mask (or position ids with flash-attention)
     split_head: bool = False  # lm_head applied per chunk of scored tokens
     varlen: bool = False  # flash-attention: packed rows as position ids
+    fallbacks: dict = field(default_factory=dict)  # probes that turned a feature off: startup/fallback/<feature>
 
     @classmethod
     def load(cls, path: str, model_cfg, *, device: str, micro_batch_size: int, packing: bool = True,
-             split_head: bool = True, tokenizer_path: Optional[str] = None) -> "ScoringModel":
-        """Load `path` frozen in `model_cfg.dtype`; `packing`/`split_head` are used where the probes pass."""
+             split_head: bool = True, tokenizer_path: Optional[str] = None, role: str = "scorer") -> "ScoringModel":
+        """Load `path` frozen in `model_cfg.dtype`; `packing`/`split_head` are used where the probes pass (a
+        probe that fails is warned, naming `role`, and recorded in `fallbacks`)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
@@ -44,7 +47,7 @@ class ScoringModel:
             bind_ray_gpu()  # under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES "cuda" alone would mean GPU 0
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, trust_remote_code=model_cfg.trust_remote_code)
         dtype = resolve_dtype(model_cfg.dtype)
-        attn = attention_implementation(device, dtype)
+        attn, why = attention_choice(device, dtype)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
             **({"attn_implementation": attn} if attn else {})
@@ -56,6 +59,14 @@ class ScoringModel:
                                                       mask_dtype=model.dtype, varlen=scorer.varlen)
         scorer.split_head = split_head and split_head_supported(model, pad_id=scorer.pad_id, device=device,
                                                                 vocab_size=vocab)
+        if why:
+            scorer.fallbacks.update(fallback("flash_attention", role, why))
+        if packing and not scorer.packed:
+            scorer.fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the "
+                                             "model or kernel ignores the packed mask); using padded rows"))
+        if split_head and not scorer.split_head:
+            scorer.fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full "
+                                             "forward (or the model has no separable head); full logits, chunked"))
         return scorer
 
     @torch.no_grad()

@@ -35,7 +35,8 @@ class WeightSyncer:
         self.backend = "nccl" if on_gpu else "gloo"
         # Colocated engines sit beside trainer rank 0: they read its buckets in place instead.
         self.method = local_method(cfg.placement, on_gpu) or cfg.sync.method
-        self._segment, self._handle = None, None  # the shm segment (its path unlinked by close() if rank 0 could not)
+        self._segment = None  # the shm segment (its path unlinked by close() if rank 0 could not)
+        self.pool_stats: dict[str, float] = {}  # the colocated pool's last sync: peak live buckets, its size
         self._connected: tuple = ()
         self.version = 0  # bumped by every sync; engines report the version they hold
         self._verified_engines: tuple | None = None  # the pool the last verified sync reached
@@ -97,28 +98,31 @@ class WeightSyncer:
         self.connect(engines)
         version = self.version + 1
         verify = should_verify(sc.verify, tuple(engines), [self._verified_engines])
-        if self.method == "shm" and self._segment is None:  # mapped by the engines while it is written
-            self._handle = ray.get(self.trainer.rank0.open_shm.remote(self.buckets), timeout=sc.timeout_s)
-            self._segment = self._handle["path"]
+        ranks = [f"trainer rank {i}" for i in range(len(self.trainer.ranks))]
+        if self.method in ("shm", "cuda_ipc"):  # bounded pools, mapped by the engines before they are written
+            # shm: rank 0's segment feeds every engine; cuda_ipc: rank i's slots feed engine i on its GPU.
+            readers = [len(engines) if i == 0 else 0 for i in range(len(ranks))] if self.method == "shm" else \
+                [int(i < len(engines)) for i in range(len(ranks))]
+            pools = _wait_all([r.open_local.remote(self.buckets, self.method, n, sc.timeout_s)
+                               for r, n in zip(self.trainer.ranks, readers)], ranks, sc.timeout_s)
+            if self.method == "shm" and pools and pools[0] is not None:
+                self._segment = pools[0]["path"]
+            handles = [{**pools[0], "reader": i} for i in range(len(engines))] if self.method == "shm" else \
+                [{**pools[i], "reader": 0} for i in range(len(engines))]
         pushes = [r.push_weights.remote(self.buckets, self.method, verify, version) for r in self.trainer.ranks]
         try:
-            if self.method == "shm":  # engines load bucket i while rank 0 writes bucket i + 1
-                received = [e.receive_local.remote("shm", self._handle, self.buckets, verify, version, sc.timeout_s)
-                            for e in engines]
-                names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
-                results = _wait_all(pushes + received, names, sc.timeout_s)
+            if self.method in ("shm", "cuda_ipc"):  # engines load bucket i while the trainer packs bucket i + 1
+                received = [e.receive_local.remote(self.method, h, self.buckets, verify, version, sc.timeout_s)
+                            for e, h in zip(engines, handles)]
+                results = _wait_all(pushes + received, ranks + [peer_name(i + 1) for i in range(len(engines))],
+                                    sc.timeout_s)
                 sent, got = results[0], results[len(pushes):]
-            elif self.method == "cuda_ipc":
-                every = _wait_all(pushes, [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
-                sent = every[0]
-                # Engine i maps the buckets trainer rank i gathered on its own GPU.
-                got = _wait_all([e.receive_local.remote("cuda_ipc", every[i]["handle"], self.buckets, verify, version)
-                                 for i, e in enumerate(engines)], [peer_name(i + 1) for i in range(len(engines))],
-                                sc.timeout_s)
-                # Every engine holds the weights now: the trainer ranks free their buckets before the
-                # engines take their KV cache back (two-stage wake; selfsteer.plan.colocated "sync").
-                _wait_all([r.release_local.remote() for r in self.trainer.ranks],
-                          [f"trainer rank {i}" for i in range(len(pushes))], sc.timeout_s)
+                self.pool_stats = {"sync/pool_peak_buckets": float(max(r["peak_live"] for r in results[:len(pushes)])),
+                                   "sync/pool_mbytes": max(r["pool_bytes"] for r in results[:len(pushes)]) / 2 ** 20}
+                if self.method == "cuda_ipc":
+                    # Every engine holds the weights now: the trainer ranks free their pools before the
+                    # engines take their KV cache back (two-stage wake; selfsteer.plan.colocated "sync").
+                    _wait_all([r.release_local.remote() for r in self.trainer.ranks], ranks, sc.timeout_s)
             elif self.method == "collective":
                 received = [e.receive_weights.remote(self.buckets, verify, version) for e in engines]
                 names = [f"trainer rank {i}" for i in range(len(pushes))] + [peer_name(i + 1) for i in range(len(engines))]
@@ -142,7 +146,8 @@ class WeightSyncer:
         self.version = version
         seconds = time.perf_counter() - start
         return {"sync/seconds": seconds, "sync/buckets": float(len(self.buckets)), "sync/shm": float(self.method == "shm"),
-                "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9)}
+                "sync/gbytes": self.total_bytes / 1e9, "sync/gbps": self.total_bytes / 1e9 / max(seconds, 1e-9),
+                **self.pool_stats}
 
 
     def close(self) -> None:

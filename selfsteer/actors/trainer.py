@@ -18,7 +18,8 @@ from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.registry import method
 from selfsteer.training.steps import optimizer_steps
 from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.utils.runtime import (actor_env, attention_implementation, bind_ray_gpu, limit_threads,
+from selfsteer.run.startup_checks import fallback
+from selfsteer.utils.runtime import (actor_env, attention_choice, bind_ray_gpu, limit_threads,
                                      release_device_cache, resolve_device, resolve_dtype)
 from selfsteer.utils.storage import check_marker
 
@@ -50,7 +51,7 @@ class TrainerRank:
         self._master_store = None  # rank 0: the training process group's store (open_master_store)
         self.sync_buffers = FlatBuffers()
         self._shm = None  # placement=colocated on CPU: the weight segment the engines read
-        self._ipc = None  # placement=colocated on GPU: buckets shared by CUDA IPC handles
+        self._ipc = None  # placement=colocated on GPU: this sync's CUDA slot pool, shared by IPC handles
 
     def open_master_store(self) -> tuple[str, int]:
         """Rank 0 opens the process group's store on an OS-picked port (no free-port race)."""
@@ -82,7 +83,9 @@ class TrainerRank:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=mc.trust_remote_code)
         self.pad_id = pad_token_id(self.tokenizer)
         dtype = self.dtype = resolve_dtype(mc.dtype)
-        attn = attention_implementation(self.device, dtype)
+        attn, why = attention_choice(self.device, dtype)
+        role = f"trainer rank {self.rank}"
+        fallbacks = fallback("flash_attention", role, why) if why else {}
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
         if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
             from selfsteer.training.deepspeed_backend import partitioned_loading
@@ -113,16 +116,20 @@ class TrainerRank:
         self.split_head = tc.backend == "torch" and split_head_supported(
             self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
         self.module.train()
+        if tc.packing and not self.packed:
+            fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the model "
+                                      "or kernel ignores the packed mask); training on padded rows"))
+        if tc.backend == "torch" and not self.split_head:
+            fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full forward "
+                                      "(or the model has no separable head); full logits, chunked"))
         return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
-                "split_head": self.split_head, "attention": attn or "default"}
+                "split_head": self.split_head, "attention": attn or "default", "fallbacks": fallbacks}
 
     def _packing_supported(self, vocab_size: int) -> bool:
         self.module.eval()  # no dropout in the check
         ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
                                mask_dtype=self.dtype, varlen=self.varlen)
         self.module.train()
-        if not ok:
-            logger.warning("trainer.packing: this model lets packed sequences attend to each other; using padded rows")
         return ok
 
     # --- training -------------------------------------------------------------------------
@@ -221,15 +228,28 @@ class TrainerRank:
             self.sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s, store=store)
         return self.rank
 
-    def open_shm(self, buckets: list[Bucket]) -> dict:
-        """Rank 0: the weight segment for this bucket plan (made once), so engines can map it
-        before a sync starts and load each bucket as soon as it is written."""
-        if self._shm is None or self._shm.buckets != list(buckets):
-            from selfsteer.sync.shm import ShmWriter
+    def open_local(self, buckets: list[Bucket], method: str, readers: int, timeout_s: float = 600.0) -> Optional[dict]:
+        """Colocated layout: this rank's bounded bucket pool for `readers` engines on its node or GPU
+        (`shm`: rank 0's /dev/shm segment, kept across syncs; `cuda_ipc`: CUDA slots made for this sync
+        and freed by `release_local`). None where this rank feeds no engine. Call before `push_weights`,
+        so engines map the pool while it is written."""
+        self._pool_timeout = timeout_s
+        if method == "shm":
+            if self.rank != 0 or readers == 0:
+                return None
+            if self._shm is None or self._shm.buckets != list(buckets) or self._shm.readers != readers:
+                from selfsteer.sync.shm import ShmWriter
 
-            self.close_shm()
-            self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}")
-        return self._shm.handle()
+                self.close_shm()
+                self._shm = ShmWriter(buckets, tag=f"selfsteer-trainer{self.rank}", readers=readers)
+            return self._shm.handle()
+        self.release_local()
+        if readers == 0:
+            return None
+        from selfsteer.sync.cuda_ipc import IpcPool
+
+        self._ipc = IpcPool(buckets, self.device, tag=f"selfsteer-ipc{self.rank}", readers=readers)
+        return self._ipc.handle()
 
     def push_weights(self, buckets: list[Bucket], method: str, verify: bool, version: int = 0) -> dict:
         """Gather (ZeRO-3) and send every bucket. All ranks must call this together.
@@ -265,43 +285,31 @@ class TrainerRank:
         return {"fingerprints": fingerprints, "refs": refs}
 
     def _push_local(self, buckets: list[Bucket], method: str, verify: bool, version: int) -> dict:
-        """Colocated layout: rank 0 packs every bucket where same-node engines read it in place
-        (a /dev/shm segment, or CUDA memory shared by IPC handles); returns what they need to map it."""
+        """Colocated layout: pack each bucket into this rank's pool (`open_local`) once the engines are
+        done with the slot it reuses; every rank takes part in the gathers. Returns rank 0's fingerprints."""
         params = dict(self.module.named_parameters())
-        fingerprints, handles = [], []
-        if self.rank == 0 and method == "shm":
-            self.open_shm(buckets)
-            self._shm.begin(version)
-        if method == "cuda_ipc":
-            from selfsteer.sync.cuda_ipc import IpcBuckets
-
-            self._ipc = self._ipc or IpcBuckets()
-            self._ipc.release()  # the previous sync's buckets: every engine loaded them before this call
+        pool = (self._shm if method == "shm" else self._ipc.writer if self._ipc is not None else None)
+        timeout = getattr(self, "_pool_timeout", 600.0)
+        if pool is not None:
+            pool.begin(version, timeout)
+        fingerprints = []
         for i, bucket in enumerate(buckets):
             with self.backend.full_parameters([params[s.name] for s in bucket.slots]):
-                # CUDA IPC: every rank shares its gathered copy with the engine on its own GPU.
-                if self.rank != 0 and method == "shm":
-                    continue
                 tensors = {s.name: params[s.name].data for s in bucket.slots}
-                if method == "shm":
-                    flat = self._shm.write(i, tensors)
-                else:
-                    flat, handle = self._ipc.share(bucket, tensors, self.device)
-                    handles.append(handle)
-            if verify and self.rank == 0:
-                fingerprints.append(fingerprint(flat))
-        if method == "cuda_ipc":
-            return {"fingerprints": fingerprints, "handle": handles}
-        if self.rank != 0:
-            return {"fingerprints": [], "handle": None}
-        return {"fingerprints": fingerprints, "handle": self._shm.handle() if method == "shm" else handles}
+                flat = pool.write(i, tensors) if pool is not None else None
+                if verify and self.rank == 0:
+                    fingerprints.append(fingerprint(flat if flat is not None else pack_bucket(bucket, tensors, "cpu")))
+        peak = pool.peak_live if pool is not None else 0
+        return {"fingerprints": fingerprints, "peak_live": peak,
+                "pool_bytes": pool.pool_bytes if pool is not None else 0}
 
     def release_local(self) -> int:
-        """After every engine loaded this sync's buckets: free this rank's CUDA IPC buckets now, not
-        at the next sync (they are the whole model on every GPU). Returns how many were live."""
-        live = len(self._ipc.flats) if self._ipc is not None else 0
-        if live:
+        """After every engine loaded this sync's buckets: free this rank's CUDA IPC pool now, not at
+        the next sync, and return the cached blocks. Returns the pool's slot count (0: none was held)."""
+        live = self._ipc.writer.slots if self._ipc is not None else 0
+        if self._ipc is not None:
             self._ipc.release()
+            self._ipc = None
         release_device_cache()
         return live
 

@@ -272,9 +272,11 @@ class WorkerExtension:
             self._selfsteer_layers.setdefault(layer, []).append(name)
         self._selfsteer_sync = None
         self._selfsteer_buffers = None
-        # Every bucket is a partial reload, and vLLM warns about each layer a bucket leaves alone.
-        for name in ("layerwise", "inplace"):
-            logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}").setLevel(logging.ERROR)
+        # Every bucket is a partial reload, and vLLM warns about each layer a bucket leaves alone
+        # (layerwise: by class name only, so it stays quiet). The in-place reload's "Following weights
+        # were not loaded" names the parameters: those of a layer this bucket meant to load are an error.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        self._selfsteer_not_loaded = capture_not_loaded()
 
     def selfsteer_load_weights(self, named) -> None:
         named = _from_bytes(named) if isinstance(named, bytes) else dict(named)
@@ -283,7 +285,13 @@ class WorkerExtension:
             raise KeyError(f"engine model has no parameter {unknown[0]!r}")
         layers = {self._selfsteer_layer_of[n] for n in named}
         complete = {n: named.get(n, self._selfsteer_hf[n]) for layer in layers for n in self._selfsteer_layers[layer]}
+        self._selfsteer_not_loaded.names.clear()
         self.reload_weights(weights_iterator=iter(complete.items()))
+        missed = unloaded_in(layers, self._selfsteer_not_loaded.names)
+        if missed:
+            raise RuntimeError(f"vLLM worker {self.rank} did not load {len(missed)} weight(s) it was sent, e.g. "
+                               f"{missed[0]!r} (vLLM: 'Following weights were not loaded'); the engine would "
+                               f"sample from stale weights")
         if self._selfsteer_tied and any(n.endswith("embed_tokens.weight") for n in named):
             # The tied head shares the embedding's storage but is never reloaded itself; on CPU it
             # computes from its own packed copy, which must be rebuilt (a no-op on GPU).
@@ -325,6 +333,36 @@ class WorkerExtension:
                 for dtype, numel, slots in buckets]
         return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
                                lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat))), verify)
+
+
+class _NotLoaded(logging.Handler):
+    """Collects the parameter names of vLLM's "Following weights were not loaded" warnings."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.names: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Following weights were not loaded") and record.args:
+            self.names.update(str(n) for n in record.args[0])
+
+
+def capture_not_loaded(logger_name: str = "vllm.model_executor.model_loader.reload.inplace") -> _NotLoaded:
+    """Route the in-place reload's warnings into a collector (not the console: every partial reload
+    warns about the layers it leaves alone, `unloaded_in` picks the ones that matter)."""
+    log = logging.getLogger(logger_name)
+    for handler in [h for h in log.handlers if isinstance(h, _NotLoaded)]:
+        log.removeHandler(handler)
+    handler = _NotLoaded()
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    return handler
+
+
+def unloaded_in(layers: set[str], not_loaded: set[str]) -> list[str]:
+    """The not-loaded vLLM parameters that belong to `layers` (the layers a reload was given)."""
+    return sorted(n for n in not_loaded if n.rsplit(".", 1)[0] in layers)
 
 
 def _vllm_lora_rank(rank: int) -> int:

@@ -60,7 +60,7 @@ def phase_memory(cfg, shape: gm.ModelShape, gpu_bytes: float) -> dict[str, list[
     ref_forward = sum(gm.forward_memory(shape, p, tokens=w.scoring_tokens(rows, prompt, new, cfg.reference.packing),
                                         mask_bytes=gm.packed_mask_bytes(rows, prompt + new, p,
                                                                         cfg.reference.packing)).values())
-    ipc = model if cfg.sync.method in ("collective", "cuda_ipc") else 0.0  # every bucket, on every rank's GPU
+    ipc = 2 * gm.bucket_bytes(shape, p, cfg.sync.bucket_mb)  # sync.shm.POOL_SLOTS slots of the largest bucket
     out = {phase: [] for phase in PHASES}
     for g in range(tc.num_ranks):
         engine = g < rc.num_engines

@@ -21,8 +21,9 @@ N = trainer ranks, T = tokens in one forward pass.
   logits exist. Packed rows add their 4D attention mask, rows·W²·p (none under flash-attention).
 - Weight sync: buckets hold at least the largest tensor (the embedding or lm_head, V·h·p), so a
   bucket is max(bucket_mb, V·h·p); a collective sender keeps two, a receiver two. Colocated
-  (CUDA IPC) every trainer rank packs all buckets on its GPU during a sync and frees them once
-  every engine has loaded them (actors/trainer.release_local).
+  (CUDA IPC) every trainer rank streams the buckets through a pool of two slots of the largest
+  bucket (sync/cuda_ipc.IpcPool), reusing a slot once every engine has loaded it, and frees the
+  pool after the sync (actors/trainer.release_local).
 - Host RAM: each process's own copy from its loading path (HOST_PROCESS for Python, torch, CUDA).
   A trainer rank under ZeRO-3 builds the model under zero.Init (its shard plus one checkpoint shard
   file at a time); other stages and the reference load the whole model on the host first; every
@@ -239,6 +240,7 @@ class VLLMBudget:
     tokens: int  # KV cache capacity in tokens
     max_model_len: int
     sequences: float  # concurrent sequences of the run's length that fit
+    lora_slot: float = 0.0  # model.lora: vLLM's preallocated adapter slot (selfsteer.plan.lora)
 
     @property
     def fits(self) -> bool:
@@ -246,10 +248,10 @@ class VLLMBudget:
 
 
 def vllm_budget(shape: ModelShape, p: int, gpu_bytes: float, *, utilization: float, tp: int,
-                max_model_len: int, seq_len: int) -> VLLMBudget:
+                max_model_len: int, seq_len: int, lora_slot: float = 0.0) -> VLLMBudget:
     per_gpu = utilization * gpu_bytes
     weights = p * shape.params / tp
-    kv = per_gpu - weights - VLLM_RESERVE
+    kv = per_gpu - weights - lora_slot - VLLM_RESERVE
     per_token = shape.kv_bytes_per_token(p, tp)
     tokens = max(int(kv // per_token), 0)
-    return VLLMBudget(per_gpu, weights, VLLM_RESERVE, kv, per_token, tokens, max_model_len, tokens / seq_len)
+    return VLLMBudget(per_gpu, weights, VLLM_RESERVE, kv, per_token, tokens, max_model_len, tokens / seq_len, lora_slot)

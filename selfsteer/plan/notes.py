@@ -9,7 +9,9 @@ from selfsteer.plan import memory as gm
 
 def vllm_note(budget: gm.VLLMBudget, width: int) -> str:
     """vLLM's share split into its parts; a KV cache that does not fit is said so, never a negative size."""
-    head = f"= weights {budget.weights / gm.GIB:.2f} + reserve {budget.reserve / gm.GIB:.2f} + "
+    head = f"= weights {budget.weights / gm.GIB:.2f} + " + (f"LoRA slot {budget.lora_slot / gm.GIB:.2f} + "
+                                                             if budget.lora_slot else "") \
+        + f"reserve {budget.reserve / gm.GIB:.2f} + "
     if budget.kv_cache <= 0:
         return head + f"KV cache: none (the share is {-budget.kv_cache / gm.GIB:.2f} GiB short of weights + reserve)"
     return head + (f"KV cache {budget.kv_cache / gm.GIB:.2f}: {budget.tokens:,} tokens at "
@@ -20,7 +22,7 @@ def vllm_note(budget: gm.VLLMBudget, width: int) -> str:
 def vllm_problem(budget: gm.VLLMBudget, shape: gm.ModelShape, p: int, gpu_bytes: float, utilization: float) -> str:
     """Why vLLM cannot start, and what would: the max_model_len its cache holds, or the share it needs."""
     if budget.kv_cache <= 0:
-        need = (budget.weights + budget.reserve + budget.max_model_len * budget.kv_bytes_per_token) / gpu_bytes
+        need = (budget.weights + budget.lora_slot + budget.reserve + budget.max_model_len * budget.kv_bytes_per_token) / gpu_bytes
         fix = (f"set rollout.gpu_memory_utilization >= {need:.2f}" if need <= 0.95 else
                f"one max_model_len sequence needs {need:.2f} x the GPU: raise rollout.tensor_parallel_size")
         return f"vLLM's share ({utilization:g} x GPU) does not hold its weights and reserve; {fix}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from selfsteer.algorithms.registry import method
+from selfsteer.plan import lora as lm
 from selfsteer.plan import memory as gm
 from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
 from selfsteer.plan.workload import Card, card as find_card, work as method_work
@@ -66,7 +67,9 @@ def requirements(cfg) -> list[Bundle]:
     out = [Bundle(role, f"{label} {i}", tc.num_cpus, tc.num_gpus) for role, label in trainers for i in range(tc.num_ranks)]
     out += [Bundle("rollout", f"rollout engine {i}", rc.num_cpus, rc.num_gpus * rc.tensor_parallel_size)
             for i in range(rc.num_engines)]
-    out.append(Bundle("reference", "reference", ref.num_cpus, ref.num_gpus))
+    refs = ref.num_actors if ref.mode == "actor" else 0  # adapter_off: the trainer ranks score, no actor
+    out += [Bundle("reference", "reference" if refs == 1 else f"reference {i}", ref.num_cpus, ref.num_gpus)
+            for i in range(refs)]
     writer = llm.actor_resources(cfg.principles.mode)
     out.append(Bundle("principles", "principle writer", writer["num_cpus"], writer["num_gpus"]))
     extra = {"self_contrast": ("embedder", cfg.self_contrast.num_cpus), "sepo": ("SePO oracle", cfg.sepo.num_cpus),
@@ -139,7 +142,8 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
     width = prompt + new
     w = method_work(cfg)
     rc, tc = cfg.rollout, cfg.trainer
-    bucket = gm.bucket_bytes(shape, p, cfg.sync.bucket_mb)
+    lora = cfg.model.lora.enabled
+    bucket = lm.sync_bucket_bytes(shape, cfg, p) if lora else gm.bucket_bytes(shape, p, cfg.sync.bucket_mb)
     collective = cfg.sync.method == "collective"
     for b in bundles:
         if not b.gpus:
@@ -147,10 +151,14 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
         if b.role.startswith("trainer"):
             sync = 2 * bucket if b.label.endswith(" 0") and collective else 0  # two send slots on rank 0
             mb = tc.micro_batch_size
-            b.memory = gm.trainer_memory(
-                shape, tc, p, tokens=w.forward_tokens(mb, prompt, new), sync_bytes=sync,
-                mask_bytes=gm.packed_mask_bytes(mb * w.contexts, prompt + new * w.rows // w.contexts, p, w.packed),
-                split_head=tc.backend == "torch")
+            kw = dict(tokens=w.forward_tokens(mb, prompt, new), sync_bytes=sync, split_head=tc.backend == "torch",
+                      mask_bytes=gm.packed_mask_bytes(mb * w.contexts, prompt + new * w.rows // w.contexts, p, w.packed))
+            if lora:
+                scoring = lm.reference_forward(cfg, shape, p, w, split_head=kw["split_head"]) \
+                    if cfg.reference.mode == "adapter_off" else None
+                b.memory, b.note = lm.trainer_memory(shape, cfg, p, reference=scoring, **kw)
+            else:
+                b.memory = gm.trainer_memory(shape, tc, p, **kw)
             b.host = gm.host_trainer(shape, p, tc)
         elif b.role == "reference":
             rows = cfg.reference.micro_batch_size
@@ -160,7 +168,7 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
         elif b.role == "rollout" and rc.backend in ("vllm", "auto"):
             budget = gm.vllm_budget(shape, p, gpu_bytes, utilization=rc.gpu_memory_utilization,
                                     tp=rc.tensor_parallel_size, max_model_len=rc.max_model_len or shape.max_positions,
-                                    seq_len=width)
+                                    seq_len=width, lora_slot=lm.vllm_slot(cfg, shape, p))
             b.memory = {f"vLLM {rc.gpu_memory_utilization:g} x GPU": budget.per_gpu}
             if collective:
                 b.memory["receive buffers"] = 2 * bucket  # outside vLLM's share: allocated after it started
@@ -172,6 +180,8 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             b.memory = gm.hf_generate_memory(shape, p, batch=rc.max_batch_size, width=width)
             if rc.backend == "hf_mod":
                 b.memory["policy B weights"] = b.memory["weights"]
+            if lora:  # peft's adapter beside the base, unmerged (docs/guide/lora.md)
+                b.memory["adapter"] = lm.hf_engine_adapter_bytes(shape, cfg.model.lora)
             b.host = gm.host_engine(shape, p, 1, vllm=False)
         elif b.role == "principles" and writer_shape is not None:
             llm = cfg.principles.llm
@@ -272,6 +282,8 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
              f"  {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads ({shape.kv_heads} kv, head_dim "
              f"{shape.head_dim}), intermediate {shape.intermediate}, vocab {shape.vocab}, tied embeddings {shape.tied}; "
              f"largest tensor {gm.largest_tensor(shape, gm.DTYPE_BYTES[cfg.model.dtype]) / gm.GIB:.2f} GiB"]
+    if cfg.model.lora.enabled:
+        lines.append(lm.summary(shape, cfg, gm.DTYPE_BYTES[cfg.model.dtype]))
     if writer is not None:
         lines.append(f"principle writer: {writer.name}: {writer.params / 1e9:.3f} B parameters; sizes from {writer.source}")
     tc = cfg.trainer
@@ -305,7 +317,7 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
     if tc.num_gpus:
         engine = next((b for b in bundles if b.role == "rollout"), None)
         seconds = timing.round_seconds(cfg, shape, gpu, w, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines,
-                                       reference_gpus=cfg.reference.num_actors, kv_sequences=_kv_sequences(
+                                       reference_gpus=_reference_gpus(cfg), kv_sequences=_kv_sequences(
                                            cfg, shape, gpu_bytes, cfg.rollout.tensor_parallel_size, engine))
         lines.append(timing.round_line(cfg, seconds, gpu))
         problems += timing.timeout_problems(cfg, seconds)
@@ -319,6 +331,15 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
     return "\n".join(lines), problems
 
 
+def _reference_gpus(cfg) -> int:
+    """GPUs that score the reference: its actors, or with adapter_off the trainer ranks (all of them
+    score every row under ZeRO-3, whose forward gathers across ranks: one GPU's throughput)."""
+    tc = cfg.trainer
+    if cfg.reference.mode != "adapter_off":
+        return cfg.reference.num_actors
+    return 1 if tc.backend == "deepspeed" and tc.zero_stage == 3 else tc.num_ranks
+
+
 def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:
     """Full-length sequences one vLLM engine's KV cache holds (an HF engine: its max_batch_size)."""
     if engine is not None and cfg.rollout.backend not in ("vllm", "auto"):
@@ -326,7 +347,8 @@ def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:
     rc = cfg.rollout
     return gm.vllm_budget(shape, gm.DTYPE_BYTES[cfg.model.dtype], gpu_bytes, utilization=rc.gpu_memory_utilization,
                           tp=tp, max_model_len=rc.max_model_len or shape.max_positions,
-                          seq_len=cfg.data.max_prompt_tokens + rc.sampling.max_new_tokens).sequences
+                          seq_len=cfg.data.max_prompt_tokens + rc.sampling.max_new_tokens,
+                          lora_slot=lm.vllm_slot(cfg, shape, gm.DTYPE_BYTES[cfg.model.dtype])).sequences
 
 
 def _colocated(cfg, shape, cluster: list[Node], gpu: Card, host_bytes, total_gpus: int) -> tuple[list[str], list]:
@@ -360,6 +382,8 @@ def main(args) -> int:
     print(f"selfsteer plan {args.config}")
     print(text)
     gpus = args.nodes * args.gpus_per_node
+    if cfg.model.lora.enabled:  # config load refuses model.lora with placement=colocated (docs/guide/lora.md)
+        return 2 if problems else 0
     if cfg.placement == "separate" and gpus and cfg.trainer.num_gpus and method(cfg.algo).supports("colocated"):
         from selfsteer.plan.colocated import colocated_variant
 

@@ -40,8 +40,11 @@ def round_seconds(cfg, shape, card, work, *, train_gpus: int, engines: int, refe
     scored = prompts * work.scoring_tokens(work.rows, prompt, new, cfg.reference.packing)  # every example's rows
     trained = prompts * work.forward_tokens(1, prompt, new)
     recompute = 2 if cfg.trainer.gradient_checkpointing else 0
+    # Backward is 4Ψ per token: 2Ψ for the activations' gradients, 2Ψ for the weights'. A LoRA
+    # policy's base is frozen, so only the first (the adapter's own gradients are rank-r small).
+    backward = 2 if cfg.model.lora.enabled else 4
     return {"sampling": sampling, "reference": 2 * shape.params * scored / (per_gpu * reference_gpus),
-            "training": (6 + recompute) * shape.params * trained * cfg.trainer.epochs_per_round / (per_gpu * train_gpus)}
+            "training": (2 + backward + recompute) * shape.params * trained * cfg.trainer.epochs_per_round / (per_gpu * train_gpus)}
 
 
 def timeout_problems(cfg, seconds: dict[str, float]) -> list[tuple[str, str]]:

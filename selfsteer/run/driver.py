@@ -20,6 +20,7 @@ from selfsteer.algorithms.registry import method
 from selfsteer.run import checkpoint, preflight
 from selfsteer.config.schema import RunConfig, save_config, to_dict
 from selfsteer.run.metrics import MetricsWriter, SignalWatch, SteerWatch
+from selfsteer.run.startup_checks import collect_fallbacks
 from selfsteer.online.gold_eval import GoldEval
 from selfsteer.actors.inputs import prepare_inputs
 from selfsteer.actors.roles import Roles, start_roles
@@ -73,6 +74,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
         if gold is not None:
             writer.scalars(0, gold.start(roles.pool))  # the start weights: round 0 of the curves
         method_round = online.start_round(cfg, roles, inputs)
+        fallbacks = collect_fallbacks(roles)  # start-up probes that turned a feature off: in every round's metrics
         first = state["round"] + 1 if state else 1
         for round_index in tqdm(range(first, cfg.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                                 total=cfg.rounds):
@@ -80,6 +82,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             if on_round_start is not None:
                 on_round_start(round_index, roles)
             metrics = method_round.run(round_index)
+            metrics.update(fallbacks)
             if gold is not None:
                 metrics.update(gold.after_round(round_index, roles.pool))
             checkpoint.pause_point("before_metrics", run_dir, round_index)  # a kill here re-runs the round

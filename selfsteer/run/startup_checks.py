@@ -8,6 +8,9 @@
 - The library system prompt against the tokenizer: a word-level tokenizer that lacks the
   template's words turns them into unknown tokens. A sample good and bad system prompt is composed
   and its unknown-token share warned above principles.max_unknown_share.
+- Start-up probes (packed rows, the split output layer, flash-attention) that turn a configured or
+  expected feature off are loud: a warning naming the feature, the role and why, and a metric
+  `startup/fallback/<feature>` = 1 in every round's metrics (`fallback`, `collect_fallbacks`).
 """
 
 from __future__ import annotations
@@ -109,3 +112,23 @@ def startup_warnings(cfg, policy_path: str, tokenizer) -> list[str]:
     for w in warnings:
         logger.warning(w)
     return warnings
+
+
+def fallback(feature: str, role: str, why: str) -> dict[str, float]:
+    """A start-up probe turned `feature` off in `role`: log it and return its metric."""
+    logger.warning("%s: %s is off: %s", role, feature, why)
+    return {f"startup/fallback/{feature}": 1.0}
+
+
+def collect_fallbacks(roles) -> dict[str, float]:
+    """Every role's probe fallbacks (trainer ranks' setup infos, the reference actors), merged."""
+    import ray
+
+    reports = [info.get("fallbacks", {}) for info in getattr(roles.trainer, "infos", [])]
+    references = [] if roles.cfg.reference.mode == "adapter_off" else list(getattr(roles, "references", []))
+    if references:
+        reports += ray.get([r.fallbacks.remote() for r in references], timeout=roles.cfg.ray.call_timeout_s)
+    merged: dict[str, float] = {}
+    for report in reports:
+        merged.update(report)
+    return merged

@@ -45,18 +45,51 @@ def bind_ray_gpu() -> int:
     return index
 
 
+def ray_device_index() -> int | None:
+    """The CUDA device index of the GPU Ray assigned this actor (`gpu_index`), without binding it; None
+    outside a Ray actor or without an assigned GPU (the caller keeps its current device)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    assigned = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return gpu_index(assigned, os.environ.get("CUDA_VISIBLE_DEVICES")) if assigned else None
+
+
+def visible_devices(assigned: list, cuda_visible: str | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a process that starts its own GPU workers (vLLM) on the GPUs Ray
+    assigned: under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES every GPU is visible and the workers
+    would take device 0. None where nothing needs setting (no GPU assigned, or Ray set it already)."""
+    if not assigned:
+        return None
+    ids = [str(a) for a in assigned]
+    visible = [v.strip() for v in cuda_visible.split(",")] if cuda_visible else []
+    if visible == ids:
+        return None
+    missing = [g for g in ids if visible and g not in visible]
+    if missing:
+        raise RuntimeError(f"Ray assigned GPU {missing[0]}, which CUDA_VISIBLE_DEVICES={cuda_visible!r} does not list")
+    return ",".join(ids)
+
+
 def attention_implementation(device: str, dtype) -> str | None:
     """"flash_attention_2" where it can run (flash_attn imports, CUDA, a 16-bit dtype), else None
     (the model's default, SDPA). Flash-attention takes packed rows as position ids (varlen)."""
+    return attention_choice(device, dtype)[0]
+
+
+def attention_choice(device: str, dtype) -> tuple[str | None, str | None]:
+    """(`attention_implementation`, why flash-attention was not taken where it could have run: on
+    CUDA with a 16-bit dtype, a flash_attn that does not import; else None)."""
     import torch
 
     if not str(device).startswith("cuda") or dtype not in (torch.float16, torch.bfloat16):
-        return None
+        return None, None
     try:
         import flash_attn  # noqa: F401
-    except Exception:  # ImportError, or a wheel built for another torch/CUDA
-        return None
-    return "flash_attention_2"
+    except Exception as exc:  # ImportError, or a wheel built for another torch/CUDA
+        return None, f"flash_attn does not import ({type(exc).__name__}: {exc}); using SDPA"
+    return "flash_attention_2", None
 
 
 def resolve_dtype(name: str):

@@ -15,6 +15,21 @@ GREEDY = Sampling(temperature=0.0, max_new_tokens=10)
 REQUESTS = [ChatRequest("tell a short story about a cat ."), ChatRequest("hi", system="be helpful .")]
 
 
+def _write_all(writer, buckets, params, version):
+    """Trainer rank 0's side, in a thread (the pool cycles only while the engine loads)."""
+    import threading
+
+    sent = []
+
+    def run():
+        writer.begin(version, timeout_s=60)
+        sent.extend(fingerprint(writer.write(i, params)) for i in range(len(buckets)))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, sent
+
+
 @pytest.fixture()
 def engine_and_trainer(toy_model_path):
     from transformers import AutoModelForCausalLM
@@ -39,20 +54,19 @@ def test_sleep_frees_memory_and_shm_sync_restores_trainer_weights(engine_and_tra
     params = {n: p.detach() for n, p in trainer.named_parameters()}
     buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], bucket_bytes=64 * 1024)
     writer = shm.ShmWriter(buckets)
-    writer.begin(1)
-    sent = [fingerprint(writer.write(i, params)) for i in range(len(buckets))]
-
+    assert len(buckets) > shm.POOL_SLOTS  # the pool cycles
+    thread, sent = _write_all(writer, buckets, params, 1)
     assert engine.receive_local("shm", writer.handle(), buckets, True, version=1) == sent
+    thread.join()
     slept = engine.sleep()
     assert slept["supported"] == 1.0 and slept["rss_freed_mb"] > 0
     with pytest.raises(RuntimeError, match="asleep"):
         engine.generate(REQUESTS, GREEDY)
     assert all(p.numel() == 0 for _, p in engine.backend.named_parameters())
 
-    writer.begin(2)
-    for i in range(len(buckets)):
-        writer.write(i, params)
+    thread, _ = _write_all(writer, buckets, params, 2)
     got = engine.receive_local("shm", writer.handle(), buckets, True, version=2)
+    thread.join()
     assert got == sent and engine.weights_fingerprint(buckets) == sent and engine.weights_version == 2
     expected = HFBackend.__new__(HFBackend)  # the trainer's weights in a plain HF backend
     expected.__dict__.update(engine.backend.__dict__, model=trainer, _flats=((), []))
@@ -77,18 +91,36 @@ def test_wake_is_two_stage_weights_then_kv_cache_and_sleep_is_idempotent(engine_
     monkeypatch.setattr(engine.backend, "wake_up", lambda tags=None: (woken.append(tags), real_wake(tags))[1])
     assert engine.sleep()["supported"] == 1.0 and engine.asleep
     assert engine.sleep() == {"rss_freed_mb": 0.0, "supported": 1.0}  # already asleep: nothing freed twice
-    writer.begin(1)
-    for i in range(len(buckets)):
-        writer.write(i, params)
+    thread, _ = _write_all(writer, buckets, params, 1)
     engine.receive_local("shm", writer.handle(), buckets, False, version=1)
+    thread.join()
     assert woken == [["weights"]] and engine.kv_asleep and not engine.asleep
     assert engine.finish_wake() and woken == [["weights"], ["kv_cache"]] and not engine.kv_asleep
     assert not engine.finish_wake()  # once
     engine.sleep()
-    writer.begin(2)
-    for i in range(len(buckets)):
-        writer.write(i, params)
+    thread, _ = _write_all(writer, buckets, params, 2)
     engine.receive_local("shm", writer.handle(), buckets, False, version=2)
+    thread.join()
     assert len(engine.generate(REQUESTS, GREEDY)) == 2  # sampling finishes a wake the sync left half done
     assert woken[-2:] == [["weights"], ["kv_cache"]] and not engine.kv_asleep
+    writer.close()
+
+
+def test_verification_checks_what_the_model_holds_not_what_arrived(engine_and_trainer, tmp_path, monkeypatch):
+    """Issue 23: an engine whose load silently skips a tensor fails verification. Fingerprints of the
+    received bytes (the old check) matched the trainer's although the model kept its old weight."""
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    engine, trainer = engine_and_trainer
+    params = {n: p.detach() for n, p in trainer.named_parameters()}
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], bucket_bytes=64 * 1024)
+    skipped = buckets[-1].slots[-1].name
+    real_load = engine.backend.load_weights
+    monkeypatch.setattr(engine.backend, "load_weights",
+                        lambda named: real_load([(n, x) for n, x in named if n != skipped]))
+    monkeypatch.setattr(engine.backend, "bucket_flats", lambda _: None)  # load by copy, through load_weights
+    writer = shm.ShmWriter(buckets)
+    thread, sent = _write_all(writer, buckets, params, 1)
+    got = engine.receive_local("shm", writer.handle(), buckets, True, version=1)
+    thread.join()
+    assert got[:-1] == sent[:-1] and got[-1] != sent[-1]
     writer.close()

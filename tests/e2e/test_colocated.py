@@ -21,7 +21,7 @@ def _requests():
     return [ChatRequest("tell a short story about a cat ."), ChatRequest("what is 3 plus 4 ?", system="be brief .")]
 
 
-def _run(placement: str, out: Path, toy_cache) -> dict:
+def _run(placement: str, out: Path, toy_cache, extra=()) -> dict:
     import ray
 
     from selfsteer.config.schema import load_config
@@ -29,7 +29,7 @@ def _run(placement: str, out: Path, toy_cache) -> dict:
     from selfsteer.engines.base import Sampling
 
     cfg = load_config("configs/tiny_cpu.yaml", ["rounds=2", f"placement={placement}", f"output_dir={out}",
-                                                f"model.cache_dir={toy_cache}", "tensorboard=false"])
+                                                f"model.cache_dir={toy_cache}", "tensorboard=false", *extra])
     seen = {}
 
     def capture(round_index, roles):
@@ -50,14 +50,19 @@ def test_colocated_run_sleeps_syncs_by_shm_and_samples_like_separate(ray_local, 
     from selfsteer.data.chat import encode_chat
     from selfsteer.engines.base import Sampling
     from selfsteer.engines.hf_engine import HFBackend
+    from selfsteer.sync.shm import POOL_SLOTS
 
     before = {p.name for p in Path("/dev/shm").glob("selfsteer-*")}
-    colocated = _run("colocated", tmp_path / "colocated", toy_cache)
+    # Buckets of 0.05 MB: about ten of them for the 0.42 MiB toy, so the two-slot pool cycles.
+    colocated = _run("colocated", tmp_path / "colocated", toy_cache, ["sync.bucket_mb=0.05"])
     assert {p.name for p in Path("/dev/shm").glob("selfsteer-*")} == before  # the segment was unlinked
     for m in colocated["metrics"]:
         assert m["sync/shm"] == 1.0 and m["rollout/sleep_supported"] == 1.0
         assert m["rollout/sleep_rss_freed_mb"] > 0, m
         assert "time/sleep" in m
+        # The bounded pool (issue 23): never more than POOL_SLOTS buckets live, the pool far below the model.
+        assert m["sync/buckets"] > POOL_SLOTS and 1 <= m["sync/pool_peak_buckets"] <= POOL_SLOTS, m
+        assert m["sync/pool_mbytes"] * 2 ** 20 < 0.7 * m["sync/gbytes"] * 1e9, m  # 2 x the embedding, not the model
 
     # The engines hold the trainer's round-1 weights bit for bit, and sample what they sample.
     ckpt = tmp_path / "colocated" / "checkpoints" / "round_0001"

@@ -63,9 +63,11 @@ def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
     assert mem["reference"] == pytest.approx([states + asleep + ref_forward] + [states + asleep] * 7)
     assert mem["training"] == pytest.approx([states + train_extra + asleep + ref_resident]
                                             + [states + train_extra + asleep] * 7)
-    # A sync: every bucket packed for CUDA IPC (the whole model) + the engine's weights only (two-stage wake).
-    assert mem["sync"] == pytest.approx([states + 2 * PSI + asleep + 2 * PSI + ref_resident]
-                                        + [states + 2 * PSI + asleep + 2 * PSI] * 7)
+    # A sync: the CUDA IPC pool (2 slots, each the largest bucket: the embedding, above bucket_mb) + the
+    # engine's weights only (two-stage wake).
+    pool = 2 * max(cfg.sync.bucket_mb * 2 ** 20, embedding)
+    assert mem["sync"] == pytest.approx([states + pool + asleep + 2 * PSI + ref_resident]
+                                        + [states + pool + asleep + 2 * PSI] * 7)
     assert mem["save"] == pytest.approx([states + embedding + vllm + ref_resident] + [states + embedding + vllm] * 7)
     assert 71 * GIB < max(max(v) for v in mem.values()) == mem["save"][0] < 72 * GIB
     assert busy_gpus(cfg) == {"sampling": 8, "reference": 1, "training": 8, "sync": 8, "save": 8}

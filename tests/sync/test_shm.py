@@ -22,33 +22,52 @@ def _buckets(t):
     return plan_buckets([(n, tuple(x.shape), x.dtype) for n, x in t.items()], bucket_bytes=64)
 
 
-def test_offsets_aligned_and_sized():
-    t = _tensors()
-    buckets = _buckets(t)
-    offsets, total = shm.bucket_offsets(buckets)
-    assert all(o % 64 == 0 for o in offsets)
-    assert total >= offsets[-1] + buckets[-1].nbytes
+def _write_all(writer, buckets, t, version, delay=0.0):
+    """The trainer's side in a thread: every bucket of sync `version`; returns (thread, sent fingerprints)."""
+    import threading
+    import time
+
+    sent = []
+
+    def run():
+        writer.begin(version, timeout_s=30)
+        for i in range(len(buckets)):
+            time.sleep(delay)
+            sent.append(fingerprint(writer.write(i, t)))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, sent
 
 
-def test_round_trip_exact_and_fingerprints(tmp_path, monkeypatch):
+def _collect(got):
+    return lambda b, v: got.update({n: x.clone() for n, x in unpack_bucket(b, v)})
+
+
+def test_pool_is_bounded_and_sized_by_the_largest_bucket(tmp_path, monkeypatch):
     monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
     t = _tensors()
     buckets = _buckets(t)
-    assert len(buckets) > 2
+    assert len(buckets) > shm.POOL_SLOTS
+    header, slot, slots = shm.pool_layout(buckets, readers=3)
+    assert header % 64 == 0 and slot % 64 == 0 and slot >= max(b.nbytes for b in buckets) and slots == shm.POOL_SLOTS
+    writer = shm.ShmWriter(buckets, readers=3)
+    assert writer.path.stat().st_size == header + shm.POOL_SLOTS * slot == writer.nbytes
+    writer.close()
+
+
+def test_round_trip_exact_through_a_two_slot_pool(tmp_path, monkeypatch):
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    t = _tensors()
+    buckets = _buckets(t)
     writer = shm.ShmWriter(buckets)
-    sent = [fingerprint(writer.write(i, t)) for i in range(len(buckets))]
+    thread, sent = _write_all(writer, buckets, t, version=1)
     got = {}
-    fps = shm.receive_shm(writer.handle(), buckets, lambda b, v: got.update(
-        {n: x.clone() for n, x in unpack_bucket(b, v)}), verify=True)
-    assert fps == sent
+    shm.receive_shm({**writer.handle(), "reader": 0}, buckets, _collect(got), version=1, timeout_s=30)
+    thread.join()
+    assert len(sent) == len(buckets) and writer.peak_live <= shm.POOL_SLOTS and writer.live() == 0
     for name, x in t.items():
         assert got[name].dtype == x.dtype and torch.equal(got[name], x)
-    # The reader sees the writer's later bytes (one segment, mapped shared), not a snapshot.
-    t["d"] += 1
-    writer.write(len(buckets) - 1, t)
-    reader = shm.ShmReader(writer.handle(), buckets)
-    assert torch.equal(list(unpack_bucket(buckets[-1], reader.views[-1]))[-1][1], t["d"])
-    reader.close()
     writer.close()
     assert list(tmp_path.iterdir()) == []
 
@@ -58,19 +77,51 @@ def test_targets_receive_in_place(tmp_path, monkeypatch):
     t = _tensors()
     buckets = _buckets(t)
     writer = shm.ShmWriter(buckets)
-    for i in range(len(buckets)):
-        writer.write(i, t)
+    thread, sent = _write_all(writer, buckets, t, version=1)
     targets = [torch.zeros(b.numel, dtype=b.torch_dtype) for b in buckets]
-    fps = shm.receive_shm(writer.handle(), buckets, None, verify=True, targets=targets)
-    assert fps == [fingerprint(v) for v in writer.views]
-    assert all(torch.equal(a, b) for a, b in zip(targets, writer.views))
+    shm.receive_shm(writer.handle(), buckets, None, targets=targets, version=1, timeout_s=30)
+    thread.join()
+    assert [fingerprint(x) for x in targets] == sent
+    writer.close()
+
+
+def test_writer_waits_for_every_reader_and_names_the_one_behind(tmp_path, monkeypatch):
+    """Two engines read one segment: the writer refills a slot only when both loaded it, and a reader
+    that never loads is named when the writer gives up."""
+    import threading
+
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    t = _tensors()
+    buckets = _buckets(t)
+    writer = shm.ShmWriter(buckets, readers=2)
+    thread, sent = _write_all(writer, buckets, t, version=1, delay=0.01)
+    got = [{}, {}]
+    readers = [threading.Thread(target=shm.receive_pool, args=(shm.ShmReader({**writer.handle(), "reader": r}, buckets),
+                                                                buckets, _collect(got[r]), None, 1, 30))
+               for r in range(2)]
+    for r in readers:
+        r.start()
+    for r in readers + [thread]:
+        r.join()
+    assert len(sent) == len(buckets) and 1 <= writer.peak_live <= shm.POOL_SLOTS
+    assert all(torch.equal(g[n], x) for g in got for n, x in t.items())
+    # Sync 2: reader 1 never comes, so bucket POOL_SLOTS cannot be written.
+    writer.begin(2, timeout_s=0.3)
+    reader0 = shm.ShmReader({**writer.handle(), "reader": 0}, buckets)
+    for i in range(shm.POOL_SLOTS):
+        writer.write(i, t)
+        reader0.done(i)
+    with pytest.raises(TimeoutError, match=r"rollout engine\(s\) 1 did not load bucket 0 of weight sync 2"):
+        writer.write(shm.POOL_SLOTS, t)
+    assert writer.live() == shm.POOL_SLOTS
+    reader0.close()
     writer.close()
 
 
 def _reader_dies(handle, buckets, ready):
     reader = shm.ShmReader(handle, buckets)
     ready.set()
-    assert reader.views
+    assert reader.slot_tensors
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -102,40 +153,28 @@ def test_no_leak_when_reader_dies_or_writer_exits(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reader_loads_each_bucket_once_published_while_the_writer_writes(tmp_path, monkeypatch):
-    import threading
-    import time
-
+def test_reader_takes_only_the_current_sync(tmp_path, monkeypatch):
     monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
     t = _tensors()
     buckets = _buckets(t)
-    writer = shm.ShmWriter(buckets)
+    writer = shm.ShmWriter(buckets, slots=len(buckets))
+    writer.begin(1)
     for i in range(len(buckets)):  # sync 1's bytes: a reader of sync 2 must not take them
         writer.write(i, {n: torch.zeros_like(x) for n, x in t.items()})
-    writer.begin(1)
-
-    def write_slowly():
-        writer.begin(2)
-        for i in range(len(buckets)):
-            time.sleep(0.05)
-            writer.write(i, t)
-
-    thread = threading.Thread(target=write_slowly)
-    thread.start()
+    thread, sent = _write_all(writer, buckets, t, version=2, delay=0.05)
     got = {}
-    fps = shm.receive_shm(writer.handle(), buckets, lambda b, v: got.update(
-        {n: x.clone() for n, x in unpack_bucket(b, v)}), verify=True, version=2, timeout_s=30)
+    shm.receive_shm(writer.handle(), buckets, _collect(got), version=2, timeout_s=30)
     thread.join()
-    assert fps == [fingerprint(v) for v in writer.views]
     assert all(torch.equal(got[n], x) for n, x in t.items())
     with pytest.raises(TimeoutError, match="bucket 0 of weight sync 3"):
-        shm.receive_shm(writer.handle(), buckets, lambda b, v: None, verify=False, version=3, timeout_s=0.2)
+        shm.receive_shm(writer.handle(), buckets, lambda b, v: None, version=3, timeout_s=0.2)
     writer.close()
 
 
 def test_missing_segment_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="colocated"):
-        shm.ShmReader({"path": str(tmp_path / "gone"), "nbytes": 64}, [])
+        shm.ShmReader({"path": str(tmp_path / "gone"), "nbytes": 64, "header_bytes": 64, "slot_bytes": 0,
+                       "slots": 1}, [])
 
 
 def _receive(conn):
