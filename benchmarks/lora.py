@@ -151,7 +151,7 @@ def alignment(args) -> None:
     import shutil
     import time
 
-    from selfsteer.actors.roles import resolve_model
+    from selfsteer.actors.inputs import resolve_model
     from selfsteer.benchmark import evaluation as E
     from selfsteer.config.schema import load_config
     from selfsteer.toy import task as T
