@@ -202,6 +202,22 @@ def table(results: dict, methods: list[str]) -> str:
                      f"{_ms([x['all_rules'] for x in g])} | {_ms([x['gold'] for x in smp])} | "
                      f"{_ms([x.get('win_rate_vs_start', 0.5) for x in g])} | {_ms([x['any_guard'] for x in g])} | "
                      f"{statistics.mean(x['mean_words'] for x in g):.1f} |")
+    lines += ["", "Per round (mean over the seeds scored at that round; guards: share of greedy answers tripping "
+              "any guard):", "", "| method | round | seeds | gold, greedy | gold, sampled | win vs start | guard rate | "
+              "repetitive | off-topic | mean words |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        by_round: dict[int, list[dict]] = {}
+        for info in ([] if m == "start" else results.get(m, {}).values()):
+            for r, ev in info.get("rounds", {}).items():
+                by_round.setdefault(int(r), []).append(ev)
+        for r in sorted(by_round):
+            g = [ev["greedy"] for ev in by_round[r]]
+            smp = [ev.get("sample0", ev["greedy"]) for ev in by_round[r]]
+            lines.append(f"| {m} | {r} | {len(g)} | {_ms([x['gold'] for x in g])} | {_ms([x['gold'] for x in smp])} | "
+                         f"{_ms([x.get('win_rate_vs_start', 0.5) for x in g])} | {_ms([x['any_guard'] for x in g])} | "
+                         f"{_ms([x['guards'].get('repetitive', 0.0) for x in g])} | "
+                         f"{_ms([x['guards'].get('off_topic', 0.0) for x in g])} | "
+                         f"{statistics.mean(x['mean_words'] for x in g):.1f} |")
     lines += ["", "Per rule, start model (greedy): " + ", ".join(f"`{k}` {v:.2f}" for k, v in st["greedy"]["per_rule"].items()),
               "Guards, start model (greedy): " + ", ".join(f"{k} {v:.2f}" for k, v in st["greedy"]["guards"].items())]
     return "\n".join(lines) + "\n"

@@ -71,3 +71,32 @@ def test_select_rules_keeps_steerable_rules_with_room_to_improve():
             {"dimension": "C", "check": "key_term", "compliance_delta": 0.5, "compliance_none": 0.6},
             {"dimension": "D", "check": None, "gap": 0.5}]
     assert select_rules({"dimensions": rows}) == ["A"]
+
+
+def _ev(gold, guard=0.0, words=40.0):
+    side = {"gold": gold, "all_rules": 0.0, "any_guard": guard, "mean_words": words, "win_rate_vs_start": 0.5 + gold,
+            "guards": {"empty": 0.0, "repetitive": guard / 2, "off_topic": guard / 2},
+            "per_rule": {"greeting": gold, "short": 0.0}}
+    return {"greedy": side, "sample0": {**side, "gold": gold / 2}}
+
+
+def test_report_tables_from_hand_results():
+    """The final and per-round tables from a results.json with the start entry (once read as runs) and two
+    seeds scored at different rounds."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import house_rules
+
+    results = {"_setup": {"rules": ["greeting", "short"], "heldout": 75, "max_new_tokens": 96},
+               "start": {"n_prompts": 75, **_ev(0.0, guard=0.2, words=70.0)},
+               "online_sso_v1": {"0": {"rounds": {"3": _ev(0.2), "6": _ev(0.4, guard=0.1)}},
+                                 "1": {"rounds": {"3": _ev(0.3)}}}}
+    md = house_rules.table(results, list(house_rules.METHODS))
+    assert "| start | - | 0 | 0.000 | 0.000 | 0.000 | 0.500 | 0.200 | 70.0 |" in md
+    # final rounds 6 and 3: gold 0.4 and 0.3 -> mean 0.350 ± sd 0.071
+    assert "| online_sso_v1 | 2 | 3/6 | 0.350 ± 0.071 |" in md
+    assert "| online_sso_v1 | 3 | 2 | 0.250 ± 0.071 | 0.125 ± 0.035 | 0.750 ± 0.071 | 0.000 ± 0.000 |" in md
+    assert "| online_sso_v1 | 6 | 1 | 0.400 | 0.200 | 0.900 | 0.100 | 0.050 | 0.050 | 40.0 |" in md
+    assert "rlcd_dpo" not in md  # no runs, no rows
