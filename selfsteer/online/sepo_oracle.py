@@ -49,19 +49,14 @@ def task_pairs(n: int = 64, seed: int = 0, split_seed: int = 0) -> list[dict]:
 
 
 def load_pairs(path: str) -> list[dict]:
+    from selfsteer.utils.io import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {line_no}: not JSON: {exc}") from None
-            for name in ("prompt", "chosen", "rejected"):
-                if not isinstance(row.get(name), str) or not row[name].strip():
-                    raise ValueError(f"{path}: line {line_no}: field {name!r} must be a non-empty string")
-            rows.append(row)
+    for line_no, row in iter_jsonl(path):
+        for name in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise ValueError(f"{path}: line {line_no}: field {name!r} must be a non-empty string")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no preference pairs")
     return rows

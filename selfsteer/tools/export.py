@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.tools.model_eval import generator_name, resolve_checkpoint, run_eval
-from selfsteer.utils.io import read_jsonl
+from selfsteer.utils.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def export_alpaca_eval(source: str, out: str, *, generator: Optional[str] = None
         raise FileNotFoundError(f"{src}: no such eval file or run directory")
     field = "greedy" if which == "greedy" else "samples"
     items = []
-    for n, row in enumerate(read_jsonl(src), 1):
+    for n, row in iter_jsonl(src):
         if "prompt" not in row or field not in row:
             raise ValueError(f"{src}: line {n} lacks 'prompt' or {field!r}; is it a `selfsteer eval --out` file?")
         if which == "sample" and not row["samples"]:

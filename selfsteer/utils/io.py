@@ -27,17 +27,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def iter_jsonl(path: Path):
+    """(line number, object) for every non-blank line; a bad line is a ValueError naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {n}: a JSON object expected, found {type(row).__name__}")
+            yield n, row
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The JSON object on every non-blank line; a bad line is a ValueError naming the file and line."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: a JSON object expected, found {type(row).__name__}")
-        rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path)]

@@ -52,3 +52,19 @@ def test_local_model_check_names_the_key(tmp_path):
         require_hf_model(tmp_path, "sepo.oracle_path")
     (tmp_path / "config.json").write_text("{}")
     assert require_hf_model(tmp_path, "model.policy") == str(tmp_path)
+
+
+def test_jsonl_reads_skip_blank_lines_and_name_the_bad_line(tmp_path):
+    from selfsteer.utils.io import iter_jsonl, read_jsonl, write_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [{"a": 1}, {"b": "é"}])
+    path.write_text(path.read_text() + "\n   \n" + '{"c": 3}\n', encoding="utf-8")
+    assert read_jsonl(path) == [{"a": 1}, {"b": "é"}, {"c": 3}]
+    assert [n for n, _ in iter_jsonl(path)] == [1, 2, 5]  # numbers of the file's lines, blanks counted
+    path.write_text('{"a": 1}\n\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl: line 3: a JSON object expected, found list"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"rows.jsonl: line 2: not JSON"):
+        read_jsonl(path)
