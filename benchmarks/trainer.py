@@ -5,7 +5,7 @@ synthetic preference pairs (word-level toy tokenizer, so one word is one token),
 the same batch size, learning rate, AdamW and grad clip, with reference log-probs computed
 before training in both (TRL: `precompute_ref_log_probs=True`; ours: the reference actor's
 job, done once per round outside the trainer). After `--warmup` steps, `--steps` optimizer
-steps are timed. Ours runs through the real path: a one-rank `TrainerGroup` Ray actor with the
+steps are timed. Ours runs through the real path: a one-rank `TrainerGroup` (Ray actors) with the
 torch or DeepSpeed backend; TRL runs in its own venv (`--trl-python`), a subprocess.
 Peak memory is the training process's peak RSS (ours: the trainer-rank actor; TRL: its process).
 
@@ -90,7 +90,7 @@ def run_ours(args, model_path: str, pairs: list[dict], backend: str, loss: str, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.trainer_group import TrainerGroup
     from selfsteer.algorithms.sso import REQUIRED_KEYS
     from selfsteer.config.schema import load_config
     from selfsteer.data.triples import SSO_ROWS

@@ -77,8 +77,8 @@ def bench_config(model_path: str, args, bucket_mb: float):
 
 def measure_syncs(model_path: str, args) -> list[dict]:
     """Start one trainer rank and the engines, then time `WeightSyncer.sync` at each bucket size."""
-    from selfsteer.actors.rollout import RolloutPool
-    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.rollout_pool import RolloutPool
+    from selfsteer.actors.trainer_group import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
 
     cfg = bench_config(model_path, args, args.bucket_mb[0])

@@ -68,8 +68,8 @@ def sso_stack(ray, cfg, run_dir, engines: int):
     The caller shuts the trainer and pool down (and kills the reference if it outlives the test)."""
     from selfsteer.actors.inputs import prepare_inputs
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.actors.rollout import RolloutPool
-    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.rollout_pool import RolloutPool
+    from selfsteer.actors.trainer_group import TrainerGroup
 
     inputs = prepare_inputs(cfg, run_dir)
     trainer = TrainerGroup(cfg, inputs.policy_path, total_steps=10)

@@ -186,8 +186,8 @@ class Roles:
 def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     from selfsteer.actors.principle import PrincipleGenerator
     from selfsteer.actors.reference import ReferenceModel
-    from selfsteer.actors.rollout import RolloutPool
-    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.rollout_pool import RolloutPool
+    from selfsteer.actors.trainer_group import TrainerGroup
     from selfsteer.actors.syncer import WeightSyncer
 
     init_ray(cfg)

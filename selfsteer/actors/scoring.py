@@ -37,15 +37,19 @@ class ScoringModel:
 
     @classmethod
     def load(cls, path: str, model_cfg, *, device: str, micro_batch_size: int, packing: bool = True,
-             split_head: bool = True, tokenizer_path: Optional[str] = None, role: str = "scorer") -> "ScoringModel":
+             split_head: bool = True, tokenizer_path: Optional[str] = None, pad_id: Optional[int] = None,
+             role: str = "scorer") -> "ScoringModel":
         """Load `path` frozen in `model_cfg.dtype`; `packing`/`split_head` are used where the probes pass (a
-        probe that fails is warned, naming `role`, and recorded in `fallbacks`)."""
+        probe that fails is warned, naming `role`, and recorded in `fallbacks`). `pad_id`: known already
+        (several models sharing one tokenizer), so the tokenizer is not read again."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
         if device == "cuda":
             bind_ray_gpu()  # under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES "cuda" alone would mean GPU 0
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, trust_remote_code=model_cfg.trust_remote_code)
+        if pad_id is None:
+            pad_id = pad_token_id(AutoTokenizer.from_pretrained(tokenizer_path or path,
+                                                                trust_remote_code=model_cfg.trust_remote_code))
         dtype = resolve_dtype(model_cfg.dtype)
         attn, why = attention_choice(device, dtype)
         model = AutoModelForCausalLM.from_pretrained(
@@ -53,7 +57,7 @@ class ScoringModel:
             **({"attn_implementation": attn} if attn else {})
         ).to(device).eval()
         model.requires_grad_(False)
-        scorer = cls(model, pad_token_id(tokenizer), device, micro_batch_size, varlen=attn == "flash_attention_2")
+        scorer = cls(model, pad_id, device, micro_batch_size, varlen=attn == "flash_attention_2")
         vocab = model.config.vocab_size
         scorer.packed = packing and packing_supported(model, pad_id=scorer.pad_id, device=device, vocab_size=vocab,
                                                       mask_dtype=model.dtype, varlen=scorer.varlen)

@@ -9,7 +9,6 @@ from selfsteer.engines.base import Sampling
 from selfsteer.run import checkpoint
 from selfsteer.run.metrics import weighted_mean
 from selfsteer.training.steps import equal_shards
-from selfsteer.utils.io import write_jsonl  # noqa: F401  (the rounds' record writer)
 from selfsteer.utils.run_dir import RunDir
 
 

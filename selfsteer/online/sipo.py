@@ -76,7 +76,7 @@ class SipoRound:
     def __init__(self, cfg, roles, inputs):
         from selfsteer.actors.roles import steps_per_round
         from selfsteer.actors.syncer import WeightSyncer
-        from selfsteer.actors.trainer import TrainerGroup
+        from selfsteer.actors.trainer_group import TrainerGroup
         from selfsteer.online.sepo_oracle import load_pairs
         from selfsteer.online.sipo_models import SipoScorer
 

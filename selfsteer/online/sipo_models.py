@@ -90,10 +90,13 @@ class SipoScorer:
 
         limit_threads(torch_threads)
         # Padded rows, full logits: the spec's reward values as first measured (the loader's probes off).
+        # Every model reads the SFT tokenizer's pad id (read once, with the first model).
+        sft = ScoringModel.load(sft_path, model_cfg, device=ref_cfg.device, micro_batch_size=ref_cfg.micro_batch_size,
+                                packing=False, split_head=False)
         load = lambda p: ScoringModel.load(p, model_cfg, device=ref_cfg.device,  # noqa: E731
                                            micro_batch_size=ref_cfg.micro_batch_size, packing=False,
-                                           split_head=False, tokenizer_path=sft_path)
-        self.models = {"sft": load(sft_path), "A0": load(a_path), "B0": load(b_path)}
+                                           split_head=False, pad_id=sft.pad_id)
+        self.models = {"sft": sft, "A0": load(a_path), "B0": load(b_path)}
         state_a, state_b = self.models["A0"].model.state_dict(), self.models["B0"].model.state_dict()
         for w in weights:
             soup = load(a_path)

@@ -27,7 +27,7 @@ N = trainer ranks, T = tokens in one forward pass.
 - Host RAM: each process's own copy from its loading path (HOST_PROCESS for Python, torch, CUDA).
   A trainer rank under ZeRO-3 builds the model under zero.Init (its shard plus one checkpoint shard
   file at a time); other stages and the reference load the whole model on the host first; every
-  vLLM tensor-parallel worker keeps a full host copy of the checkpoint (engines/vllm_engine.py).
+  vLLM tensor-parallel worker keeps a full host copy of the checkpoint (engines/vllm_worker.py).
 - vLLM: it claims gpu_memory_utilization x the GPU; from that, weights (pΨ/TP per GPU) and a fixed
   allowance for its activation peak, CUDA graphs and non-torch memory (VLLM_RESERVE; vLLM measures the
   real figure at start) leave the KV cache. KV bytes per token = 2·L·kv_heads·head_dim·p (per GPU:

@@ -79,7 +79,7 @@ def build_principles(bench: Workbench, input_path: str | Path, output_path: str 
 
 
 def _on_engines(engines: list, texts: list[str], sampling) -> list[str]:
-    from selfsteer.actors.rollout import generate_on_engines
+    from selfsteer.actors.rollout_pool import generate_on_engines
 
     return [g.text for g in generate_on_engines(engines, [ChatRequest(prompt=t) for t in texts], sampling)]
 

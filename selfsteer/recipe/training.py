@@ -23,7 +23,7 @@ from typing import Optional
 
 import ray
 
-from selfsteer.actors.trainer import TrainerGroup
+from selfsteer.actors.trainer_group import TrainerGroup
 from selfsteer.algorithms.registry import method
 from selfsteer.config.schema import RunConfig
 from selfsteer.data.chat import encode_chat

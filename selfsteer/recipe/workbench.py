@@ -31,7 +31,7 @@ class Workbench:
         """Rollout engines serving `model_path` (an engine pool on another model is stopped first)."""
         if self._pool is not None and self._pool_model == model_path:
             return self._pool
-        from selfsteer.actors.rollout import RolloutPool
+        from selfsteer.actors.rollout_pool import RolloutPool
         from selfsteer.actors.ray_start import init_ray
 
         init_ray(self.cfg)

@@ -82,7 +82,7 @@ def test_trainer_rank_death_fails_the_round_and_resume_continues(ray_local, tmp_
 def test_stalled_engine_is_an_error_within_the_bound(ray_local, tmp_path, toy_cache):
     import time
 
-    from selfsteer.actors.rollout import EngineTimeoutError
+    from selfsteer.actors.rollout_pool import EngineTimeoutError
     from selfsteer.run.driver import run
 
     out = tmp_path / "stall"

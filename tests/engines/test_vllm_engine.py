@@ -307,7 +307,7 @@ def test_worker_extension_calls_exist_on_every_model_runner():
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner as GPUModelRunnerV1
     from vllm.v1.worker.gpu_worker import Worker
 
-    from selfsteer.engines.vllm_engine import WorkerExtension
+    from selfsteer.engines.vllm_worker import WorkerExtension
 
     for runner in (GPUModelRunnerV1, GPUModelRunnerV2, CPUModelRunner):
         assert list(inspect.signature(runner.get_model).parameters) == ["self"], runner

@@ -4,7 +4,7 @@ and stays quiet for the layers a partial (one-bucket) reload leaves alone. Needs
 
 import logging
 
-from selfsteer.engines.vllm_engine import capture_not_loaded, unloaded_in
+from selfsteer.engines.vllm_worker import capture_not_loaded, unloaded_in
 
 LOGGER = "selfsteer-test.vllm.reload.inplace"  # a private name: the real vLLM logger is left alone here
 

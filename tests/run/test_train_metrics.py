@@ -57,7 +57,7 @@ def _items(n: int, keys, seed: int = 0) -> list[dict]:
 def test_trainer_group_metrics_and_tied_checkpoint(ray_local, toy_cache, tmp_path, backend, stage):
     from safetensors import safe_open
 
-    from selfsteer.actors.trainer import TrainerGroup
+    from selfsteer.actors.trainer_group import TrainerGroup
     from selfsteer.algorithms.sso import REQUIRED_KEYS
     from selfsteer.data.triples import SSO_ROWS
     from selfsteer.actors.inputs import resolve_model
