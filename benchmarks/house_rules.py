@@ -80,14 +80,14 @@ def write_selected(probe_json: Path) -> list[str]:
     report = json.loads(Path(probe_json).read_text())
     keep = select_rules(report)
     if not keep:
-        raise SystemExit(f"{probe_json}: no rule has good - bad compliance >= {MIN_DELTA} and unprompted < "
-                         f"{MAX_UNPROMPTED}; nothing to train on")
+        raise SystemExit(f"{probe_json}: no rule has good - bad compliance >= {MIN_DELTA}, unprompted < "
+                         f"{MAX_UNPROMPTED} and on-topic answers (verdict not 'derails'); nothing to train on")
     entries = [e for e in yaml.safe_load(CANDIDATES.read_text()) if e["name"] in keep]
     s = report["settings"]
     head = (f"# The house rules kept for the benchmark: written by `python benchmarks/house_rules.py --select-rules "
             f"{os.path.relpath(probe_json, REPO)}`\n# from {CANDIDATES.name}: good - bad compliance >= {MIN_DELTA} "
-            f"and unprompted compliance < {MAX_UNPROMPTED} in that\n# probe ({s['prompts']} training questions, "
-            f"principle in the {s.get('placement', 'system')} turn). Do not edit by hand.\n")
+            f"and unprompted compliance < {MAX_UNPROMPTED}, not derailing, in that\n# probe ({s['prompts']} training "
+            f"questions, principle in the {s.get('placement', 'system')} turn, template {s['template']}). Do not edit by hand.\n")
     PRINCIPLES.write_text(head + yaml.safe_dump(entries, sort_keys=False, width=120))
     return keep
 

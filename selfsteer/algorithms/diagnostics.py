@@ -53,6 +53,12 @@ GAP_BARELY = 0.03
 COMPLIANCE_STEERS = 0.20
 COMPLIANCE_BARELY = 0.10
 VERDICTS = ("steers", "barely", "not at all")
+# A principle that changes the form but stops the answers from answering: the pairs would teach
+# the model to talk past the question (the house-rules runs' chosen answers went off-topic 3-8x
+# as often as unprompted ones, and every method drifted off-topic with them).
+DERAILS = "derails"
+DERAIL_DROP = 0.20  # on-topic share under the good principle this far below the unprompted share
+ON_TOPIC_PERCENTILE = 5  # on topic: cosine(question, answer) >= this percentile of the unprompted answers'
 
 
 def steer_verdict(gap: float, compliance_delta: float | None = None) -> str:
@@ -67,6 +73,11 @@ def steer_verdict(gap: float, compliance_delta: float | None = None) -> str:
     else:
         value, steers, barely = gap, GAP_STEERS, GAP_BARELY
     return VERDICTS[0] if value >= steers else VERDICTS[1] if value >= barely else VERDICTS[2]
+
+
+def derails(on_topic_none: float, on_topic_good: float) -> bool:
+    """Whether the good principle costs DERAIL_DROP or more of the answers' staying on the question."""
+    return on_topic_none - on_topic_good >= DERAIL_DROP
 
 
 def dimension_gaps(dimensions: list[tuple[str, ...]], chosen_pos: list[float], chosen_neg: list[float]) -> dict[str, float]:

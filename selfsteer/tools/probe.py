@@ -10,8 +10,12 @@ no principle, one under x+ and one under x-, and reports
   prompts (the run logs the first as `signal/gap_chosen`);
 - where the dimension names a program check (`check:` in the library), the compliance rate under
   none / good / bad and the share of prompts whose y+ and y- are identical;
+- the share of answers that stay on the question under none / good / bad (cosine similarity of
+  question and answer under the packaged MiniLM encoder, on topic at or above the 5th percentile
+  of the unprompted answers' cosines), where the `algos` extra is installed;
 - a verdict, steers / barely / not at all, with the thresholds of
-  `selfsteer.algorithms.diagnostics.steer_verdict`.
+  `selfsteer.algorithms.diagnostics.steer_verdict`, or "derails" where the good principle costs
+  0.2 or more of the on-topic share: its y+ answers would teach the model to talk past the question.
 
 Generation is local HF `generate` with the run's sampling settings (no Ray). Writes probe.json,
 probe.md and probe.png to the output directory; `dimensions` probes a subset and merges it into an
@@ -65,8 +69,33 @@ def mean_logps(model, contexts: list[list[int]], responses: list[list[int]], pad
     return (sums.double() / counts.double().clamp(min=1)).tolist()
 
 
+def on_topic_threshold(cosines_none: list[float]) -> float:
+    """The on-topic cutoff: the ON_TOPIC_PERCENTILE-th percentile of the unprompted answers' cosines
+    (nearest rank), the rule the house-rules guard was calibrated with."""
+    ranked = sorted(cosines_none)
+    return ranked[max(0, min(len(ranked) - 1, round(D.ON_TOPIC_PERCENTILE / 100 * len(ranked)) - 1))]
+
+
+def encoder_cosines():
+    """`cosines(questions, answers)` under the packaged MiniLM encoder, or None without the `algos` extra."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ImportError("sentence-transformers is not installed")
+        from selfsteer.actors.embedding import default_encoder_path
+
+        default_encoder_path()
+    except Exception as exc:  # noqa: BLE001 - an optional measure: say why it is missing, go on
+        logger.warning("probe: no on-topic measure (%s); install selfsteer[algos] for it", exc)
+        return None
+    from selfsteer.benchmark.realbench.house_gold import cosines
+
+    return cosines
+
+
 def summarize(name: str, check: Optional[str], a: dict[str, list[float]], texts: dict[str, list[str]],
-              passed: Optional[dict[str, list[bool]]]) -> dict:
+              passed: Optional[dict[str, list[bool]]], on_topic: Optional[dict[str, list[bool]]] = None) -> dict:
     """One dimension's row from per-prompt A values and answers.
 
     Args:
@@ -74,6 +103,7 @@ def summarize(name: str, check: Optional[str], a: dict[str, list[float]], texts:
             (y+ = chosen, y- = rejected; pos/neg = scored under the good / bad principle).
         texts: answers under keys none, good, bad.
         passed: per-prompt check results under keys none, good, bad, or None without a check.
+        on_topic: per-prompt "answer stays on the question" under keys none, good, bad, or None.
     """
     gap_chosen = [p - n for p, n in zip(a["chosen_pos"], a["chosen_neg"])]
     gap_rejected = [n - p for n, p in zip(a["rejected_neg"], a["rejected_pos"])]
@@ -92,6 +122,10 @@ def summarize(name: str, check: Optional[str], a: dict[str, list[float]], texts:
         delta = rates["good"] - rates["bad"]
         row.update({f"compliance_{k}": v for k, v in rates.items()}, compliance_delta=delta)
     row["verdict"] = D.steer_verdict(row["gap"], delta)
+    if on_topic is not None:
+        row.update({f"on_topic_{k}": sum(v) / n for k, v in on_topic.items()})
+        if D.derails(row["on_topic_none"], row["on_topic_good"]):
+            row["verdict"] = D.DERAILS
     return row
 
 
@@ -139,6 +173,12 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
                 "thresholds": thresholds()}
     ctx_none = [encode_chat(tok, r["prompt"], None) for r in rows]
     none = engine.generate(ctx_none, [sampling] * n)
+    cosines = encoder_cosines()
+    questions = [r["prompt"] for r in rows]
+    if cosines is not None:
+        cos_none = cosines(questions, [g.text for g in none])
+        cutoff = on_topic_threshold(cos_none)
+        settings["settings"]["on_topic_cosine"] = round(cutoff, 4)
     results = []
     for d in dims:
         logger.info("probe: dimension %s (%d prompts)", d.name, n)
@@ -155,7 +195,11 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
         passed = None
         if d.name in checks:
             passed = {k: [bool(checks[d.name](r, t)) for r, t in zip(rows, v)] for k, v in texts.items()}
-        row = summarize(d.name, d.check, a, texts, passed)
+        on_topic = None
+        if cosines is not None:
+            cos = {"none": cos_none, "good": cosines(questions, texts["good"]), "bad": cosines(questions, texts["bad"])}
+            on_topic = {k: [c >= cutoff for c in v] for k, v in cos.items()}
+        row = summarize(d.name, d.check, a, texts, passed, on_topic)
         row["examples"] = [{"prompt": rows[i]["prompt"], **{k: texts[k][i] for k in texts}} for i in range(min(2, n))]
         results.append(row)
         logger.info("probe: %s gap %.3f nats/token, verdict %s", d.name, row["gap"], row["verdict"])
@@ -177,7 +221,8 @@ def _context(tokenizer, prompt: str, principle: str, placement: str) -> list[int
 
 def thresholds() -> dict:
     return {"gap_steers": D.GAP_STEERS, "gap_barely": D.GAP_BARELY, "compliance_steers": D.COMPLIANCE_STEERS,
-            "compliance_barely": D.COMPLIANCE_BARELY}
+            "compliance_barely": D.COMPLIANCE_BARELY, "on_topic_percentile": D.ON_TOPIC_PERCENTILE,
+            "derail_drop": D.DERAIL_DROP}
 
 
 def write_report(report: dict, out: Path) -> dict:
@@ -210,17 +255,22 @@ def table(report: dict) -> str:
              f"`{s['library']}` (template {s['template']}, principle in the {s.get('placement', 'system')} turn), T={s['temperature']} top_p={s['top_p']}, "
              f"{s['max_new_tokens']} new tokens, seed {s['seed']}.", "",
              "| dimension | check | gap y+ | gap y- | gap (mean ± sd, p10..p90) | compliance none / good / bad | "
-             "good - bad | y+ = y- | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             "good - bad | on topic none / good / bad | y+ = y- | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["dimensions"]:
         comp = (f"{r['compliance_none']:.2f} / {r['compliance_good']:.2f} / {r['compliance_bad']:.2f}"
                 if r.get("check") else "-")
         delta = f"{r['compliance_delta']:+.2f}" if r.get("check") else "-"
+        topic = (f"{r['on_topic_none']:.2f} / {r['on_topic_good']:.2f} / {r['on_topic_bad']:.2f}"
+                 if "on_topic_good" in r else "-")
         lines.append(f"| {r['dimension']} | {r.get('check') or '-'} | {r['gap_chosen']:+.3f} | {r['gap_rejected']:+.3f} | "
-                     f"{r['gap']:+.3f} ± {r['gap_sd']:.3f} ({r['gap_p10']:+.2f}..{r['gap_p90']:+.2f}) | {comp} | {delta} | "
+                     f"{r['gap']:+.3f} ± {r['gap_sd']:.3f} ({r['gap_p10']:+.2f}..{r['gap_p90']:+.2f}) | {comp} | {delta} | {topic} | "
                      f"{r['identical']:.2f} | {r['verdict']} |")
     lines += ["", f"Gaps in nats per response token (y+ under good vs bad principle; y- under bad vs good). Verdict: "
               f"with a check, good - bad compliance >= {t['compliance_steers']} steers, >= {t['compliance_barely']} "
-              f"barely; without one, gap >= {t['gap_steers']} steers, >= {t['gap_barely']} barely; else not at all."]
+              f"barely; without one, gap >= {t['gap_steers']} steers, >= {t['gap_barely']} barely; else not at all. "
+              f"On topic: cosine(question, answer) >= {s.get('on_topic_cosine', '-')} (the unprompted answers' "
+              f"{t.get('on_topic_percentile', D.ON_TOPIC_PERCENTILE)}th percentile); \"derails\": the good principle's on-topic "
+              f"share {t.get('derail_drop', D.DERAIL_DROP)} or more below the unprompted one, whatever the compliance."]
     return "\n".join(lines) + "\n"
 
 

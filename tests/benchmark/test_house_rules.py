@@ -69,7 +69,9 @@ def test_select_rules_keeps_steerable_rules_with_room_to_improve():
     rows = [{"dimension": "A", "check": "greeting", "compliance_delta": 0.25, "compliance_none": 0.1},
             {"dimension": "B", "check": "short", "compliance_delta": 0.19, "compliance_none": 0.1},
             {"dimension": "C", "check": "key_term", "compliance_delta": 0.5, "compliance_none": 0.6},
-            {"dimension": "D", "check": None, "gap": 0.5}]
+            {"dimension": "D", "check": None, "gap": 0.5},
+            {"dimension": "E", "check": "offer_help", "compliance_delta": 0.4, "compliance_none": 0.0,
+             "verdict": "derails"}]  # steers the rule, but its answers leave the question
     assert select_rules({"dimensions": rows}) == ["A"]
 
 

@@ -61,6 +61,26 @@ def test_summarize_works_the_numbers_by_hand():
     assert summarize("Dim", "short", a, texts, passed)["verdict"] == "steers"  # +0.33
 
 
+def test_a_principle_that_takes_answers_off_the_question_derails():
+    from selfsteer.tools.probe import on_topic_threshold, summarize
+
+    # nearest-rank 5th percentile of 20 cosines: the 1st smallest; of 40: the 2nd smallest
+    assert on_topic_threshold([0.1 * i for i in range(20, 0, -1)]) == 0.1
+    assert abs(on_topic_threshold([0.01 * i for i in range(1, 41)]) - 0.02) < 1e-12
+    a = {"chosen_pos": [-1.0] * 4, "chosen_neg": [-1.5] * 4, "rejected_neg": [-1.0] * 4, "rejected_pos": [-1.5] * 4}
+    texts = {k: ["x"] * 4 for k in ("none", "good", "bad")}
+    passed = {"none": [False] * 4, "good": [True] * 4, "bad": [False] * 4}  # compliance +1.00: steers ...
+    on_topic = {"none": [True] * 4, "good": [True, False, False, True], "bad": [True] * 4}
+    row = summarize("Dim", "greeting", a, texts, passed, on_topic)
+    assert (row["on_topic_none"], row["on_topic_good"], row["on_topic_bad"]) == (1.0, 0.5, 1.0)
+    assert row["verdict"] == "derails"  # ... but half its answers left the question (drop 0.5 >= 0.2)
+    on_topic["good"] = [True, True, True, False]  # a drop of 0.25
+    assert summarize("Dim", "greeting", a, texts, passed, on_topic)["verdict"] == "derails"
+    on_topic["none"] = [True, True, True, False]  # no drop
+    assert summarize("Dim", "greeting", a, texts, passed, on_topic)["verdict"] == "steers"
+    assert "on_topic_good" not in summarize("Dim", "greeting", a, texts, passed)  # no encoder: not measured
+
+
 @pytest.fixture()
 def probe_config(toy_model_path, tmp_path):
     from selfsteer.toy.prompts import write_toy_prompts
@@ -86,6 +106,9 @@ def test_a_dimension_that_cannot_steer_is_reported_as_such(probe_config):
     assert row["dimension"] == "Deaf" and row["prompts"] == 4
     assert abs(row["gap"]) < 1e-5 and row["identical"] == 1.0  # identical principles: identical contexts
     assert row["compliance_delta"] == 0.0 and row["verdict"] == "not at all"
+    # identical contexts at T=0: the good principle's answers stay exactly as on topic as the bad one's
+    assert row["on_topic_good"] == row["on_topic_bad"] and 0.0 <= row["on_topic_none"] <= 1.0
+    assert -1.0 <= report["settings"]["on_topic_cosine"] <= 1.0
     assert "| Deaf | no_exclamation |" in (tmp_path / "out" / "probe.md").read_text()
     assert (tmp_path / "out" / "probe.png").stat().st_size > 0
 

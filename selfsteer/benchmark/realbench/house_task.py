@@ -91,6 +91,11 @@ MIN_DELTA, MAX_UNPROMPTED = 0.2, 0.6  # issue #25's rule for keeping a house rul
 
 def select_rules(report: dict, min_delta: float = MIN_DELTA, max_unprompted: float = MAX_UNPROMPTED) -> list[str]:
     """Dimensions of a `selfsteer probe` report worth training on: good - bad compliance >= min_delta
-    (the principle steers the behaviour) and unprompted compliance < max_unprompted (room to improve)."""
+    (the principle steers the behaviour), unprompted compliance < max_unprompted (room to improve),
+    and, where the probe measured it, answers that stay on the question under the good principle
+    (verdict not "derails": its y+ would teach the model to talk past the question)."""
+    from selfsteer.algorithms.diagnostics import DERAILS
+
     return [r["dimension"] for r in report["dimensions"] if r.get("check") is not None
-            and r["compliance_delta"] >= min_delta and r["compliance_none"] < max_unprompted]
+            and r["compliance_delta"] >= min_delta and r["compliance_none"] < max_unprompted
+            and r.get("verdict") != DERAILS]
