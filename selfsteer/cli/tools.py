@@ -87,8 +87,9 @@ def add_subcommands(subparsers) -> None:
     pr.add_argument("--max-new-tokens", type=int, default=None, help="default: rollout.sampling.max_new_tokens")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--placement", default="system", choices=("system", "user"),
-                    help="where the principle goes: the system prompt (as in runs) or appended to the user's message")
+    pr.add_argument("--placement", default=None, choices=("system", "user", "user_before"),
+                    help="where the principle goes: the system prompt, after or before the user's question "
+                         "(default: the config's principles.placement, as the run places it)")
     pr.add_argument("--log-level", default="INFO")
     pr.set_defaults(handler=_probe)
 
@@ -162,5 +163,5 @@ def _probe(args: argparse.Namespace) -> None:
         raise ValueError(f"--prompts {args.prompts}: need at least 2 prompts for a spread")
     cfg = load_config(args.config, list(args.overrides))
     report = run_probe(cfg, args.prompts, args.out, args.dimensions, args.seed, args.batch_size,
-                       args.max_new_tokens, args.placement)
+                       args.max_new_tokens, args.placement or cfg.principles.placement)
     print(table(report), end="")

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from selfsteer.data.chat import PLACEMENTS
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
@@ -249,8 +251,9 @@ class PrincipleConfig:
     # the placeholders {adjectives} {guidelines} {principles} {quality} {never_reveal}
     # (selfsteer.principles.library.SYSTEM_TEMPLATES).
     system_template: str = "selfsteer"
-    # Where the principle text goes: the system prompt (the spec), or appended to the user's message
-    # (for a small model that ignores its system prompt; measure with `selfsteer probe --placement`).
+    # Where the principle text goes: the system prompt (the spec), after the user's question (user) or
+    # before it (user_before): for a small model that ignores its system prompt; measure with
+    # `selfsteer probe --placement`.
     placement: str = "system"
     # Start-up check: warn when more than this share of a sample system prompt's tokens are unknown.
     max_unknown_share: float = 0.05
@@ -258,7 +261,7 @@ class PrincipleConfig:
 
     def __post_init__(self):
         _check_choice("principles", "mode", self.mode, ("library", "llm"))
-        _check_choice("principles", "placement", self.placement, ("system", "user"))
+        _check_choice("principles", "placement", self.placement, PLACEMENTS)
         from selfsteer.principles.library import resolve_template
 
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from selfsteer.algorithms.diagnostics import pair_similarity, steering_gaps
 from selfsteer.algorithms.registry import method
+from selfsteer.data.chat import place_principle
 from selfsteer.data.triples import Triple, drop_reason
 from selfsteer.engines.base import ChatRequest, Sampling
 from selfsteer.run.metrics import PhaseTimer
@@ -123,10 +124,8 @@ def _requests(cfg, prompts, pairs) -> list[ChatRequest]:
 
 
 def _principled(cfg, prompt: str, principle: str) -> ChatRequest:
-    """x+ / x-: the principle as the system prompt, or after the user's message (`principles.placement`)."""
-    if cfg.principles.placement == "user":
-        return ChatRequest(f"{prompt}\n\n{principle}", None)
-    return ChatRequest(prompt, principle)
+    """x+ / x-: the principle where `principles.placement` puts it (selfsteer.data.chat.place_principle)."""
+    return ChatRequest(*place_principle(prompt, principle, cfg.principles.placement))
 
 
 def _triples(prompts, pairs, generations, max_similarity: float = 1.0) -> tuple[list[Triple], dict[str, int]]:

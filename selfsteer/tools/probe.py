@@ -134,8 +134,8 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
               placement: str = "system") -> dict:
     """Probe every (or the named) library dimension of `cfg` on `n_prompts` prompts; write the report.
 
-    `placement` "system" puts the principle text in the system prompt, as runs do; "user" appends
-    it to the user's message instead (a diagnostic: does the model follow it there?).
+    `placement`: where the principle text goes, as `principles.placement` puts it in runs: "system"
+    (the system prompt), "user" (after the user's question) or "user_before" (before it).
 
     Raises:
         ValueError: an unknown dimension or check name, or an unusable prompts file (the message
@@ -210,13 +210,9 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
 
 
 def _context(tokenizer, prompt: str, principle: str, placement: str) -> list[int]:
-    from selfsteer.data.chat import encode_chat
+    from selfsteer.data.chat import encode_chat, place_principle
 
-    if placement == "system":
-        return encode_chat(tokenizer, prompt, principle)
-    if placement == "user":
-        return encode_chat(tokenizer, f"{prompt}\n\n{principle}", None)
-    raise ValueError(f"placement={placement!r}; expected 'system' or 'user'")
+    return encode_chat(tokenizer, *place_principle(prompt, principle, placement))
 
 
 def thresholds() -> dict:

@@ -56,7 +56,7 @@ def test_a_run_whose_principles_cannot_steer_warns_after_round_1(tmp_path, toy_c
     assert "the principles do not steer the policy" in proc.stderr and "Deaf (" in proc.stderr
 
 
-def test_principles_placement_user_appends_the_principle_to_the_question():
+def test_principles_placement_puts_the_principle_in_the_system_prompt_after_or_before_the_question():
     from selfsteer.config.schema import ConfigError, load_config
     from selfsteer.data.prompts import PromptRecord
     from selfsteer.online.sso import _requests
@@ -70,5 +70,9 @@ def test_principles_placement_user_appends_the_principle_to_the_question():
     assert [(r.prompt, r.system) for r in user] == [("Where do owls live?\n\nGreet the user.", None),
                                                     ("Where do owls live?\n\nDo not greet.", None),
                                                     ("Where do owls live?", None)]
+    before = _requests(load_config(None, ["principles.placement=user_before"]), prompt, [pair])
+    assert [(r.prompt, r.system) for r in before] == [("Greet the user.\n\nWhere do owls live?", None),
+                                                      ("Do not greet.\n\nWhere do owls live?", None),
+                                                      ("Where do owls live?", None)]
     with pytest.raises(ConfigError, match="placement"):
         load_config(None, ["principles.placement=assistant"])
