@@ -1,19 +1,23 @@
-"""Trainer-rank memory on CPU twins: measured peak RSS per phase beside the plan's estimate, same code paths.
+"""Trainer-rank memory on CPU twins: measured peak per phase beside the plan's estimate, same code paths.
 
 A random-init Llama-shaped model (default ~0.47B parameters, fp32; no download) is saved as an HF
 checkpoint, then two ranks (gloo, DeepSpeed ZeRO-3, as on GPUs with NCCL) run what a trainer rank
 runs: load (under zero.Init: selfsteer.training.deepspeed_backend.partitioned_loading), engine
 set-up, one training step through selfsteer.algorithms.logprobs, and save_hf's streamed save
-(selfsteer.training.streamed_save). Each phase's peak RSS (VmHWM, reset before the phase) above
-the rank's RSS after imports is printed beside selfsteer.plan.memory's estimate of the same phase
-(host RAM here: on CPU the "device" is the host), and the full model's size.
+(selfsteer.training.streamed_save).
 
-    python benchmarks/memory.py                       # ~0.47B: needs ~12 GB RAM and minutes on 2 cores
+What a rank holds is its anonymous memory (RssAnon, sampled every millisecond; the peak above the
+rank's base), compared with selfsteer.plan.memory's terms for the phase (planned()). File-backed
+pages (RssFile: rank 0 memory-maps every checkpoint file while it loads; the kernel drops these
+clean pages under pressure) and the total VmHWM are printed beside it. The base is the RSS after
+imports and after loading a 1-layer model the same way (lazy modules, DeepSpeed's shm comm op).
+
+    python benchmarks/memory.py                       # ~0.47B: needs ~12 GB RAM, ~8 min on one core
     python benchmarks/memory.py --hidden 512 --layers 8 --intermediate 2048   # a quick run
 
 Only trainer ranks are measured (the engine and reference roles are not). The last lines are
-`load peak / full model: X` (issue 23's goal: below 0.6) and `plan accuracy ratio: X` (worst
-measured / planned over phases).
+`load peak / full model: X` (issue 23's goal: below 0.6; anonymous memory) and `plan accuracy
+ratio: X` (worst measured / planned over phases).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.multiprocessing as mp
 
 MIB = 2 ** 20
+CPU_GATHER = 2  # see planned()
 
 
 def _hwm_bytes() -> int:
@@ -42,6 +47,84 @@ def _rss_bytes() -> int:
 
 def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM back to the current RSS
+
+
+def _kinds() -> dict[str, int]:
+    text = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("RssAnon", "RssFile", "RssShmem")}
+
+
+class _Sampler:
+    """Polls RssAnon/RssFile/RssShmem every millisecond while a phase runs (torch ops release the GIL)."""
+
+    def __init__(self):
+        import threading
+        self.peak = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+        self.at_total = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import time
+        best = -1
+        while not self._stop.is_set():
+            k = _kinds()
+            for name, v in k.items():
+                self.peak[name] = max(self.peak[name], v)
+            if sum(k.values()) > best:
+                best, self.at_total = sum(k.values()), k
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _warm_up(tc) -> None:
+    """Load a 1-layer model through the same path first: the code it pulls in lazily (transformers'
+    Llama modules, DeepSpeed's shm comm op, built on first use) is library memory, not the model's."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from selfsteer.training.deepspeed_backend import partitioned_loading
+
+    keep = partitioned_loading(tc, torch.float32)  # noqa: F841
+    tiny = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64, vocab_size=64)
+    AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    import gc
+
+    gc.collect()
+
+
+def _live(backend) -> dict[str, int]:
+    """MiB in DeepSpeed's and the optimizer's tensors at a phase's end, one count per storage."""
+    opt = backend.engine.optimizer
+    seen, out = set(), {}
+
+    def add(name, t):
+        if isinstance(t, torch.Tensor) and t.numel():
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                out[name] = out.get(name, 0) + t.untyped_storage().nbytes() // MIB
+
+    for g in getattr(opt, "fp16_partitioned_groups_flat", []):
+        add("fp16 flat", g)
+    for g in getattr(opt, "fp32_partitioned_groups_flat", []):
+        add("fp32 flat", g)
+    add("grad flat", getattr(opt, "grad_partitions_flat_buffer", None))
+    for b in getattr(opt, "ipg_buckets", {}).values():
+        add("ipg bucket", getattr(b, "buffer", None))
+    for st in opt.optimizer.state.values():
+        for k, v in st.items():
+            add(f"adam {k}", v)
+    for q in backend.module.parameters():
+        add("param data", q.data)
+        add("ds_tensor", getattr(q, "ds_tensor", None))
+    return out
 
 
 def _rank(rank: int, world: int, model_dir: str, store: str, out_dir: str, prompt: int, new: int) -> None:
@@ -61,18 +144,23 @@ def _rank(rank: int, world: int, model_dir: str, store: str, out_dir: str, promp
     tc = load_config(None, ["trainer.backend=deepspeed", "trainer.zero_stage=3", f"trainer.num_ranks={world}",
                             "trainer.micro_batch_size=1", "trainer.grad_accum=1", "trainer.gradient_checkpointing=true"]).trainer
     torch.set_num_threads(1)
+    imports = _kinds()
+    _warm_up(tc)
     dist.barrier()
-    base, peaks = _rss_bytes(), {}
+    base, peaks, kinds, base_kinds = _rss_bytes(), {}, {}, _kinds()
 
     def phase(name, fn):
         dist.barrier()
         _reset_peak()
-        result = fn()
+        with _Sampler() as sampler:
+            result = fn()
         peaks[name] = _hwm_bytes() - base
+        kinds[name] = {"peak": sampler.peak, "after": _kinds()}
         return result
 
     keep = partitioned_loading(tc, torch.float32)  # noqa: F841 (transformers holds it weakly)
     model = phase("load", lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    partitions = sum(q.ds_tensor.numel() * q.ds_tensor.element_size() for q in model.parameters())
     model.gradient_checkpointing_enable()
     model.config.use_cache = False
     backend = phase("engine", lambda: DeepSpeedBackend(model, tc, total_steps=1, device="cpu", dtype=torch.float32))
@@ -87,16 +175,28 @@ def _rank(rank: int, world: int, model_dir: str, store: str, out_dir: str, promp
         backend.backward(-logps.mean(), boundary=True)
         backend.step()
 
+    live = {"engine": _live(backend)}
     phase("train", step)
+    live["train"] = _live(backend)
     phase("save", lambda: save_streamed(backend.module, os.path.join(out_dir, "saved"), writer=rank == 0,
                                         gather=backend.full_parameters))
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"base": base, "peaks": peaks}))
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"base": base, "peaks": peaks, "kinds": kinds, "base_kinds": base_kinds, "imports": imports,
+                                                          "partitions": partitions, "live": live}))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def planned(shape, world: int, prompt: int, new: int, shard_bytes: float) -> dict[str, float]:
-    """selfsteer.plan.memory's terms for the same phases, fp32 (p = 4), as host RAM."""
+def planned(shape, world: int, prompt: int, new: int) -> dict[str, dict[str, float]]:
+    """selfsteer.plan.memory's terms for the same phases, fp32 (p = 4), as a rank's anonymous host memory.
+
+    CPU-twin terms, named: the reduce bucket that DeepSpeed allocates with torch.empty counts only
+    for the pages gradients touch (min(5e8, Ψ) elements; on a GPU all of it is allocated); at load
+    a module's gathered full tensor sits beside its re-made partition (CPU_GATHER x the largest tensor).
+    The checkpoint is mmapped (file-backed, droppable pages: printed apart, not planned here).
+    DeepSpeed 0.19.8 on CPU keeps a separate fp32 master partition although the weights are fp32
+    (the plan's K = 8 for fp32 assumes none; `live` shows both flats), and torch's AdamW makes m and
+    v at the first step, so the engine phase holds weights, master and gradients only.
+    """
     from selfsteer.config.schema import load_config
     from selfsteer.plan import memory as gm
 
@@ -104,12 +204,20 @@ def planned(shape, world: int, prompt: int, new: int, shard_bytes: float) -> dic
                             "trainer.gradient_checkpointing=true"]).trainer
     p, psi = 4, shape.params
     states = gm.zero_states(psi, p, 3, world)
+    states.pop("zero buffers")  # replaced by what the CPU touches (docstring)
+    master = {"fp32 master (CPU twin)": p * psi / world}
+    gathered = min(psi, gm.ZERO3_MAX_LIVE) * p
+    bucket = min(gm.ZERO12_BUCKET, psi) * p
     train = gm.trainer_memory(shape, tc, p, tokens=2 * (prompt + new), split_head=False)
-    train.pop("CUDA context")
-    shard = min(shard_bytes, p * psi)
-    return {"load": p * psi / world + shard, "engine": sum(states.values()),
-            "train": sum(train.values()),
-            "save": states["weights"] + states["gradients"] + states["optimizer"] + shard + gm.largest_tensor(shape, p)}
+    for k in ("CUDA context", "zero buffers"):
+        train.pop(k)
+    train.update({**master, "gathered parameters": gathered, "reduce bucket (touched)": bucket})
+    largest = gm.largest_tensor(shape, p)
+    return {"load": {"weights": states["weights"], "load gather (CPU twin)": CPU_GATHER * largest},
+            "engine": {"weights": states["weights"], **master, "gradients": states["gradients"]},
+            "train": train,
+            "save": {**states, **master, "reduce bucket (touched)": bucket,
+                     "save shard (writer)": min(gm.HF_SHARD, p * psi), "largest tensor": largest}}
 
 
 def main() -> int:
@@ -137,18 +245,35 @@ def main() -> int:
         world = 2
         mp.spawn(_rank, args=(world, tmp + "/model", tmp + "/store", tmp, args.prompt, args.new), nprocs=world)
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
-    plan = planned(shape, world, args.prompt, args.new, args.shard_mb * 1e6)
+    plan = planned(shape, world, args.prompt, args.new)
+    r0 = reports[0]
+    library = sum(r0["base_kinds"].values()) - sum(r0["imports"].values())
     print(f"model: {shape.params / 1e9:.3f} B parameters, fp32 {full / MIB:,.0f} MiB; ZeRO-3 over {world} gloo ranks; "
-          f"rows 2 x ({args.prompt}+{args.new}) tokens; RSS after imports {reports[0]['base'] / MIB:,.0f} MiB (rank 0)")
-    print(f"{'phase':<8} {'rank0 MiB':>10} {'rank1 MiB':>10} {'planned MiB':>12} {'ratio':>7}")
+          f"rows 2 x ({args.prompt}+{args.new}) tokens")
+    print(f"base (rank 0): RSS after imports {sum(r0['imports'].values()) / MIB:,.0f} MiB, + library warm-up "
+          f"{library / MIB:,.0f} MiB (lazy modules, DeepSpeed's shm comm op: not the model's)")
+    print("measured: peak anonymous memory (RssAnon) above base; file: peak file-backed pages (RssFile) above base; "
+          "RSS: peak VmHWM above base; after: RssAnon held when the phase ends")
+    print(f"{'phase':<7} {'rank0 MiB':>10} {'rank1 MiB':>10} {'file MiB':>9} {'RSS MiB':>8} {'after MiB':>9} {'planned MiB':>12} "
+          f"{'ratio':>6}  planned terms (MiB)")
     worst = 1.0  # the ratio farthest from 1 wins
-    for name, estimate in plan.items():
-        measured = max(r["peaks"][name] for r in reports)
+    anon = [{k: r["kinds"][k]["peak"]["RssAnon"] - r["base_kinds"]["RssAnon"] for k in plan} for r in reports]
+    for name, terms in plan.items():
+        estimate = sum(terms.values())
+        measured = max(a[name] for a in anon)
+        file = max(r["kinds"][name]["peak"]["RssFile"] - r["base_kinds"]["RssFile"] for r in reports)
+        rss = max(r["peaks"][name] for r in reports)
+        after = max(r["kinds"][name]["after"]["RssAnon"] - r["base_kinds"]["RssAnon"] for r in reports)
         ratio = measured / estimate
         worst = max(worst, ratio, key=lambda x: abs(x - 1))
-        print(f"{name:<8} {reports[0]['peaks'][name] / MIB:>10,.0f} {reports[1]['peaks'][name] / MIB:>10,.0f} "
-              f"{estimate / MIB:>12,.0f} {ratio:>7.2f}")
-    load = max(r["peaks"]["load"] for r in reports) / full
+        detail = ", ".join(f"{k} {v / MIB:,.0f}" for k, v in terms.items())
+        print(f"{name:<7} {anon[0][name] / MIB:>10,.0f} {anon[1][name] / MIB:>10,.0f} {file / MIB:>9,.0f} "
+              f"{rss / MIB:>8,.0f} {after / MIB:>9,.0f} {estimate / MIB:>12,.0f} {ratio:>6.2f}  {detail}")
+    held = max(r["kinds"]["load"]["after"]["RssAnon"] - r["base_kinds"]["RssAnon"] for r in reports)
+    for when in ("engine", "train"):
+        print(f"live after {when} (rank 0, MiB): " + ", ".join(f"{k} {v:,}" for k, v in r0["live"][when].items()))
+    print(f"after load each rank holds {held / MIB:,.0f} MiB anonymous (its partitions: {r0['partitions'] / MIB:,.0f} MiB)")
+    load = max(a["load"] for a in anon) / full
     print(f"load peak / full model: {load:.2f}")
     print(f"plan accuracy ratio: {worst:.2f}")
     return 0

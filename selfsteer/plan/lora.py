@@ -83,7 +83,7 @@ def trainer_states(psi: int, psi_a: int, p: int, tc) -> dict[str, float]:
     out = {"frozen base": p * psi / (n if stage >= 3 else 1), "adapter": zero["weights"],
            "adapter gradients": zero["gradients"], "adapter optimizer": zero["optimizer"]}
     if stage == 3:
-        out["zero buffers"] = min(psi, gm.ZERO3_MAX_LIVE) * p  # the frozen base's gathered layers
+        out["zero buffers"] = min(psi, gm.ZERO3_MAX_LIVE) * p + gm.ZERO12_BUCKET * p  # gathered base layers + reduce bucket
     elif stage in (1, 2):
         out["zero buffers"] = 2 * gm.ZERO12_BUCKET * p
     return out

@@ -6,8 +6,10 @@ N = trainer ranks, T = tokens in one forward pass.
 - Model states, DeepSpeed ZeRO (Rajbhandari et al. 2020, mixed-precision Adam): weights pΨ, gradients pΨ,
   optimizer KΨ with K = 12 (fp32 master + m + v) for 16-bit weights, 8 (m + v) for fp32. Stage 1 shards
   the optimizer over N ranks, stage 2 also the gradients, stage 3 also the weights. ZeRO's own buffers at
-  DeepSpeed's defaults: stage 3 gathers up to min(Ψ, 1e9) parameters (stage3_max_live_parameters),
-  stages 1-2 hold a reduce and an all-gather bucket of 5e8 elements each. The torch backend keeps full
+  DeepSpeed's defaults: stage 3 gathers up to min(Ψ, 1e9) parameters (stage3_max_live_parameters) and
+  allocates its gradient reduce bucket of 5e8 elements in full at start (contiguous_gradients; stage3.py
+  `bucket.buffer = torch.empty(reduce_bucket_size)`); stages 1-2 hold a reduce and an all-gather bucket
+  of 5e8 elements each. The torch backend keeps full
   replicas: weights, gradients, AdamW m+v in the weights' dtype, and one flat all-reduce copy (5pΨ).
 - Activations per token and decoder layer, SwiGLU attention block with SDPA (no T x T scores kept):
   (6h + 2·kv_dim + 4I)·p (norm inputs and outputs, q, k, v, attention output, gate, up, silu, product).
@@ -141,8 +143,8 @@ def zero_states(psi: int, p: int, stage: int, n: int) -> dict[str, float]:
     k = 12 if p < 4 else 8
     out = {"weights": p * psi / (n if stage >= 3 else 1), "gradients": p * psi / (n if stage >= 2 else 1),
            "optimizer": k * psi / (n if stage >= 1 else 1)}
-    if stage == 3:
-        out["zero buffers"] = min(psi, ZERO3_MAX_LIVE) * p
+    if stage == 3:  # gathered parameters + the gradient reduce bucket
+        out["zero buffers"] = min(psi, ZERO3_MAX_LIVE) * p + ZERO12_BUCKET * p
     elif stage in (1, 2):
         out["zero buffers"] = 2 * ZERO12_BUCKET * p
     return out

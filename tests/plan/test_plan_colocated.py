@@ -47,7 +47,7 @@ def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
     usable = 79.11 * GIB  # what torch reports for an "80 GB" H100, not 80 GiB
     mem = phase_memory(cfg, shape, usable)
     ctx = 0.5 * GIB  # a CUDA context per trainer and reference process
-    states = 16 * PSI / 8 + 2e9 + ctx  # ZeRO-3 over 8: bf16 weights + grads + fp32 Adam, 1e9-element live buffer
+    states = 16 * PSI / 8 + 2e9 + 1e9 + ctx  # ZeRO-3 over 8: bf16 weights + grads + fp32 Adam, 1e9-element live buffer, 5e8-element reduce bucket
     vllm = 0.5 * usable  # the engine awake
     ref_resident = 2 * PSI + ctx
     # Training, packed: 3 contexts x 1024 + 6 x 2048 tokens; logits and their gradient in bf16 + one fp32 chunk.
@@ -69,7 +69,7 @@ def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
     assert mem["sync"] == pytest.approx([states + pool + asleep + 2 * PSI + ref_resident]
                                         + [states + pool + asleep + 2 * PSI] * 7)
     assert mem["save"] == pytest.approx([states + embedding + vllm + ref_resident] + [states + embedding + vllm] * 7)
-    assert 71 * GIB < max(max(v) for v in mem.values()) == mem["save"][0] < 72 * GIB
+    assert 72 * GIB < max(max(v) for v in mem.values()) == mem["save"][0] < 73 * GIB
     assert busy_gpus(cfg) == {"sampling": 8, "reference": 1, "training": 8, "sync": 8, "save": 8}
     # What the issue found in the old code, by the same terms: the IPC buckets held all round (+2Ψ in
     # every phase) and a one-stage wake (vLLM's whole share during the sync) do not fit on GPU 0.
@@ -85,7 +85,7 @@ def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys
     assert "GPUs used: 8 of 8" in colocated and "fits: every GPU's estimate" in colocated
     assert main(["plan", str(CONFIG), *args]) == 0
     out = capsys.readouterr().out
-    assert "save                8     71.80" in out and "GPUs used: 8 of 8" in out and "fits:" in out
+    assert "save                8     72.73" in out and "GPUs used: 8 of 8" in out and "fits:" in out
     assert "of 79.11 usable" in out
     # On 40 GB GPUs it does not: the plan names the GPU and phase.
     assert main(["plan", str(CONFIG), "--gpu", "a100-40gb"]) == 2

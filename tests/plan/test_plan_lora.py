@@ -91,10 +91,11 @@ def test_qwen2_7b_lora_zero2_trainer_rank_term_by_term():
 
 
 @pytest.mark.parametrize("overrides, states", [
-    # ZeRO-3 partitions the frozen base too, and gathers up to 1e9 of its parameters at a time.
+    # ZeRO-3 partitions the frozen base too, gathers up to 1e9 of its parameters at a time, and allocates
+    # its 5e8-element gradient reduce bucket in full at start, however small the adapter.
     (["trainer.zero_stage=3"], {"frozen base": 2 * PSI_QWEN / 7, "adapter": 2 * ADAPTER_QWEN / 7,
                                 "adapter gradients": 2 * ADAPTER_QWEN / 7, "adapter optimizer": 12 * ADAPTER_QWEN / 7,
-                                "zero buffers": 1e9 * 2}),
+                                "zero buffers": 1e9 * 2 + 5e8 * 2}),
     (["trainer.zero_stage=0"], {"frozen base": 2 * PSI_QWEN, "adapter": 2 * ADAPTER_QWEN,
                                 "adapter gradients": 2 * ADAPTER_QWEN, "adapter optimizer": 12 * ADAPTER_QWEN}),
     # The torch backend: peft's float32 adapter, its gradients, AdamW m + v and one flat all-reduce copy.
@@ -146,7 +147,7 @@ def test_llama3_70b_lora_fits_one_8_gpu_node(capsys):
     psi, a, n = PSI_LLAMA, ADAPTER_LLAMA, 4
     assert f"adapter {a:,} parameters (0.29% of the model), 395.0 MiB a sync" in out
     tokens = 3 * 1024 + 6 * 1024
-    rank = (2 * psi / n + (2 + 2 + 12) * a / n + 2e9  # ZeRO-3: base, adapter, its grads and optimizer; live gather
+    rank = (2 * psi / n + (2 + 2 + 12) * a / n + 2e9 + 1e9  # ZeRO-3: base, adapter, grads, optimizer; live gather, reduce bucket
             + 80 * 8192 * 2 * tokens + (6 * 8192 + 2 * 1024 + 4 * 28672) * 2 * tokens + 7 * 16 * 2 * tokens
             + tokens * 128_256 * 4 + 512 * 128_256 * 12 + 3 * 3072 * 3072 * 2 + 0.5 * GIB)
     assert re.search(rf"trainer ranks 1-3 .* {rank / GIB:.2f}  frozen base {2 * psi / n / GIB:.2f},", out)
@@ -173,7 +174,7 @@ def test_llama3_70b_full_fine_tuning_is_refused_on_the_same_node(capsys):
                  "reference.num_gpus=1", *NODE, "--host-memory-gib", "1024"]) == 2
     out = capsys.readouterr().out.split("the same run with placement=colocated")[0]
     tokens = 3 * 1024 + 6 * 1024
-    rank1 = (16 * PSI_LLAMA / 4 + 2e9 + 80 * 8192 * 2 * tokens + (6 * 8192 + 2 * 1024 + 4 * 28672) * 2 * tokens
+    rank1 = (16 * PSI_LLAMA / 4 + 2e9 + 1e9 + 80 * 8192 * 2 * tokens + (6 * 8192 + 2 * 1024 + 4 * 28672) * 2 * tokens
              + tokens * 128_256 * 4 + 512 * 128_256 * 12 + 3 * 3072 * 3072 * 2 + 0.5 * GIB)
     assert f"DOES NOT FIT: trainer rank 1: needs {rank1 / GIB:.1f} GiB on node0 gpu1" in out
     assert "DOES NOT FIT: reference: needs {CPU 1, GPU 1} on one node" in out
