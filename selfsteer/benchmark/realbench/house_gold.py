@@ -76,8 +76,10 @@ def summary(scored: list[dict], rules: list[str]) -> dict:
 
 
 def win_rate(gold: list[float], baseline: list[float]) -> float:
-    """Share of prompts where the answer's gold beats the baseline's (ties count half)."""
-    return statistics.fmean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold, baseline))
+    """Share of prompts where the answer's gold beats the baseline's (ties count half: evaluation.win)."""
+    from selfsteer.benchmark.evaluation import win
+
+    return statistics.fmean(win(a, b) for a, b in zip(gold, baseline))
 
 
 def evaluate(model_dir: str, records: list[dict], rules: list[str], min_cosine: float, max_new_tokens: int = 96,
