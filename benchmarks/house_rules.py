@@ -87,7 +87,7 @@ def write_selected(probe_json: Path) -> list[str]:
     head = (f"# The house rules kept for the benchmark: written by `python benchmarks/house_rules.py --select-rules "
             f"{os.path.relpath(probe_json, REPO)}`\n# from {CANDIDATES.name}: good - bad compliance >= {MIN_DELTA} "
             f"and unprompted compliance < {MAX_UNPROMPTED}, not derailing, in that\n# probe ({s['prompts']} training "
-            f"questions, principle in the {s.get('placement', 'system')} turn, template {s['template']}). Do not edit by hand.\n")
+            f"questions, principle placement {s.get('placement', 'system')}, template {s['template']}). Do not edit by hand.\n")
     PRINCIPLES.write_text(head + yaml.safe_dump(entries, sort_keys=False, width=120))
     return keep
 
