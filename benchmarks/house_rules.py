@@ -10,6 +10,7 @@ soon as it exists, and --stop-after stops cleanly.
 
     python benchmarks/house_rules.py --seeds 0 1 2 --stop-after 3h   # one sitting; rerun to continue
     python benchmarks/house_rules.py --report-only                   # table.md and gold.png from results.json
+    python benchmarks/house_rules.py --pairs RUN_DIR ...             # the gold's view of the pairs runs trained on
 
 Writes <out>/results.json, <out>/table.md, <out>/gold.png and <out>/heldout_split<seed>.jsonl.
 """
@@ -110,9 +111,15 @@ def main(argv=None) -> int:
     ap.add_argument("--select-rules", metavar="PROBE_JSON", help="write house_rules_principles.yaml from a probe "
                     "report of house_rules_candidates.yaml, then exit")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    ap.add_argument("--pairs", nargs="+", metavar="RUN_DIR", help="score the chosen / rejected / raw answers each "
+                    "round of these runs trained on, with the gold's rules and guards, then exit")
+    ap.add_argument("--rules", nargs="+", help="with --pairs: these checks instead of the config's rules")
     args = ap.parse_args(argv)
     if args.select_rules:
         print(f"kept {write_selected(Path(args.select_rules))}; wrote {PRINCIPLES}")
+        return 0
+    if args.pairs:
+        print(pairs_table([Path(d) for d in args.pairs], args.rules or house_rules(args.config)))
         return 0
     methods = [m for m in args.methods.split(",") if m]
     bad = sorted(set(methods) - set(METHODS))
@@ -152,6 +159,29 @@ def main(argv=None) -> int:
     plot(results, methods, out / "gold.png")
     print(md)
     return 0
+
+
+def pairs_table(run_dirs: list[Path], rules: list[str]) -> str:
+    """Per run and round: off-topic share and mean gold of the triples' chosen / rejected / raw answers."""
+    from selfsteer.benchmark.realbench.house_gold import SIDES, pair_health
+    from selfsteer.utils.io import iter_jsonl
+
+    if not GUARD_FILE.is_file():
+        raise SystemExit(f"{GUARD_FILE} is missing: a benchmark sitting calibrates the off-topic guard first")
+    min_cos = json.loads(GUARD_FILE.read_text())["threshold"]
+    lines = [f"rules {', '.join(rules)}; off-topic below cosine {min_cos}", "",
+             "| run | round | pairs | " + " | ".join(f"{s}: off topic, gold" for s in SIDES) + " |",
+             "|---|---|---|" + "---|" * len(SIDES)]
+    for run in run_dirs:
+        files = sorted(run.glob("rounds/round_*/triples.jsonl"))
+        if not files:
+            raise SystemExit(f"{run}: no rounds/round_*/triples.jsonl (not a run directory?)")
+        for f in files:
+            triples = [row for _, row in iter_jsonl(f)]
+            h = pair_health(triples, rules, min_cos)
+            cells = " | ".join(f"{h[s]['guards']['off_topic']:.2f}, {h[s]['gold']:.2f}" for s in SIDES)
+            lines.append(f"| {run.parent.name}/{run.name} | {int(f.parent.name.split('_')[1])} | {len(triples)} | {cells} |")
+    return "\n".join(lines)
 
 
 SIGNAL_KEYS = ("signal/gap_chosen", "signal/steer_gap_min", "signal/unsteered_dimensions", "signal/pair_identical",

@@ -58,6 +58,19 @@ def test_guards_zero_the_gold_and_win_rate_counts_ties_half():
     assert G.win_rate([1.0, 0.5, 0.0], [0.5, 0.5, 0.5]) == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
 
 
+def test_pair_health_scores_each_side_of_the_triples_as_the_gold_does():
+    # Two triples; a fake encoder gives "Hello! How can I help?" cosine 0.1 (off topic), else 0.9.
+    triples = [{"instruction": "Where do owls live?", "chosen": "Hello! How can I help?",
+                "rejected": "Owls live in forests and barns, mostly in old trees.", "raw": "Hello, owls live in barns."},
+               {"instruction": "What do owls eat?", "chosen": "Hi, owls eat mice.",
+                "rejected": "Owls eat mice and voles and small birds at night.", "raw": "Owls eat mice."}]
+    cos = lambda qs, ans: [0.1 if a.startswith("Hello! How") else 0.9 for a in ans]  # noqa: E731
+    health = G.pair_health(triples, ["greeting"], min_cosine=0.3, cos_fn=cos)
+    assert health["chosen"]["guards"]["off_topic"] == 0.5 and health["chosen"]["gold"] == 0.5  # "Hi, ..." greets
+    assert health["rejected"]["any_guard"] == 0.0 and health["rejected"]["gold"] == 0.0
+    assert health["raw"]["gold"] == 0.5 and health["raw"]["any_guard"] == 0.0
+
+
 def test_minilm_cosine_ranks_an_on_topic_answer_above_an_off_topic_one():
     on, off = G.cosines(["Where do owls live?"] * 2, ["Owls live in forests and barns.", "Paint the fence blue."])
     assert on > off + 0.2
@@ -102,3 +115,26 @@ def test_report_tables_from_hand_results():
     assert "| online_sso_v1 | 3 | 2 | 0.250 ± 0.071 | 0.125 ± 0.035 | 0.750 ± 0.071 | 0.000 ± 0.000 |" in md
     assert "| online_sso_v1 | 6 | 1 | 0.400 | 0.200 | 0.900 | 0.100 | 0.050 | 0.050 | 40.0 |" in md
     assert "rlcd_dpo" not in md  # no runs, no rows
+
+
+def test_pairs_table_reads_a_run_directory(tmp_path):
+    """`house_rules.py --pairs`: one row per round, off-topic share and gold per side, real encoder."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import house_rules
+
+    triple = {"instruction": "Where do owls live?", "chosen": "Owls live in forests and barns.",
+              "rejected": "Owls live in forests and barns.\n\nSome live in deserts.\n\nOthers in towns.",
+              "raw": "Paint the fence blue with a wide brush and let it dry."}
+    for r in (1, 2):
+        d = tmp_path / "online_sso_v1" / "seed0" / "rounds" / f"round_000{r}"
+        d.mkdir(parents=True)
+        (d / "triples.jsonl").write_text(json.dumps(triple) + "\n")
+    md = house_rules.pairs_table([tmp_path / "online_sso_v1" / "seed0"], ["one_paragraph"])
+    assert "| online_sso_v1/seed0 | 1 | 1 | 0.00, 1.00 | 0.00, 0.00 | 1.00, 0.00 |" in md
+    assert "| online_sso_v1/seed0 | 2 | 1 |" in md
+    with pytest.raises(SystemExit, match="no rounds"):
+        house_rules.pairs_table([tmp_path], ["one_paragraph"])

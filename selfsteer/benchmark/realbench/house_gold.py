@@ -75,6 +75,24 @@ def summary(scored: list[dict], rules: list[str]) -> dict:
             "mean_words": statistics.fmean(s["words"] for s in scored)}
 
 
+SIDES = ("chosen", "rejected", "raw")
+
+
+def pair_health(triples: list[dict], rules: list[str], min_cosine: float, cos_fn=None) -> dict[str, dict]:
+    """The gold's view of the pairs a run trained on: per side of the triples (chosen = the good
+    principle's answer, rejected = the bad one's, raw = no principle), `summary` of its answers.
+
+    A method learns what its chosen answers share. Chosen answers that trip the off-topic guard
+    more often than raw ones teach the policy to talk past the question (docs/guide/probe.md).
+    `cos_fn(questions, answers)` defaults to the packaged encoder's `cosines`.
+    """
+    records = [{"prompt": t["instruction"], **({"key_term": t["key_term"]} if "key_term" in t else {})} for t in triples]
+    cos_fn = cos_fn or cosines
+    return {side: summary(score(records, [t[side] for t in triples], rules, min_cosine,
+                                cos=cos_fn([r["prompt"] for r in records], [t[side] for t in triples])), rules)
+            for side in SIDES}
+
+
 def win_rate(gold: list[float], baseline: list[float]) -> float:
     """Share of prompts where the answer's gold beats the baseline's (ties count half: evaluation.win)."""
     from selfsteer.benchmark.evaluation import win
