@@ -72,12 +72,27 @@ def steer_verdict(gap: float, compliance_delta: float | None = None) -> str:
         value, steers, barely = compliance_delta, COMPLIANCE_STEERS, COMPLIANCE_BARELY
     else:
         value, steers, barely = gap, GAP_STEERS, GAP_BARELY
+    value = round(value, 9)  # shares' differences land a float step below the threshold (0.7 - 0.5)
     return VERDICTS[0] if value >= steers else VERDICTS[1] if value >= barely else VERDICTS[2]
 
 
 def derails(on_topic_none: float, on_topic_good: float) -> bool:
     """Whether the good principle costs DERAIL_DROP or more of the answers' staying on the question."""
-    return on_topic_none - on_topic_good >= DERAIL_DROP
+    return round(on_topic_none - on_topic_good, 9) >= DERAIL_DROP  # 1.0 - 0.8 is 0.19999999999999996
+
+
+def on_topic_threshold(cosines_none: list[float]) -> float:
+    """The on-topic cutoff: the ON_TOPIC_PERCENTILE-th percentile of the unprompted answers' cosines
+    (nearest rank), the rule the house-rules guard was calibrated with."""
+    ranked = sorted(cosines_none)
+    return ranked[max(0, min(len(ranked) - 1, round(ON_TOPIC_PERCENTILE / 100 * len(ranked)) - 1))]
+
+
+def on_topic_shares(cosines: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Share of each side's answers at or above the on-topic cutoff of the `reference` side's cosines
+    (cosine of question and answer; the unprompted answers are the reference in the probe and the run)."""
+    cutoff = on_topic_threshold(cosines[reference])
+    return {side: sum(c >= cutoff for c in cs) / len(cs) for side, cs in cosines.items() if cs}
 
 
 def dimension_gaps(dimensions: list[tuple[str, ...]], chosen_pos: list[float], chosen_neg: list[float]) -> dict[str, float]:

@@ -110,6 +110,10 @@ class SignalConfig:
     min_value: Optional[float] = None  # out of bounds below this (null: no lower bound)
     patience: int = 2  # rounds in a row out of bounds before the alert
     early_stop: bool = False  # end the run (after saving the round) instead of only alerting
+    # Warn when the good principle's answers stop answering the question (the probe's "derails"):
+    # cosine of question and answer under the packaged MiniLM encoder (selfsteer[algos]), chosen vs
+    # unprompted answers. For natural-language prompts; the toy task's token strings have no topic.
+    on_topic: bool = False
 
     def __post_init__(self):
         _check_positive("signal", "patience", self.patience)

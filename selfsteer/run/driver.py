@@ -20,6 +20,7 @@ from selfsteer.algorithms.registry import method
 from selfsteer.run import checkpoint, preflight
 from selfsteer.config.schema import RunConfig, save_config, to_dict
 from selfsteer.run.metrics import MetricsWriter, SignalWatch, SteerWatch
+from selfsteer.run.on_topic import OnTopicWatch
 from selfsteer.run.startup_checks import collect_fallbacks
 from selfsteer.online.gold_eval import GoldEval
 from selfsteer.actors.inputs import prepare_inputs
@@ -49,6 +50,7 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             schedule = checkpoint.lr_schedule(run_dir, cfg, resume, write=False)  # reads the old config.yaml
             inputs = prepare_inputs(cfg, run_dir, keep_prompts=resume)
             inputs.schedule = schedule
+            topic = OnTopicWatch(cfg.signal.on_topic)  # loads its encoder (or names the missing extra) before Ray
             check_placement(cfg)  # starts Ray: a config the cluster cannot place fails before any file is written
             write_run_files(cfg, run_dir, schedule)
             restored = checkpoint.repair_metrics(run_dir, state["round"]) if state is not None else {}
@@ -89,12 +91,15 @@ def run(cfg: RunConfig, on_round_start: Optional[Callable[[int, Roles], None]] =
             metrics.update(watch.update(metrics))
             steer_metrics, steer_warning = steer.update(round_index, metrics)
             metrics.update(steer_metrics)
+            topic_metrics, topic_warning = topic.score_round(run_dir, round_index)
+            metrics.update(topic_metrics)
             writer.write(round_index, metrics)  # durable before state.json marks the round finished
             checkpoint.pause_point("after_metrics", run_dir, round_index)
             checkpoint.commit_round(run_dir)
             logger.info("round %d | %s", round_index, _summary(metrics, method(cfg.algo)))
-            if steer_warning:
-                logger.warning("%s\n%s\n%s", "!" * 100, steer_warning, "!" * 100)
+            for warning in (steer_warning, topic_warning):
+                if warning:
+                    logger.warning("%s\n%s\n%s", "!" * 100, warning, "!" * 100)
             if watch.alerting:
                 logger.warning("round %d: %s=%.3g out of bounds for %d rounds: the self-generated preference signal "
                                "is collapsing (see docs/guide/signal-health.md)%s", round_index, cfg.signal.metric,

@@ -69,13 +69,6 @@ def mean_logps(model, contexts: list[list[int]], responses: list[list[int]], pad
     return (sums.double() / counts.double().clamp(min=1)).tolist()
 
 
-def on_topic_threshold(cosines_none: list[float]) -> float:
-    """The on-topic cutoff: the ON_TOPIC_PERCENTILE-th percentile of the unprompted answers' cosines
-    (nearest rank), the rule the house-rules guard was calibrated with."""
-    ranked = sorted(cosines_none)
-    return ranked[max(0, min(len(ranked) - 1, round(D.ON_TOPIC_PERCENTILE / 100 * len(ranked)) - 1))]
-
-
 def encoder_cosines():
     """`cosines(questions, answers)` under the packaged MiniLM encoder, or None without the `algos` extra."""
     import importlib.util
@@ -177,7 +170,7 @@ def run_probe(cfg, n_prompts: int = 16, out_dir: Optional[str | Path] = None, di
     questions = [r["prompt"] for r in rows]
     if cosines is not None:
         cos_none = cosines(questions, [g.text for g in none])
-        cutoff = on_topic_threshold(cos_none)
+        cutoff = D.on_topic_threshold(cos_none)
         settings["settings"]["on_topic_cosine"] = round(cutoff, 4)
     results = []
     for d in dims:

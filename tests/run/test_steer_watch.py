@@ -44,16 +44,23 @@ def test_a_run_whose_principles_cannot_steer_warns_after_round_1(tmp_path, toy_c
     library.write_text(yaml.safe_dump([{"name": "Deaf", "good": same, "bad": same, "good_adjective": "good",
                                         "bad_adjective": "good"}]))
     out = tmp_path / "run"
+    import importlib.util
+
+    topic = importlib.util.find_spec("sentence_transformers") is not None  # the on-topic watch rides along
     proc = subprocess.run(
         [sys.executable, "-m", "selfsteer.cli.main", "run", "configs/tiny_cpu.yaml", "rounds=1", f"output_dir={out}",
          f"model.cache_dir={toy_cache}", "trainer.backend=torch", "trainer.num_ranks=1", "rollout.num_engines=1",
          "data.prompts_per_round=2", f"principles.library_file={library}", "principles.num_dimensions=1",
-         "principles.concision_prob=0", "tensorboard=false"],
+         "principles.concision_prob=0", "tensorboard=false", f"signal.on_topic={str(topic).lower()}"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["signal/steer_alert"] == 1.0 and abs(row["signal/steer_gap/Deaf"]) < 1e-4
     assert "the principles do not steer the policy" in proc.stderr and "Deaf (" in proc.stderr
+    if topic:  # scored from the round's triples by the driver (values are noise on the toy task's tokens)
+        shares = [row[f"signal/on_topic_{s}"] for s in ("chosen", "rejected", "raw")]
+        assert all(0.0 <= v <= 1.0 for v in shares) and row["signal/on_topic_raw"] >= 0.5
+        assert row["signal/derails"] == float(round(shares[2] - shares[0], 9) >= 0.2)
 
 
 def test_principles_placement_puts_the_principle_in_the_system_prompt_after_or_before_the_question():

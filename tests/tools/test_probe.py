@@ -62,7 +62,8 @@ def test_summarize_works_the_numbers_by_hand():
 
 
 def test_a_principle_that_takes_answers_off_the_question_derails():
-    from selfsteer.tools.probe import on_topic_threshold, summarize
+    from selfsteer.algorithms.diagnostics import on_topic_threshold
+    from selfsteer.tools.probe import summarize
 
     # nearest-rank 5th percentile of 20 cosines: the 1st smallest; of 40: the 2nd smallest
     assert on_topic_threshold([0.1 * i for i in range(20, 0, -1)]) == 0.1
@@ -138,3 +139,12 @@ def test_a_probe_with_other_settings_keeps_the_earlier_report(probe_config):
     (kept,) = out.glob("probe.2*.json")  # moved aside, whole
     assert json.loads(kept.read_text()) == first
     assert [r["dimension"] for r in json.loads((out / "probe.json").read_text())["dimensions"]] == ["Deaf"]
+
+
+def test_verdicts_at_their_thresholds_exactly():
+    """Differences of shares land a float step off (0.7 - 0.5 = 0.19999999999999996): the thresholds hold."""
+    from selfsteer.algorithms.diagnostics import derails, steer_verdict
+
+    assert 0.7 - 0.5 < 0.2 and steer_verdict(0.0, 0.7 - 0.5) == "steers"
+    assert 0.3 - 0.2 < 0.1 and steer_verdict(0.0, 0.3 - 0.2) == "barely" and steer_verdict(0.0, 0.09) == "not at all"
+    assert derails(1.0, 0.8) and not derails(1.0, 0.81)
