@@ -64,28 +64,14 @@ class Inputs:
 
     skipped: dict = field(default_factory=dict)  # round -> rows of its skipped.jsonl so far
 
-    def drop_long_prompts(self, prompts, round_index: Optional[int] = None):
-        """Before any principle is written: skip prompts whose bare chat context already exceeds
-        max_prompt_tokens (with principles they only grow), so no writer is asked about them.
-        Returns (kept prompts, skipped count)."""
-        kept, skipped = [], []
-        for p in prompts:
-            tokens = len(encode_chat(self.tokenizer, p.prompt))
-            if tokens <= self.max_prompt_tokens:
-                kept.append(p)
-            else:
-                skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": tokens,
-                                "max_prompt_tokens": self.max_prompt_tokens})
-                logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens without principles > "
-                               "data.max_prompt_tokens=%d", round_index, p.uid, p.index, tokens, self.max_prompt_tokens)
-        self._record_skipped(round_index, skipped)
-        return kept, len(skipped)
-
     def drop_long(self, prompts, pairs=None, round_index: Optional[int] = None):
         """Skip prompts whose chat context (the longest of their principle contexts, given `pairs`)
         exceeds max_prompt_tokens, and those the principle writer refused (pair["skipped"]); each is
         logged with its uuid and, given the round, recorded in that round's skipped.jsonl. Returns
-        (kept prompts, kept pairs or None, skipped count)."""
+        (kept prompts, kept pairs or None, skipped count).
+
+        Without `pairs` it checks the bare chat context: SSO calls it so before any principle is
+        written (with principles a context only grows), so no writer is asked about those prompts."""
         kept_p, kept_pairs, skipped = [], [], []
         for i, p in enumerate(prompts):
             pair = pairs[i] if pairs is not None else None
@@ -101,7 +87,7 @@ class Inputs:
                 skipped.append({"uuid": p.uid, "row": p.index, "reason": "too_long", "tokens": longest,
                                 "max_prompt_tokens": self.max_prompt_tokens})
                 logger.warning("round %s: skipped prompt uuid=%s (row %d): %d tokens%s > data.max_prompt_tokens=%d",
-                               round_index, p.uid, p.index, longest, " with its principles" if pairs else "",
+                               round_index, p.uid, p.index, longest, " with its principles" if pairs else " without principles",
                                self.max_prompt_tokens)
         self._record_skipped(round_index, skipped)
         return kept_p, kept_pairs if pairs is not None else None, len(skipped)

@@ -49,7 +49,7 @@ class SsoRound:
         """Principles, (y+, y-, y^o) per prompt on the engines' current weights, and reference scores."""
         cfg, roles, inputs, timer = self.cfg, self.roles, self.inputs, PhaseTimer()
         with timer("principles"):
-            prompts, skipped_bare = inputs.drop_long_prompts(inputs.cursor.next_batch(cfg.data.prompts_per_round), r)
+            prompts, _, skipped_bare = inputs.drop_long(inputs.cursor.next_batch(cfg.data.prompts_per_round), None, r)
             pairs, principle_stats = roles.principles(prompts, r) if prompts else ([], {})
             prompts, pairs, skipped_long = inputs.drop_long(prompts, pairs, r)
             skipped_long += skipped_bare - principle_stats.get("writer_rejected", 0)  # those: principles/writer_rejected

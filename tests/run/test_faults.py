@@ -386,7 +386,7 @@ def test_a_prompt_too_long_for_the_http_writer_is_skipped_and_recorded(tmp_path,
         tokenizer = AutoTokenizer.from_pretrained(toy_model_path)
         inputs = Inputs(str(toy_model_path), str(toy_model_path), PromptCursor(short, 0), tokenizer, 1000,
                         run_dir=tmp_path)
-        prompts, skipped_bare = inputs.drop_long_prompts([*short, long_for_writer, too_long_anyway], 1)
+        prompts, _, skipped_bare = inputs.drop_long([*short, long_for_writer, too_long_anyway], None, 1)
         assert skipped_bare == 1 and too_long_anyway not in prompts  # never sent to the writer
         pairs, stats = writer.generate(prompts, 1)  # used to raise EndpointError: HTTP 400
     finally:
