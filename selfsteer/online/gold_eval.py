@@ -18,6 +18,7 @@ from typing import Optional
 from selfsteer.benchmark import evaluation as E
 from selfsteer.toy import task as T
 from selfsteer.engines.base import ChatRequest
+from selfsteer.utils.io import write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class GoldEval:
             return {}
         result = E.evaluate(None, self.prompts, self.settings, evaluator=EngineResponder(pool))
         self.start_scores = result["scores"]
-        self.start_path.write_text(json.dumps(self.start_scores))
+        write_json(self.start_path, self.start_scores, indent=None)
         return self._record(0, result)
 
     def after_round(self, round_index: int, pool) -> dict[str, float]:
@@ -153,6 +154,4 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from selfsteer.utils.io import write_jsonl
-
     write_jsonl(path, sorted(rows, key=lambda r: r["round"]))

@@ -29,6 +29,7 @@ from selfsteer.principles.library import compose_v2_system
 from selfsteer.recipe.records import dpo_record, principles_record, read_records, sso_record
 from selfsteer.recipe.resume import PhaseOutput
 from selfsteer.recipe.workbench import Progress, Workbench
+from selfsteer.utils.io import write_json
 from selfsteer.utils.paths import require_hf_model
 
 logger = logging.getLogger(__name__)
@@ -246,8 +247,6 @@ def run_pipeline(sso_cfg: RunConfig, dpo_cfg: RunConfig, prompts: str | Path, ou
     Returns:
         per phase, the counts and metrics it reported (also written to `summary.json`).
     """
-    import json
-
     from selfsteer.recipe.training import train_on_file
     from selfsteer.actors.inputs import resolve_model
 
@@ -271,5 +270,5 @@ def run_pipeline(sso_cfg: RunConfig, dpo_cfg: RunConfig, prompts: str | Path, ou
                                              model_path=policy, progress=progress, if_exists="skip")
     finally:
         bench.shutdown()
-    (paths.root / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(paths.root / "summary.json", summary)
     return summary

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.tools.model_eval import generator_name, resolve_checkpoint, run_eval
-from selfsteer.utils.io import iter_jsonl
+from selfsteer.utils.io import iter_jsonl, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,5 +55,5 @@ def export_alpaca_eval(source: str, out: str, *, generator: Optional[str] = None
                       "generator": generator or generator_name(row.get("model", src.stem))})
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(items, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_text(out_path, json.dumps(items, ensure_ascii=False, indent=2))
     return out_path

@@ -10,13 +10,13 @@ checked before the first answer is generated: a damaged checkpoint or a bad row 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from selfsteer.benchmark.evaluation import win
+from selfsteer.utils.io import write_json, write_jsonl
 from selfsteer.utils.model_dir import ModelDirError, check_model_dir
 
 logger = logging.getLogger(__name__)
@@ -194,11 +194,9 @@ def run_eval(model: str, prompts_file: str, *, baseline: Optional[str] = None, s
     if out:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(out_path, rows)
         summary["out"] = str(out_path)
-        out_path.with_name(out_path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out_path.with_name(out_path.name + ".summary.json"), summary)
     return summary
 
 

@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 from selfsteer.algorithms import diagnostics as D
+from selfsteer.utils.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +231,8 @@ def write_report(report: dict, out: Path) -> dict:
             differ = sorted(k for k in {**old.get("settings", {}), **report["settings"]}
                             if old.get("settings", {}).get(k) != report["settings"].get(k))
             logger.warning("probe: %s holds a probe with other settings (%s); moved to %s", path, ", ".join(differ), kept)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    (out / "probe.md").write_text(table(report))
+    write_json(path, report)
+    write_text(out / "probe.md", table(report))
     plot(report, out / "probe.png")
     return report
 
