@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from selfsteer.utils.io import write_text
+from selfsteer.utils.run_dir import ROUND_GROUPS, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict, cfg
     as it is: a resume re-does it from the last round that has one."""
     if cfg is not None and not state_due(round_index, cfg.save_state_every, cfg.rounds):
         return
-    tag = f"round_{round_index:04d}"
+    tag = RunDir.tag(round_index)
     trainer.save_state(str(run_dir / TRAINER_DIR), tag)
     write_durably(run_dir / STAGED_FILE, json.dumps({"round": round_index, "cursor": cursor_state, "trainer_tag": tag}, indent=2))
 
@@ -104,7 +105,7 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
     _discard_after(run_dir, last_round)
     restored = {}
     for r in range(1, last_round + 1):
-        saved = run_dir / "rounds" / f"round_{r:04d}" / "metrics.json"
+        saved = RunDir(run_dir).round(r) / "metrics.json"
         if r not in lines and saved.is_file():
             restored[r] = json.loads(saved.read_text())
             lines[r] = json.dumps({"round": r, **restored[r]})
@@ -116,11 +117,11 @@ def repair_metrics(run_dir: Path, last_round: int) -> dict[int, dict]:
 
 
 def _discard_after(run_dir: Path, last_round: int) -> None:
-    """Round dirs and HF checkpoints of rounds after `last_round` go: the resume re-does those rounds."""
-    for parent in ("rounds", "checkpoints"):
-        for path in sorted((run_dir / parent).glob("round_*")):
-            suffix = path.name[len("round_"):]
-            if suffix.isdigit() and int(suffix) > last_round:
+    """Round dirs and HF checkpoints (SIPO's policy B's too) of rounds after `last_round` go: the
+    resume re-does those rounds."""
+    for group in ROUND_GROUPS:
+        for r, path in RunDir(run_dir).numbered(group):
+            if r > last_round:
                 shutil.rmtree(path, ignore_errors=True)
                 logger.info("resume: %s is re-done from round %d's state; removed %s", path.name, last_round, path)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from selfsteer.utils.io import write_json
+from selfsteer.utils.run_dir import RunDir
 
 
 class PhaseTimer:
@@ -50,7 +51,7 @@ class MetricsWriter:
 
     def write(self, round_index: int, metrics: dict[str, float]) -> None:
         clean = _numbers(metrics)
-        round_dir = self.run_dir / "rounds" / f"round_{round_index:04d}"
+        round_dir = RunDir(self.run_dir).round(round_index)
         if round_dir.is_dir():
             write_json(round_dir / "metrics.json", _json_safe(clean))
         with open(self.path, "a", encoding="utf-8") as fh:

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from selfsteer.benchmark.evaluation import win
 from selfsteer.utils.io import write_json, write_jsonl
 from selfsteer.utils.model_dir import ModelDirError, check_model_dir
+from selfsteer.utils.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     def checked(p: Path) -> Path:
         return p if is_adapter(p) else check_model_dir(p)
 
-    rounds = [p for p in (path / "checkpoints").glob("round_*") if p.name[len("round_"):].isdigit()]
+    rounds = RunDir(path).numbered("checkpoints")
     if rounds and not ((path / "config.json").exists() or is_adapter(path)):
-        return checked(max(rounds, key=lambda p: int(p.name[len("round_"):])))
+        return checked(rounds[-1][1])
     if (path / "config.json").exists() or is_adapter(path):
         return checked(path)
     if not path.exists():

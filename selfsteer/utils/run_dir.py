@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+ROUND_GROUPS = ("rounds", "checkpoints", "checkpoints_b")  # the folders that hold one round_NNNN per round
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run's output directory.
@@ -31,3 +34,13 @@ class RunDir:
 
     def checkpoint(self, round_index: int, group: str = "checkpoints") -> Path:
         return self.root / group / self.tag(round_index)
+
+    def numbered(self, group: str = "checkpoints") -> list[tuple[int, Path]]:
+        """(round, directory) for each round_NNNN in `group` (one of ROUND_GROUPS), in round order;
+        other names are not rounds and are left out."""
+        found = []
+        for path in (self.root / group).glob("round_*"):
+            suffix = path.name[len("round_"):]
+            if suffix.isdigit():
+                found.append((int(suffix), path))
+        return sorted(found)

@@ -66,3 +66,12 @@ def test_resume_discards_the_rounds_after_the_last_state(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
     for parent in ("rounds", "checkpoints"):
         assert sorted(p.name for p in (tmp_path / parent).iterdir()) == ["round_0001", "round_0002"]
+
+
+def test_resume_discards_policy_b_checkpoints_after_the_last_state_too(tmp_path):
+    """SIPO's second policy writes checkpoints_b/: a re-done round's checkpoint there goes as well."""
+    for r in (1, 2, 3):
+        (tmp_path / "checkpoints_b" / f"round_{r:04d}").mkdir(parents=True)
+    (tmp_path / "checkpoints_b" / "round_notes").mkdir()  # not a round: kept
+    checkpoint.repair_metrics(tmp_path, 2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints_b").iterdir()) == ["round_0001", "round_0002", "round_notes"]

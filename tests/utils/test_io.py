@@ -37,6 +37,14 @@ def test_run_dir_spells_rounds_and_checkpoints(tmp_path):
     assert run.checkpoint(3, "checkpoints_b") == tmp_path / "checkpoints_b" / "round_0003"
 
 
+def test_run_dir_lists_a_groups_rounds_in_round_order(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.numbered() == []
+    for name in ("round_0010", "round_0002", "round_x", "other"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert run.numbered() == [(2, run.checkpoint(2)), (10, run.checkpoint(10))]
+
+
 def test_cache_root_honours_the_config_then_selfsteer_cache_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SELFSTEER_CACHE", str(tmp_path / "env"))
     assert str(cache_root("/given")) == "/given"
