@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.report import pair_signal, plot, table  # noqa: E402
 from selfsteer.config.schema import load_config  # noqa: E402
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 # method -> config overrides (on top of configs/alignment_tiny.yaml). Offline methods keep the
 # engines on the start weights, so every round's pairs come from the start model.
@@ -121,26 +122,24 @@ def main(argv=None) -> int:
                     run_dir = out / "runs" / method / f"seed{seed}"
                     shutil.rmtree(run_dir, ignore_errors=True)  # redone from scratch: `selfsteer run` refuses a used output_dir
                     run_s = _run(args.config, [*common, *METHODS[method], f"output_dir={run_dir}", "tensorboard=false"])
-                    ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
-                    for ckpt in ckpts:
-                        r = int(ckpt.name.split("_")[1])
-                        if r % args.eval_every and ckpt != ckpts[-1]:
+                    ckpts = RunDir(run_dir).numbered()
+                    for r, ckpt in ckpts:
+                        if r % args.eval_every and ckpt != ckpts[-1][1]:
                             continue
                         row = _row(r, E.evaluate(str(ckpt), prompts, settings, baseline=base["scores"]), base)
-                        row.update(pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl"))
+                        row.update(pair_signal(RunDir(run_dir).round(r) / "triples.jsonl"))
                         rounds.append(row)
                 rounds[-1]["run_s"] = round(run_s, 1)
             entry = {"rounds": rounds, "final": rounds[-1]}
             if METHODS[method] is not None and (run_dir / "checkpoints_b").is_dir():  # SIPO's second policy
                 rows_b = [_row(0, base, base)] + [
-                    _row(int(c.name.split("_")[1]), E.evaluate(str(c), prompts, settings, baseline=base["scores"]), base)
-                    for c in sorted((run_dir / "checkpoints_b").glob("round_*"))]
+                    _row(r, E.evaluate(str(c), prompts, settings, baseline=base["scores"]), base)
+                    for r, c in RunDir(run_dir).numbered("checkpoints_b")]
                 results.setdefault(f"{method}_policy_b", {})[str(seed)] = {"rounds": rows_b, "final": rows_b[-1]}
             if METHODS[method] is not None:  # every round's own pairs, gold-scored (cheap: no generation)
                 own = _own_metrics(run_dir / "metrics.jsonl")
-                entry["pairs"] = [{"round": int(d.name.split("_")[1]), **pair_signal(d / "triples.jsonl"),
-                                   **own.get(int(d.name.split("_")[1]), {})}
-                                  for d in sorted((run_dir / "rounds").glob("round_*"))]
+                entry["pairs"] = [{"round": r, **pair_signal(d / "triples.jsonl"), **own.get(r, {})}
+                                  for r, d in RunDir(run_dir).numbered("rounds")]
             results.setdefault(method, {})[str(seed)] = entry
             results_path.write_text(json.dumps(results, indent=2))  # after every run: nothing finished is lost
     if "_start" not in results:

@@ -33,6 +33,7 @@ import real_model as RM  # noqa: E402  (its sitting, run, resume and stop helper
 
 from selfsteer.benchmark.realbench import house_task as H  # noqa: E402
 from selfsteer.benchmark.realbench.ifeval_task import write_jsonl  # noqa: E402
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 # The same budget for every method: the config's rounds, prompts and steps. online_sso_filter is
 # the remedy the signal-health work found ("Remedies" in the signal-health guide: the spec's v1 pair filter).
@@ -173,7 +174,7 @@ def pairs_table(run_dirs: list[Path], rules: list[str]) -> str:
              "| run | round | pairs | " + " | ".join(f"{s}: off topic, gold" for s in SIDES) + " |",
              "|---|---|---|" + "---|" * len(SIDES)]
     for run in run_dirs:
-        files = sorted(run.glob("rounds/round_*/triples.jsonl"))
+        files = [d / "triples.jsonl" for _, d in RunDir(run).numbered("rounds") if (d / "triples.jsonl").is_file()]
         if not files:
             raise SystemExit(f"{run}: no rounds/round_*/triples.jsonl (not a run directory?)")
         for f in files:

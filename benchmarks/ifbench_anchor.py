@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from real_model import start_model  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 
 def resolve(label: str, work: Path, cache: Path) -> Path:
@@ -30,7 +31,7 @@ def resolve(label: str, work: Path, cache: Path) -> Path:
         return start_model(cache)
     method, _, seed = label.partition(":")
     run_dir = work / "runs" / method / f"seed{seed or 0}"
-    ckpts = [c for c in sorted((run_dir / "checkpoints").glob("round_*")) if (c / "config.json").is_file()]
+    ckpts = [c for _, c in RunDir(run_dir).numbered() if (c / "config.json").is_file()]
     if not ckpts:
         raise SystemExit(f"{label}: no checkpoint under {run_dir} (run benchmarks/real_model.py first)")
     return ckpts[-1]

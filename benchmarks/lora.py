@@ -189,7 +189,9 @@ def alignment(args) -> None:
                                 f"output_dir={run_dir}"], check=True, capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"})
                 run_s = time.time() - t0
-                last = sorted((run_dir / "checkpoints").glob("round_*"))[-1]  # an adapter with LoRA: loaded merged
+                from selfsteer.utils.run_dir import RunDir
+
+                last = RunDir(run_dir).numbered()[-1][1]  # an adapter with LoRA: loaded merged
                 gold = {k: E.evaluate(str(last), p, settings)["sampled"]["gold"] for k, p in sets.items()}
             rows[(mode, label)] = gold
             print(f"seed {seed} {mode:<4} {label:<9} after {args.align_rounds} rounds ({run_s:.0f} s): sampled gold "

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.realbench import ifeval_task as T  # noqa: E402
 from selfsteer.run.checkpoint import load_state  # noqa: E402
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 METHODS = {  # method -> overrides on the config; offline methods sample from the start weights
     "start": None,
@@ -220,13 +221,13 @@ def sit(args, table: dict, methods: list[str], results: dict, save, deadline, mo
 
 def _score(run_dir: Path, entry: dict, score, keep: bool) -> None:
     """Score every saved round checkpoint not yet scored; drop scored ones except the latest unless `keep`."""
-    ckpts = sorted((run_dir / "checkpoints").glob("round_*"))
-    for ckpt in ckpts:
-        r = str(int(ckpt.name.split("_")[1]))
+    ckpts = RunDir(run_dir).numbered()
+    for n, ckpt in ckpts:
+        r = str(n)
         if r not in entry["rounds"] and (ckpt / "config.json").is_file():
             print(f"scoring {ckpt}", flush=True)
             entry["rounds"][r] = score(ckpt)
-        if not keep and ckpt != ckpts[-1] and r in entry["rounds"]:
+        if not keep and ckpt != ckpts[-1][1] and r in entry["rounds"]:
             shutil.rmtree(ckpt)
 
 

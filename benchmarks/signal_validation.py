@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.report import pair_signal  # noqa: E402
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 GOLD = ("pair_accuracy", "good_adherence", "bad_adherence")
 PREFIXES = ("signal/", "train/rewards", "rollout/chosen_tokens", "rollout/rejected_tokens", "rollout/raw_tokens")
@@ -41,7 +42,7 @@ def collect(runs: Path) -> list[dict]:
         for line in metrics_file.read_text().splitlines():
             row = json.loads(line)
             r = int(row["round"])
-            gold = pair_signal(run_dir / "rounds" / f"round_{r:04d}" / "triples.jsonl")
+            gold = pair_signal(RunDir(run_dir).round(r) / "triples.jsonl")
             diag = {k: float(v) for k, v in row.items() if k.startswith(PREFIXES) and isinstance(v, (int, float))}
             points.append({"method": run_dir.parent.name, "seed": run_dir.name, "round": r, **gold, **diag})
     return points

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsteer.config.schema import load_config  # noqa: E402
+from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,9 +41,10 @@ def main(argv=None) -> int:
         _, heldout = T.split_prompts(cfg.task.split_seed)
         prompts = T.balanced(heldout, args.eval_prompts, seed=cfg.task.split_seed)
         start = stage0(cfg, resolve_model(cfg))  # cached: the run's own pi_A0, pi_B0
-        last = sorted((run_dir / "checkpoints").glob("round_*"))[-1].name
+        run, r = RunDir(run_dir), RunDir(run_dir).numbered()[-1][0]
+        last = RunDir.tag(r)
         fronts = {"stage0": E.mod_front(start["policy_a"], start["policy_b"], prompts, list(cfg.sipo.weights), objectives),
-                  last: E.mod_front(str(run_dir / "checkpoints" / last), str(run_dir / "checkpoints_b" / last), prompts,
+                  last: E.mod_front(str(run.checkpoint(r)), str(run.checkpoint(r, "checkpoints_b")), prompts,
                                     list(cfg.sipo.weights), objectives)}
         a, b = objectives
         dominates = all(n[a] >= o[a] and n[b] >= o[b] for o, n in zip(fronts["stage0"], fronts[last]))
