@@ -33,6 +33,7 @@ import real_model as RM  # noqa: E402  (its sitting, run, resume and stop helper
 
 from selfsteer.benchmark.realbench import house_task as H  # noqa: E402
 from selfsteer.benchmark.realbench.ifeval_task import write_jsonl  # noqa: E402
+from selfsteer.utils.paths import cache_root  # noqa: E402
 from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 # The same budget for every method: the config's rounds, prompts and steps. online_sso_filter is
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--out", default=str(REPO / "results" / "real_model" / "house_rules"))
     ap.add_argument("--work", default=str(REPO / "runs" / "house_rules_work"), help="run dirs and prompt files")
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "selfsteer" / "real_model"))
+    ap.add_argument("--cache", default=str(cache_root() / "real_model"))  # $SELFSTEER_CACHE honoured
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=1, help="sampled answers per held-out question besides the greedy one")
     ap.add_argument("--max-new-tokens", type=int, default=96)

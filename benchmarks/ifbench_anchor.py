@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from real_model import start_model  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+from selfsteer.utils.paths import cache_root  # noqa: E402
 from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["start", "online_sso_v1:0"],
                     help="'start' or METHOD:SEED (the latest checkpoint of that real_model.py run)")
     ap.add_argument("--work", default=str(REPO / "runs" / "real_model_work"))
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "selfsteer" / "real_model"))
+    ap.add_argument("--cache", default=str(cache_root() / "real_model"))  # $SELFSTEER_CACHE honoured
     ap.add_argument("--out", default=str(REPO / "results" / "real_model"))
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N scorable prompts")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsteer.benchmark.realbench import ifeval_task as T  # noqa: E402
 from selfsteer.run.checkpoint import load_state  # noqa: E402
+from selfsteer.utils.paths import cache_root  # noqa: E402
 from selfsteer.utils.run_dir import RunDir  # noqa: E402
 
 METHODS = {  # method -> overrides on the config; offline methods sample from the start weights
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "real_model" / "ifeval_smollm2.yaml"))
     ap.add_argument("--out", default=str(REPO / "results" / "real_model"))
     ap.add_argument("--work", default=str(REPO / "runs" / "real_model_work"), help="run dirs and prompt files")
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "selfsteer" / "real_model"))
+    ap.add_argument("--cache", default=str(cache_root() / "real_model"))  # $SELFSTEER_CACHE honoured
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--train-prompts", type=int, default=256)
     ap.add_argument("--heldout", type=int, default=48, help="held-out prompts scored per checkpoint (~1.5 min each on 2 cores)")
