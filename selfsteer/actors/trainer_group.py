@@ -38,6 +38,8 @@ class TrainerGroup:
         extra = dict(env or {})
         if tc.device == "cpu" or (tc.device == "auto" and not tc.num_gpus):
             extra["DS_ACCELERATOR"] = "cpu"
+        # No max_restarts (unlike the rollout engines): a restarted rank could not rejoin its
+        # torch.distributed process group, so a lost rank fails the round instead.
         self.ranks = [
             ray.remote(TrainerRank).options(
                 **where[i],

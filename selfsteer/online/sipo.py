@@ -164,6 +164,8 @@ class SipoRound:
         write_jsonl(round_dir / "candidates.jsonl", records)  # on disk before any training on it
         metrics, _ = train_sync_save(cfg, roles, r, run_dir, timer, items_a, self.keys, self.loss_kwargs,
                                      inputs.cursor.state_dict())
+        # Policy B's train -> sync -> save, not train_sync_save's: it loads into the engines' B slot
+        # (copy_into, load_buckets_b), refreshes no reference and saves no resumable state.
         usable = equal_shards(len(items_b), len(self.trainer_b.ranks))
         with timer("train_b"):
             results_b = self.trainer_b.train(items_b[:usable], self.keys, self.loss_kwargs) if usable else []
