@@ -8,7 +8,7 @@ from selfsteer.data.chat import chat_messages
 from selfsteer.engines.base import Sampling
 from selfsteer.run import checkpoint
 from selfsteer.run.metrics import weighted_mean
-from selfsteer.training.steps import equal_shards
+from selfsteer.training.steps import equal_shards, state_due
 from selfsteer.utils.run_dir import RunDir
 
 
@@ -42,7 +42,7 @@ def answer_ids(tokenizer, prompt: str, answer: str, context: list[int]) -> list[
 
 def save(cfg, roles, run_dir: Path, r: int, cursor_state: dict) -> None:
     """The round's HF checkpoint when `save_every` says so, and its resumable state."""
-    if checkpoint.state_due(r, cfg.save_every, cfg.rounds):
+    if state_due(r, cfg.save_every, cfg.rounds):
         roles.trainer.save_hf(str(RunDir(run_dir).checkpoint(r)))
     checkpoint.save_round(run_dir, r, roles.trainer, cursor_state, cfg)
 

@@ -18,6 +18,7 @@ from typing import Optional
 from selfsteer.benchmark import evaluation as E
 from selfsteer.toy import task as T
 from selfsteer.engines.base import ChatRequest
+from selfsteer.training.steps import state_due
 from selfsteer.utils.io import write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class GoldEval:
         self.resumed = last_finished > 0
 
     def due(self, round_index: int) -> bool:
-        return bool(self.every) and (round_index % self.every == 0 or round_index == self.rounds)
+        return bool(self.every) and state_due(round_index, self.every, self.rounds)
 
     def start(self, pool) -> dict[str, float]:
         """Round 0: the start weights (not on a resume: the engines hold the resumed weights then)."""

@@ -23,10 +23,9 @@ from selfsteer.algorithms.registry import method
 from selfsteer.algorithms.sipo import implicit_rewards, keep_rewrite, pareto_filter, select_pareto_best
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import ChatRequest, Sampling
-from selfsteer.run.checkpoint import state_due
 from selfsteer.run.metrics import PhaseTimer, weighted_mean
 from selfsteer.online.common import answer_ids, next_prompts, train_sync_save
-from selfsteer.training.steps import equal_shards
+from selfsteer.training.steps import equal_shards, state_due
 from selfsteer.utils.io import write_jsonl
 from selfsteer.utils.run_dir import RunDir
 REVIEW = ("Question: {q}\nResponse: {y}\nGive three suggestions to make the response more {a} and more {b}.")

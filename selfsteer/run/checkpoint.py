@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from selfsteer.training.steps import state_due
 from selfsteer.utils.io import write_text
 from selfsteer.utils.run_dir import ROUND_GROUPS, RunDir
 
@@ -32,11 +33,6 @@ STAGED_FILE = ".state.staged.json"  # the finished round's state, until its metr
 TRAINER_DIR = "trainer_state"
 PAUSE_ENV = "SELFSTEER_TEST_PAUSE_AT"  # tests: stop at a named point so a kill lands in that window
 STAYS_CONSTANT = "the rate stays constant"  # an extension that changes nothing: logged as info
-
-
-def state_due(round_index: int, every: int, rounds: int) -> bool:
-    """Whether round `round_index` writes the resumable trainer state (the last round always does)."""
-    return round_index % every == 0 or round_index >= rounds
 
 
 def save_round(run_dir: Path, round_index: int, trainer, cursor_state: dict, cfg=None) -> None:

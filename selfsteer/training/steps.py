@@ -18,3 +18,9 @@ def optimizer_steps(per_rank: int, tc) -> int:
     """Optimizer steps of one epoch over `per_rank` items on one rank: micro-batches of
     `tc.micro_batch_size`, `tc.grad_accum` of them per step, a short last group stepping too."""
     return math.ceil(math.ceil(per_rank / tc.micro_batch_size) / tc.grad_accum)
+
+
+def state_due(round_index: int, every: int, rounds: int) -> bool:
+    """Whether round `round_index` is an `every`-th round or the last: the rounds that write the
+    resumable trainer state (save_state_every), an HF checkpoint (save_every) or a gold eval (eval.every)."""
+    return round_index % every == 0 or round_index >= rounds
