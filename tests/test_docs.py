@@ -81,6 +81,8 @@ def _citations() -> list[tuple[str, str, str]]:
             text = path.read_text()
             assert "shared/spec" not in text, f"{path}: cites shared/spec/, which is not in the repository"
             assert not re.search(r"\bspec §", text, flags=re.I), f"{path}: cites 'spec §N'; cite docs/concepts/PAGE.md §N"
+            bare = [page for page in re.findall(r"([\w./-]+\.md)[`']*,? §", text) if not page.startswith("docs/")]
+            assert not bare, f"{path}: cites {bare[0]} §N; cite the page by its path, docs/concepts/PAGE.md §N"
             out += [(str(path.relative_to(REPO)), page, num)
                     for page, num in re.findall(r"(docs/concepts/[\w-]+\.md)[`']*,? §(\d+)", text)]
     return out

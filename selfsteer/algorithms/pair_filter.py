@@ -1,4 +1,4 @@
-"""Spec sso.md §7's optional v1 pair filter: keep the triples whose principles visibly steer.
+"""The optional v1 pair filter of docs/concepts/sso.md §7: keep the triples whose principles visibly steer.
 
 Pure torch on per-token average log-probs A(y|c) of one round's triples. The stages run in
 order, each on what the previous one kept ("then" in the spec), and each stage's means are taken

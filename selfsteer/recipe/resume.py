@@ -4,8 +4,8 @@
     <output>                 the recipe's JSON list, written atomically once the phase finishes
 
 A phase killed at any point keeps every record it finished: on the next run the ids already in
-<output> or in the side file are skipped, and the finished file holds old + new records (spec
-sso.md §8 "Resume"). Neither file is rewritten before the new one is complete.
+<output> or in the side file are skipped, and the finished file holds old + new records
+(docs/concepts/sso.md §8, on resuming). Neither file is rewritten before the new one is complete.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def _triples(tokenizer, records: list[dict], algo: str, cfg: RunConfig) -> tuple
             if len(x) > cfg.data.max_prompt_tokens:
                 skipped_long += 1
                 continue
-            # Phase-5 pairs have no system prompt (sso.md §10 item 14): both responses are scored under x,
+            # Phase-5 pairs have no system prompt (docs/concepts/sso.md §10 item 14): both responses are scored under x,
             # which a Triple reads from its raw generation's context.
             triples.append(Triple(str(r["prompt_id"]), r["row"], r["prompt"], "", "",
                                   chosen=response(r["chosen"], x), rejected=response(r["rejected"], x),

@@ -85,7 +85,7 @@ def test_worked_example(kwargs, idx, expected):
 ])
 def test_preference_loss_pairs(kind, win, lose, h, expected):
     pol, ref, n = example(dtype=torch.float64)
-    f = (lambda d, k: d[k] / n[k]) if kind == "ipo" else (lambda d, k: d[k])  # ipo on A, dpo on S (sso.md §1)
+    f = (lambda d, k: d[k] / n[k]) if kind == "ipo" else (lambda d, k: d[k])  # ipo on A, dpo on S (docs/concepts/sso.md §1)
     out = preference_loss(f(pol, win), f(pol, lose), f(ref, win), f(ref, lose), beta=0.2, kind=kind)
     assert out.shape == (2,)  # no averaging inside
     assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64), atol=1e-5)

@@ -13,7 +13,7 @@ from selfsteer.algorithms.sepo import trainer_loss as loss
 
 
 def test_trainer_loss_matches_the_spec_worked_example():
-    # sepo.md §4: selected-token means m_c = [-0.633333, -0.3] (3 and 1 tokens), m_r = [-2.05, -1.9] (2 and 1).
+    # docs/concepts/sepo.md §4: selected-token means m_c = [-0.633333, -0.3] (3 and 1 tokens), m_r = [-2.05, -1.9] (2 and 1).
     policy = {"chosen": torch.tensor([-0.9 - 0.5 - 0.5, -0.3], requires_grad=True),
               "rejected": torch.tensor([-2.4 - 1.7, -1.9], requires_grad=True)}
     lengths = {"chosen": torch.tensor([3.0, 1.0]), "rejected": torch.tensor([2.0, 1.0])}

@@ -61,7 +61,7 @@ def test_pipeline_runs_all_five_phases_on_32_prompts(tmp_path, toy_cache):
     assert list(summary) == ["principles", "sso-data", "train-sso", "dpo-data", "train-dpo"]
     assert summary["principles"]["written"] == 32 and summary["principles"]["requests"] >= 32
     assert 0 <= summary["principles"]["fallbacks"] <= 32
-    for key in ("train/loss", "train/loss/pos", "train/loss/neg", "train/loss/sft"):  # the v2 loss (sso.md §5)
+    for key in ("train/loss", "train/loss/pos", "train/loss/neg", "train/loss/sft"):  # the v2 loss (docs/concepts/sso.md §5)
         assert key in summary["train-sso"], key
     assert "train/loss/base" not in summary["train-sso"]
     assert summary["train-sso"]["examples"] == 32 and summary["train-sso"]["optimizer_steps"] == 8  # 32 / (2 x 2)
