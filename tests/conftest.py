@@ -23,6 +23,15 @@ def toy_model_path(toy_cache):
     return build_toy_model(toy_cache)
 
 
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """A private `datasets` cache per test: `datasets` caches every file it reads, and that stays out
+    of the user's home (autouse in tests/recipe/, used by tests/data/test_prompts.py)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -8,13 +8,7 @@ import pytest
 
 from selfsteer.data.prompts import PromptCursor, PromptDataError, PromptRecord, load_prompts
 
-
-@pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    # `datasets` caches every file it reads; keep that out of the user's home and per test.
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # a private `datasets` cache per test (tests/conftest.py)
 
 
 ROWS = [{"prompt": "what is 3 plus 4 ?", "uuid": "b-2"},

@@ -17,7 +17,7 @@ import torch
 
 from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
-from tests.helpers import PROMPTS, assert_request_order, checkpoint_tensors
+from tests.helpers import assert_request_order, checkpoint_tensors
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
@@ -44,13 +44,6 @@ def restore(engine, sharp_path):
     """For tests that load other weights: the engine gets the sharp checkpoint back afterwards."""
     yield
     engine.load_weights(checkpoint_tensors(sharp_path).items())
-
-
-@pytest.fixture
-def prompt_ids(engine):
-    ids = [encode_chat(engine.tokenizer, p, s) for p, s in PROMPTS]
-    assert len({len(i) for i in ids}) == len(ids)  # all lengths differ, so a batch is left-padded
-    return ids
 
 
 def _greedy(engine, prompt_ids):

@@ -6,15 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsteer.data.chat import encode_chat
 from selfsteer.engines.base import Sampling
 from tests.helpers import assert_request_order, assert_stop_string_cuts, stop_word
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
-PROMPTS = [("what is 3 plus 4 ?", None),
-           ("tell a short story about a cat and a dog in the morning .", "be helpful and polite ."),
-           ("hi", None),
-           ("write a short list of fruit and tea .", "be rude and vague .")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,49 +22,10 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def toy_path(tmp_path_factory):
-    from selfsteer.toy import build_toy_model
-
-    return build_toy_model(tmp_path_factory.mktemp("toy"))
-
-
-@pytest.fixture(scope="module")
-def sharp_path(tmp_path_factory):
-    """The toy model (untied) with weights redrawn at a larger scale.
-
-    At its 0.02 init the toy model is nearly "repeat the last token", so every chat prompt (they
-    all end in "assistant") yields the same greedy text and padding bugs would go unseen. With
-    larger weights the continuation depends on the whole context.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfsteer.toy import build_toy_model
-
-    base = build_toy_model(tmp_path_factory.mktemp("toy-untied"), tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.5 if ("embed" in name or "lm_head" in name) else 0.25, generator=gen)
-    out = tmp_path_factory.mktemp("toy-sharp")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def engine(sharp_path):
+def engine(hf_sharp_path):
     from selfsteer.engines.hf_engine import HFBackend
 
-    return HFBackend(str(sharp_path), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(engine):
-    ids = [encode_chat(engine.tokenizer, p, s) for p, s in PROMPTS]
-    assert len({len(i) for i in ids}) == len(ids)  # all lengths differ, so the batch is left-padded
-    return ids
+    return HFBackend(str(hf_sharp_path), device="cpu")
 
 
 def test_greedy_outputs_differ_per_prompt(engine, prompt_ids):
@@ -87,18 +43,18 @@ def test_left_padding_does_not_change_greedy_results(engine, prompt_ids):
         assert out.prompt_ids == ids
 
 
-def test_results_in_request_order_across_sampling_groups_and_chunks(sharp_path, prompt_ids):
+def test_results_in_request_order_across_sampling_groups_and_chunks(hf_sharp_path, prompt_ids):
     from selfsteer.engines.hf_engine import HFBackend
 
     # Interleaved settings are batched per setting, and chunked by max_batch_size; order must survive.
-    engine = HFBackend(str(sharp_path), max_batch_size=2)
+    engine = HFBackend(str(hf_sharp_path), max_batch_size=2)
     assert_request_order(engine, prompt_ids, GREEDY)
 
 
-def test_greedy_equals_model_generate(engine, sharp_path, prompt_ids):
+def test_greedy_equals_model_generate(engine, hf_sharp_path, prompt_ids):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(sharp_path).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_sharp_path).eval()
     outs = engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))
     for ids, out in zip(prompt_ids, outs):
         ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -125,10 +81,10 @@ def test_stop_string_token_ids_are_a_prefix_of_the_full_generation(engine, promp
     assert len(stopped.token_ids) < len(full.token_ids)
 
 
-def test_load_weights_changes_outputs_and_rejects_unknown_names(sharp_path, prompt_ids):
+def test_load_weights_changes_outputs_and_rejects_unknown_names(hf_sharp_path, prompt_ids):
     from selfsteer.engines.hf_engine import HFBackend
 
-    engine = HFBackend(str(sharp_path))  # private copy: this test changes weights
+    engine = HFBackend(str(hf_sharp_path))  # private copy: this test changes weights
     before = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
     original = {n: p.detach().clone() for n, p in engine.named_parameters()}
 
@@ -149,11 +105,11 @@ def test_load_weights_changes_outputs_and_rejects_unknown_names(sharp_path, prom
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_bucket_flats_hold_the_parameters_without_changing_outputs(sharp_path, toy_path, prompt_ids, tied):
+def test_bucket_flats_hold_the_parameters_without_changing_outputs(hf_sharp_path, hf_toy_path, prompt_ids, tied):
     from selfsteer.sync.buckets import pack_bucket, plan_buckets, unpack_bucket
     from selfsteer.engines.hf_engine import HFBackend
 
-    engine = HFBackend(str(toy_path if tied else sharp_path))  # private copy: parameters move
+    engine = HFBackend(str(hf_toy_path if tied else hf_sharp_path))  # private copy: parameters move
     before = [o.token_ids for o in engine.generate(prompt_ids, [GREEDY] * len(prompt_ids))]
     original = {n: p.detach().clone() for n, p in engine.named_parameters()}
     buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in original.items()], 20 * 1024)

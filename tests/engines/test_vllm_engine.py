@@ -20,7 +20,6 @@ import torch
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
-from selfsteer.data.chat import encode_chat  # noqa: E402
 from selfsteer.engines.base import Sampling  # noqa: E402
 from tests.helpers import assert_stop_string_cuts, redraw  # noqa: E402
 
@@ -55,11 +54,6 @@ def restore(engine, sharp_path):
     """For tests that load other weights: the engine gets the sharp checkpoint back afterwards."""
     yield
     engine.load_weights(_checkpoint(sharp_path).items())
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(engine):
-    return [encode_chat(engine.tokenizer, p, s) for p, s in PROMPTS]
 
 
 def _hf_model(path_or_model):

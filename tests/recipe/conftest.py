@@ -12,11 +12,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    # `datasets` caches every file it reads; keep that out of the user's home and per test.
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+def _datasets_cache(datasets_cache):
+    """Every recipe test reads its files through `datasets`: tests/conftest.py's private cache."""
 
 
 def write_prompts(path: Path, n: int, seed: int = 0) -> Path:
