@@ -12,46 +12,32 @@ import pickle
 import struct
 from pathlib import Path
 
+from selfsteer.utils.model_dir import config_problem, index_problem
+from selfsteer.utils.paths import is_hf_model
+
 
 def model_dir_problem(key: str, path: str, trust_remote_code: bool = False) -> str | None:
     """One line naming `key`, the file and the problem, or None when `path` is a loadable model.
 
-    Checks: config.json is a JSON mapping with a `model_type` transformers knows (or `auto_map`
-    with trust_remote_code), and weights are there: complete safetensors files, or PyTorch
-    `*.bin` files that load with weights_only.
+    Checks: config.json as eval checks it (`utils.model_dir.config_problem`: a JSON mapping with a
+    `model_type` transformers knows, or `auto_map` with trust_remote_code), the safetensors index
+    likewise (`index_problem`), and weights are there: complete safetensors files, or PyTorch
+    `*.bin` files that load with weights_only. The weight files themselves are checked here, not by
+    eval's safe_open: this reads only the header (and refuses pickles that need code to load).
     """
     where = Path(path)
-    config_file = where / "config.json"
-    if not config_file.is_file():
+    if not is_hf_model(where):
         return f"{key}={path!r} is not a local HF model directory (no config.json)"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        return f"{key}: {config_file} is not valid JSON: {exc}"
-    if not isinstance(config, dict) or not config.get("model_type"):
-        return (f"{key}: {config_file} has no 'model_type' (a transformers config names its architecture, "
-                "e.g. \"llama\"); is this the model directory?")
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if config["model_type"] not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
-        return (f"{key}: {config_file}: model_type {config['model_type']!r} is not one this transformers "
-                "version knows; upgrade transformers or use a supported model")
-    problem = weights_problem(where)
+    problem = config_problem(where / "config.json", trust_remote_code) or weights_problem(where)
     return f"{key}: {problem}" if problem else None
 
 
 def weights_problem(model_dir: Path) -> str | None:
     """Why the directory's weights cannot be loaded safely, or None when they can."""
     safetensors = sorted(model_dir.glob("*.safetensors"))
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return f"{index} is not a safetensors index ({exc})"
-        missing = [s for s in shards if not (model_dir / s).is_file()]
-        if missing:
-            return f"{index} names shard(s) that are not there: {', '.join(missing[:3])}"
+    problem = index_problem(model_dir)
+    if problem:
+        return problem
     for file in safetensors:
         problem = safetensors_problem(file)
         if problem:

@@ -31,7 +31,9 @@ def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory")
-    _check_config(path / "config.json")
+    problem = config_problem(path / "config.json")
+    if problem:
+        raise ModelDirError(problem)
     _check_weights(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelDirError(f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy them from the "
@@ -39,28 +41,51 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def _check_config(config: Path) -> None:
+def config_problem(config: Path, trust_remote_code: bool = False) -> str | None:
+    """Why `config` (a model's config.json) cannot be loaded, in one line naming it, or None.
+
+    It must be a JSON object whose model_type transformers knows (or, with `trust_remote_code`, one
+    with an `auto_map` to the model's own code) and that builds that model type's config. The check
+    of `check_model_dir` (eval) and of the run's preflight (`run.model_checks.model_dir_problem`).
+    """
     if not config.is_file():
-        raise ModelDirError(f"{config.parent}: not an HF model directory (no config.json)")
+        return f"{config.parent}: not an HF model directory (no config.json)"
     try:
         doc = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{config}: not valid JSON ({exc})") from None
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{config}: not valid JSON ({exc})"
     if not isinstance(doc, dict):
-        raise ModelDirError(f"{config}: a JSON object was expected, got {type(doc).__name__}")
+        return f"{config}: a JSON object was expected, got {type(doc).__name__}"
     from transformers import CONFIG_MAPPING
 
     model_type = doc.get("model_type")
     if not model_type:
-        raise ModelDirError(f"{config}: no 'model_type' (e.g. \"llama\"); is this the model's config.json?")
+        return f"{config}: no 'model_type' (e.g. \"llama\"); is this the model's config.json?"
     if model_type not in CONFIG_MAPPING:
-        raise ModelDirError(f"{config}: model_type {model_type!r} is not one transformers knows (custom code "
-                            "is not loaded: trust_remote_code stays off)")
+        if trust_remote_code and doc.get("auto_map"):
+            return None  # the model's own code defines it
+        return (f"{config}: model_type {model_type!r} is not one transformers knows; upgrade transformers or use "
+                "a supported model (a model's own code, auto_map, is loaded only with trust_remote_code)")
     try:
         CONFIG_MAPPING[model_type].from_dict(doc)
     except Exception as exc:  # noqa: BLE001 - transformers raises several types for bad fields
-        raise ModelDirError(f"{config}: not a valid {model_type} config: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        return (f"{config}: not a valid {model_type} config: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    return None
+
+
+def index_problem(path: Path) -> str | None:
+    """Why the directory's model.safetensors.index.json (if any) is unusable: not an index, or it
+    names shards that are missing. None when there is no index or it is complete."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    try:
+        named = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as exc:
+        return f"{index}: not a safetensors index (a JSON object with 'weight_map'): {exc}"
+    missing = [name for name in named if not (path / name).is_file()]
+    return f"{index}: names shard(s) that are missing: {missing}" if missing else None
 
 
 def _check_weights(path: Path) -> None:
@@ -68,15 +93,9 @@ def _check_weights(path: Path) -> None:
     shards = sorted(p.name for p in path.glob("*.safetensors"))
     if not present and not shards:
         raise ModelDirError(f"{path}: no weights file ({', '.join(WEIGHT_FILES)})")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            named = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelDirError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {exc}") from None
-        missing = [name for name in named if not (path / name).is_file()]
-        if missing:
-            raise ModelDirError(f"{index}: names shard(s) that are missing: {missing}")
+    problem = index_problem(path)
+    if problem:
+        raise ModelDirError(problem)
     for name in shards:
         _check_safetensors(path / name)
 
