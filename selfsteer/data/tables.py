@@ -32,6 +32,10 @@ def read_table(path: Path, error: type[Exception], *, missing: str = "file not f
             row = f" (row {rows_before})" if path.suffix.lower() == ".jsonl" else ""
             raise error(f"{path}: line {line}{row}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
                         "save the file as UTF-8") from None
+    # The error below names the file and line; datasets' own log of the same failure would only
+    # repeat it (and goes to whatever stream stderr was at its first import).
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors in several exception types
@@ -40,6 +44,8 @@ def read_table(path: Path, error: type[Exception], *, missing: str = "file not f
             raise error(f"{path}: {problem}") from None
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
         raise error(f"{path}: could not be read as {builder}: {exc}{cause}") from exc
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise error(f"{path}: contains no {unit}")
     return ds
