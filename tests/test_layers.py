@@ -98,8 +98,7 @@ UPWARD_ALLOWED = {
     ("selfsteer.online.sepo", "selfsteer.run.metrics"): "PhaseTimer",
     # The round's checkpoint goes through the driver's resumable state (save_round).
     ("selfsteer.online.common", "selfsteer.run.checkpoint"): "save_round after the HF checkpoint",
-    # Start-up probes in the trainer and scoring actors report a feature turned off the run's way.
-    ("selfsteer.actors.trainer", "selfsteer.run.startup_checks"): "fallback",
+    # Start-up probes (scoring.probe_kernels, the trainer ranks' too) report a feature turned off the run's way.
     ("selfsteer.actors.scoring", "selfsteer.run.startup_checks"): "fallback",
     # prepare_inputs is the driver's start-up, not an actor's: prompt count, start-up warnings, and
     # SIPO's stage-0 models, all before any actor starts.

@@ -24,6 +24,27 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def probe_kernels(model, *, pad_id: int, device, vocab_size: int, role: str, mask_dtype: torch.dtype,
+                  varlen: bool = False, packing: bool = True, split_head: bool = True, packing_forward=None,
+                  attention_why: Optional[str] = None, on_padded: str = "using padded rows") -> tuple[bool, bool, dict]:
+    """The start-up probes of a loaded model, shared by the scorers and the trainer ranks: (packed, split_head,
+    fallbacks). `packing`/`split_head`: whether the feature is wanted (and applies); each wanted one is probed and,
+    failing, warned naming `role` and recorded in `fallbacks`, as is `attention_why` (flash-attention not used).
+    `packing_forward`: what the packing probe calls, when not `model` itself (a trainer's backend forward);
+    `on_padded`: what packing off means for `role`, closing its warning. The caller sets train/eval mode."""
+    fallbacks = fallback("flash_attention", role, attention_why) if attention_why else {}
+    packed = packing and packing_supported(model if packing_forward is None else packing_forward, pad_id=pad_id,
+                                           device=device, vocab_size=vocab_size, mask_dtype=mask_dtype, varlen=varlen)
+    split = split_head and split_head_supported(model, pad_id=pad_id, device=device, vocab_size=vocab_size)
+    if packing and not packed:
+        fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the model or "
+                                  f"kernel ignores the packed mask); {on_padded}"))
+    if split_head and not split:
+        fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full forward (or "
+                                  "the model has no separable head); full logits, chunked"))
+    return packed, split, fallbacks
+
+
 @dataclass
 class ScoringModel:
     model: Any
@@ -58,19 +79,9 @@ class ScoringModel:
         ).to(device).eval()
         model.requires_grad_(False)
         scorer = cls(model, pad_id, device, micro_batch_size, varlen=attn == "flash_attention_2")
-        vocab = model.config.vocab_size
-        scorer.packed = packing and packing_supported(model, pad_id=scorer.pad_id, device=device, vocab_size=vocab,
-                                                      mask_dtype=model.dtype, varlen=scorer.varlen)
-        scorer.split_head = split_head and split_head_supported(model, pad_id=scorer.pad_id, device=device,
-                                                                vocab_size=vocab)
-        if why:
-            scorer.fallbacks.update(fallback("flash_attention", role, why))
-        if packing and not scorer.packed:
-            scorer.fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the "
-                                             "model or kernel ignores the packed mask); using padded rows"))
-        if split_head and not scorer.split_head:
-            scorer.fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full "
-                                             "forward (or the model has no separable head); full logits, chunked"))
+        scorer.packed, scorer.split_head, scorer.fallbacks = probe_kernels(
+            model, pad_id=pad_id, device=device, vocab_size=model.config.vocab_size, role=role,
+            mask_dtype=model.dtype, varlen=scorer.varlen, packing=packing, split_head=split_head, attention_why=why)
         return scorer
 
     @torch.no_grad()

@@ -17,8 +17,7 @@ from selfsteer.sync.buckets import Bucket, FlatBuffers, fingerprint, pack_bucket
 from selfsteer.sync.collective import SyncGroup, node_ip, open_store
 from selfsteer.algorithms.registry import method
 from selfsteer.training.steps import optimizer_steps
-from selfsteer.algorithms.logprobs import packing_supported, score_sequences, split_head_supported
-from selfsteer.run.startup_checks import fallback
+from selfsteer.algorithms.logprobs import score_sequences
 from selfsteer.utils.runtime import (attention_choice, bind_ray_gpu, limit_threads,
                                      release_device_cache, resolve_device, resolve_dtype)
 from selfsteer.utils.storage import check_marker
@@ -65,7 +64,7 @@ class TrainerRank:
         import torch.distributed as dist
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from selfsteer.actors.scoring import pad_token_id
+        from selfsteer.actors.scoring import pad_token_id, probe_kernels
 
         tc, mc = self.cfg.trainer, self.cfg.model
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
@@ -84,8 +83,6 @@ class TrainerRank:
         self.pad_id = pad_token_id(self.tokenizer)
         dtype = self.dtype = resolve_dtype(mc.dtype)
         attn, why = attention_choice(self.device, dtype)
-        role = f"trainer rank {self.rank}"
-        fallbacks = fallback("flash_attention", role, why) if why else {}
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
         if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
             from selfsteer.training.deepspeed_backend import partitioned_loading
@@ -109,28 +106,18 @@ class TrainerRank:
         self.backend = make_train_backend(tc.backend, model, tc, total_steps=total_steps, device=self.device, dtype=dtype)
         self.module = self.backend.module
         self.loss_fn = _loss_fn(self.cfg.algo)
-        self.packed = tc.packing and self._packing_supported(model.config.vocab_size)
         # The torch backend's module is the plain HF model: its lm_head can run per chunk of tokens
         # (recomputed in backward). A DeepSpeed engine is only called whole: full logits, chunked softmax.
-        self.module.eval()  # no dropout in the check
-        self.split_head = tc.backend == "torch" and split_head_supported(
-            self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size)
+        # Packing is probed through the backend's forward (all ZeRO-3 ranks together).
+        self.module.eval()  # no dropout in the checks
+        self.packed, self.split_head, fallbacks = probe_kernels(
+            self.module, pad_id=self.pad_id, device=self.device, vocab_size=model.config.vocab_size,
+            role=f"trainer rank {self.rank}", mask_dtype=self.dtype, varlen=self.varlen, packing=tc.packing,
+            split_head=tc.backend == "torch", packing_forward=self.backend.forward, attention_why=why,
+            on_padded="training on padded rows")
         self.module.train()
-        if tc.packing and not self.packed:
-            fallbacks.update(fallback("packing", role, "packed rows score differently from padded ones (the model "
-                                      "or kernel ignores the packed mask); training on padded rows"))
-        if tc.backend == "torch" and not self.split_head:
-            fallbacks.update(fallback("split_head", role, "decoder-then-lm_head scores differ from the full forward "
-                                      "(or the model has no separable head); full logits, chunked"))
         return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
                 "split_head": self.split_head, "attention": attn or "default", "fallbacks": fallbacks}
-
-    def _packing_supported(self, vocab_size: int) -> bool:
-        self.module.eval()  # no dropout in the check
-        ok = packing_supported(self.backend.forward, pad_id=self.pad_id, device=self.device, vocab_size=vocab_size,
-                               mask_dtype=self.dtype, varlen=self.varlen)
-        self.module.train()
-        return ok
 
     # --- training -------------------------------------------------------------------------
     def train(self, items: list[dict], keys: list[str], loss_kwargs: dict, loss: Optional[str] = None) -> dict:
