@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -77,7 +78,7 @@ def train_oracle(ref_path: str, pairs: list[dict], out_dir: str, *, beta: float,
     """DPO-train a copy of `ref_path` on `pairs` into `out_dir` (skipped if it is already there)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfsteer.actors.scoring import pad_token_id
+    from selfsteer.actors.scoring import ScoringModel, pad_token_id
     from selfsteer.algorithms.dpo import dpo_sigmoid_loss
     from selfsteer.algorithms.logprobs import score_sequences
     from selfsteer.data.chat import encode_chat
@@ -95,10 +96,11 @@ def train_oracle(ref_path: str, pairs: list[dict], out_dir: str, *, beta: float,
     for p in pairs:
         ctx = encode_chat(tok, p["prompt"])
         rows.append((ctx, answer_ids(tok, p["prompt"], p["chosen"], ctx), answer_ids(tok, p["prompt"], p["rejected"], ctx)))
-    ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        ref_c = score_sequences(ref, [c for c, _, _ in rows], [y for _, y, _ in rows], pad_id=pad, device="cpu")[0]
-        ref_r = score_sequences(ref, [c for c, _, _ in rows], [y for _, _, y in rows], pad_id=pad, device="cpu")[0]
+    # The shared scorer as the oracle always scored: fp32 on CPU, padded rows, full logits.
+    ref = ScoringModel.load(ref_path, SimpleNamespace(dtype="float32", trust_remote_code=False), device="cpu",
+                            micro_batch_size=16, packing=False, split_head=False, pad_id=pad, role="sepo oracle")
+    ref_c = torch.tensor(ref.score([c for c, _, _ in rows], [y for _, y, _ in rows])[0])
+    ref_r = torch.tensor(ref.score([c for c, _, _ in rows], [y for _, _, y in rows])[0])
     del ref
     model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
