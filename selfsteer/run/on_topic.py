@@ -12,7 +12,6 @@ the raw one, the rule `selfsteer probe` calls "derails".
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,26 +23,16 @@ Cosines = Callable[[list[str], list[str]], list[float]]
 
 
 def encoder() -> Cosines:
-    """`cosines(questions, answers)` under the packaged encoder, loaded once (an error naming the extra
-    where it is not installed)."""
+    """`cosines(questions, answers)` with the packaged encoder loaded now, before Ray (an error naming
+    the extra where it is not installed)."""
+    from selfsteer.actors.embedding import sentence_model, default_encoder_path, qa_cosines
+
     try:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # a missing local file must fail, not fetch
-        from sentence_transformers import SentenceTransformer
-
-        from selfsteer.actors.embedding import default_encoder_path
-
-        model = SentenceTransformer(default_encoder_path(), device="cpu")
+        sentence_model(default_encoder_path())
     except ImportError as exc:
         raise ImportError(f"signal.on_topic=true needs the packaged sentence encoder: pip install "
                           f"'selfsteer[algos]' ({exc})") from exc
-
-    def cosines(questions: list[str], answers: list[str]) -> list[float]:
-        kw = dict(convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        q = model.encode(questions, **kw)
-        a = model.encode([x if x.strip() else " " for x in answers], **kw)
-        return (q * a).sum(-1).tolist()
-
-    return cosines
+    return qa_cosines
 
 
 class OnTopicWatch:

@@ -83,9 +83,9 @@ def encoder_cosines():
     except Exception as exc:  # noqa: BLE001 - an optional measure: say why it is missing, go on
         logger.warning("probe: no on-topic measure (%s); install selfsteer[algos] for it", exc)
         return None
-    from selfsteer.benchmark.realbench.house_gold import cosines
+    from selfsteer.actors.embedding import qa_cosines
 
-    return cosines
+    return qa_cosines
 
 
 def summarize(name: str, check: Optional[str], a: dict[str, list[float]], texts: dict[str, list[str]],

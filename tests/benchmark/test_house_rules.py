@@ -2,6 +2,7 @@
 
 import pytest
 
+from selfsteer.actors.embedding import qa_cosines
 from selfsteer.benchmark.realbench import house_gold as G
 from selfsteer.benchmark.realbench import rules as R
 from selfsteer.benchmark.realbench.house_task import build_questions
@@ -72,7 +73,7 @@ def test_pair_health_scores_each_side_of_the_triples_as_the_gold_does():
 
 
 def test_minilm_cosine_ranks_an_on_topic_answer_above_an_off_topic_one():
-    on, off = G.cosines(["Where do owls live?"] * 2, ["Owls live in forests and barns.", "Paint the fence blue."])
+    on, off = qa_cosines(["Where do owls live?"] * 2, ["Owls live in forests and barns.", "Paint the fence blue."])
     assert on > off + 0.2
 
 

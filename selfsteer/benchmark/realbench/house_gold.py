@@ -11,11 +11,11 @@ rules are programs (`rules.HOUSE_RULES`); the gold is never a reward.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Optional
 
+from selfsteer.actors.embedding import qa_cosines
 from selfsteer.benchmark.realbench.rules import HOUSE_RULES
 
 MIN_WORDS = 3  # fewer words than this counts as an empty answer
@@ -35,26 +35,13 @@ def guards(question: str, answer: str, cosine: float, min_cosine: float) -> dict
             "off_topic": cosine < min_cosine}
 
 
-def cosines(questions: list[str], answers: list[str], encoder_path: Optional[str] = None) -> list[float]:
-    """Cosine similarity of each (question, answer) under the packaged MiniLM encoder (no hub access)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from sentence_transformers import SentenceTransformer
-
-    from selfsteer.actors.embedding import default_encoder_path
-
-    model = SentenceTransformer(encoder_path or default_encoder_path(), device="cpu")
-    q = model.encode(questions, convert_to_tensor=True, normalize_embeddings=True)
-    a = model.encode([x if x.strip() else " " for x in answers], convert_to_tensor=True, normalize_embeddings=True)
-    return (q * a).sum(-1).tolist()
-
-
 def score(records: list[dict], answers: list[str], rules: list[str], min_cosine: float,
           cos: Optional[list[float]] = None) -> list[dict]:
     """Per answer: rule results (all False when a guard trips), guard results, gold = share of rules met."""
     unknown = [r for r in rules if r not in HOUSE_RULES]
     if unknown:
         raise ValueError(f"unknown house rule(s) {unknown}; known: {sorted(HOUSE_RULES)}")
-    cos = cos if cos is not None else cosines([r["prompt"] for r in records], answers)
+    cos = cos if cos is not None else qa_cosines([r["prompt"] for r in records], answers)
     out = []
     for rec, ans, c in zip(records, answers, cos):
         g = guards(rec["prompt"], ans, c, min_cosine)
@@ -84,10 +71,10 @@ def pair_health(triples: list[dict], rules: list[str], min_cosine: float, cos_fn
 
     A method learns what its chosen answers share. Chosen answers that trip the off-topic guard
     more often than raw ones teach the policy to talk past the question (docs/guide/probe.md).
-    `cos_fn(questions, answers)` defaults to the packaged encoder's `cosines`.
+    `cos_fn(questions, answers)` defaults to the packaged encoder's `qa_cosines`.
     """
     records = [{"prompt": t["instruction"], **({"key_term": t["key_term"]} if "key_term" in t else {})} for t in triples]
-    cos_fn = cos_fn or cosines
+    cos_fn = cos_fn or qa_cosines
     return {side: summary(score(records, [t[side] for t in triples], rules, min_cosine,
                                 cos=cos_fn([r["prompt"] for r in records], [t[side] for t in triples])), rules)
             for side in SIDES}
@@ -132,7 +119,7 @@ def calibrate_offtopic(model_dir: str, records: list[dict], max_new_tokens: int 
     from selfsteer.benchmark.realbench.evaluate import generate
 
     answers = generate(model_dir, records, max_new_tokens)
-    cos = cosines([r["prompt"] for r in records], answers)
+    cos = qa_cosines([r["prompt"] for r in records], answers)
     threshold = statistics.quantiles(cos, n=100)[percentile - 1]
     return {"threshold": round(threshold, 3), "percentile": percentile, "n": len(records), "model": str(model_dir),
             "min": min(cos), "median": statistics.median(cos), "max_new_tokens": max_new_tokens,
