@@ -2,13 +2,13 @@
 
 A random-init Llama-shaped model (default ~0.47B parameters, fp32; no download) is saved as an HF
 checkpoint, then two ranks (gloo, DeepSpeed ZeRO-3, as on GPUs with NCCL) run what a trainer rank
-runs: load (under zero.Init: selfsteer.training.deepspeed_backend.partitioned_loading), engine
+runs: load (built under zero.Init, each rank reading its own slices: selfsteer.training.zero3_load), engine
 set-up, one training step through selfsteer.algorithms.logprobs, and save_hf's streamed save
 (selfsteer.training.streamed_save).
 
 What a rank holds is its anonymous memory (RssAnon, sampled every millisecond; the peak above the
 rank's base), compared with selfsteer.plan.memory's terms for the phase (planned()). File-backed
-pages (RssFile: rank 0 memory-maps every checkpoint file while it loads; the kernel drops these
+pages (RssFile: every rank memory-maps the checkpoint files while it reads its slices; the kernel drops these
 clean pages under pressure) and the total VmHWM are printed beside it. The base is the RSS after
 imports and after loading a 1-layer model the same way (lazy modules, DeepSpeed's shm comm op).
 
@@ -34,7 +34,6 @@ import torch
 import torch.multiprocessing as mp
 
 MIB = 2 ** 20
-CPU_GATHER = 2  # see planned()
 
 
 def _hwm_bytes() -> int:
@@ -84,16 +83,12 @@ class _Sampler:
         self._thread.join()
 
 
-def _warm_up(tc) -> None:
-    """Load a 1-layer model through the same path first: the code it pulls in lazily (transformers'
-    Llama modules, DeepSpeed's shm comm op, built on first use) is library memory, not the model's."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def _warm_up(tc, out_dir: str) -> None:
+    """Load a 1-layer model (main() saved it) through the same path first: the code it pulls in lazily
+    (transformers' Llama modules, DeepSpeed's shm comm op, built on first use) is library memory."""
+    from selfsteer.training.zero3_load import load_for_training
 
-    from selfsteer.training.deepspeed_backend import partitioned_loading
-
-    keep = partitioned_loading(tc, torch.float32)  # noqa: F841
-    tiny = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64, vocab_size=64)
-    AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    load_for_training(os.path.join(out_dir, "warm_up"), tc, torch.float32)
     import gc
 
     gc.collect()
@@ -133,19 +128,19 @@ def _rank(rank: int, world: int, model_dir: str, store: str, out_dir: str, promp
 
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
     import deepspeed
-    from transformers import AutoModelForCausalLM
 
     from selfsteer.algorithms.logprobs import score_sequences
     from selfsteer.config.schema import load_config
-    from selfsteer.training.deepspeed_backend import DeepSpeedBackend, partitioned_loading
+    from selfsteer.training.deepspeed_backend import DeepSpeedBackend
     from selfsteer.training.streamed_save import save_streamed
+    from selfsteer.training.zero3_load import load_for_training
 
     deepspeed.init_distributed(dist_backend="gloo")
     tc = load_config(None, ["trainer.backend=deepspeed", "trainer.zero_stage=3", f"trainer.num_ranks={world}",
                             "trainer.micro_batch_size=1", "trainer.grad_accum=1", "trainer.gradient_checkpointing=true"]).trainer
     torch.set_num_threads(1)
     imports = _kinds()
-    _warm_up(tc)
+    _warm_up(tc, out_dir)
     dist.barrier()
     base, peaks, kinds, base_kinds = _rss_bytes(), {}, {}, _kinds()
 
@@ -158,8 +153,9 @@ def _rank(rank: int, world: int, model_dir: str, store: str, out_dir: str, promp
         kinds[name] = {"peak": sampler.peak, "after": _kinds()}
         return result
 
-    keep = partitioned_loading(tc, torch.float32)  # noqa: F841 (transformers holds it weakly)
-    model = phase("load", lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    model, keep, why = phase("load", lambda: load_for_training(model_dir, tc, torch.float32))
+    if why:
+        raise SystemExit(f"rank {rank}: the sliced ZeRO-3 load was not taken: {why}")
     partitions = sum(q.ds_tensor.numel() * q.ds_tensor.element_size() for q in model.parameters())
     model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -190,9 +186,11 @@ def planned(shape, world: int, prompt: int, new: int) -> dict[str, dict[str, flo
     """selfsteer.plan.memory's terms for the same phases, fp32 (p = 4), as a rank's anonymous host memory.
 
     CPU-twin terms, named: the reduce bucket that DeepSpeed allocates with torch.empty counts only
-    for the pages gradients touch (min(5e8, Ψ) elements; on a GPU all of it is allocated); at load
-    a module's gathered full tensor sits beside its re-made partition (CPU_GATHER x the largest tensor).
-    The checkpoint is mmapped (file-backed, droppable pages: printed apart, not planned here).
+    for the pages gradients touch (min(5e8, Ψ) elements; on a GPU all of it is allocated). At load,
+    zero.Init broadcasts each module it builds from rank 0 before partitioning it: the other ranks
+    write the full tensor (at most the largest), rank 0's stays untouched pages (plan.memory.host_trainer
+    counts the largest tensor for every rank). The checkpoint is mmapped (file-backed, droppable
+    pages: printed apart, not planned here).
     DeepSpeed 0.19.8 on CPU keeps a separate fp32 master partition although the weights are fp32
     (the plan's K = 8 for fp32 assumes none; `live` shows both flats), and torch's AdamW makes m and
     v at the first step, so the engine phase holds weights, master and gradients only.
@@ -213,7 +211,7 @@ def planned(shape, world: int, prompt: int, new: int) -> dict[str, dict[str, flo
         train.pop(k)
     train.update({**master, "gathered parameters": gathered, "reduce bucket (touched)": bucket})
     largest = gm.largest_tensor(shape, p)
-    return {"load": {"weights": states["weights"], "load gather (CPU twin)": CPU_GATHER * largest},
+    return {"load": {"weights": states["weights"], "module being built": largest},
             "engine": {"weights": states["weights"], **master, "gradients": states["gradients"]},
             "train": train,
             "save": {**states, **master, "reduce bucket (touched)": bucket,
@@ -240,6 +238,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="selfsteer-memory-") as tmp:
         torch.manual_seed(0)
         LlamaForCausalLM(config).save_pretrained(tmp + "/model", max_shard_size=f"{args.shard_mb}MB")
+        tiny = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64, vocab_size=64)
+        LlamaForCausalLM(tiny).save_pretrained(tmp + "/warm_up")
         shape = gm.model_shape(tmp + "/model")
         full = 4 * shape.params
         world = 2

@@ -27,8 +27,8 @@ N = trainer ranks, T = tokens in one forward pass.
   bucket (sync/cuda_ipc.IpcPool), reusing a slot once every engine has loaded it, and frees the
   pool after the sync (actors/trainer.release_local).
 - Host RAM: each process's own copy from its loading path (HOST_PROCESS for Python, torch, CUDA).
-  A trainer rank under ZeRO-3 builds the model under zero.Init (its shard plus one checkpoint shard
-  file at a time); other stages and the reference load the whole model on the host first; every
+  A trainer rank under ZeRO-3 builds the model under zero.Init and reads only its slices (its shard
+  plus the module being built, at most the largest tensor); other stages and the reference load the whole model on the host first; every
   vLLM tensor-parallel worker keeps a full host copy of the checkpoint (engines/vllm_worker.py).
 - vLLM: it claims gpu_memory_utilization x the GPU; from that, weights (pΨ/TP per GPU) and a fixed
   allowance for its activation peak, CUDA graphs and non-torch memory (VLLM_RESERVE; vLLM measures the
@@ -52,7 +52,7 @@ HF_GENERATE_BATCH = 64  # HFBackend's max_batch_size default (the principle writ
 LOGPROB_CHUNK = 512  # algorithms.logprobs.DEFAULT_CHUNK (tests check they agree; no torch import here)
 CUDA_CONTEXT = 0.5 * GIB  # each process's CUDA context and kernels, outside PyTorch's allocator (estimate)
 HOST_PROCESS = 2 * GIB  # a GPU process's own host memory: Python, torch, CUDA libraries (estimate)
-HF_SHARD = 5e9  # save_pretrained's default max_shard_size: the checkpoint file loaded at a time
+HF_SHARD = 5e9  # save_pretrained's default max_shard_size: the shard a streamed save holds before writing
 
 # Shapes (config.json fields) of the shipped configs' models, for a plan made away from the model files.
 BUILTIN = {
@@ -211,9 +211,11 @@ def packed_mask_bytes(rows: int, width: int, p: int, packed: bool) -> float:
 
 
 def host_trainer(shape: ModelShape, p: int, tc) -> float:
-    """Host RAM of one trainer rank at load: its ZeRO-3 shard and one checkpoint file, or the whole model."""
+    """Host RAM of one trainer rank at load: under ZeRO-3 its shard and the one module zero.Init is
+    building (at most the largest tensor; training/zero3_load.py reads only the rank's slices from
+    the memory-mapped checkpoint, whose clean pages are not held), otherwise the whole model."""
     if tc.backend == "deepspeed" and tc.zero_stage == 3:
-        return HOST_PROCESS + p * shape.params / tc.num_ranks + min(HF_SHARD, p * shape.params)
+        return HOST_PROCESS + p * shape.params / tc.num_ranks + largest_tensor(shape, p)
     return HOST_PROCESS + p * shape.params
 
 
