@@ -100,6 +100,7 @@ UPWARD_ALLOWED = {
     ("selfsteer.online.common", "selfsteer.run.checkpoint"): "save_round after the HF checkpoint",
     # Start-up probes (scoring.probe_kernels, the trainer ranks' too) report a feature turned off the run's way.
     ("selfsteer.actors.scoring", "selfsteer.run.startup_checks"): "fallback",
+    ("selfsteer.actors.trainer", "selfsteer.run.startup_checks"): "fallback (ZeRO-3 sliced load not taken)",
     # prepare_inputs is the driver's start-up, not an actor's: prompt count, start-up warnings, and
     # SIPO's stage-0 models, all before any actor starts.
     ("selfsteer.actors.inputs", "selfsteer.run.preflight"): "check_prompt_count",

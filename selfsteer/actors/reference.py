@@ -83,14 +83,13 @@ def shard_rows(contexts: list[list[int]], responses: list[list[int]], num_shards
 
 
 def score_on_ranks(submit, wait, ranks: list, contexts: list[list[int]], responses: list[list[int]],
-                   every_row: bool) -> tuple[list, list]:
+                   every_rank: bool) -> tuple[list, list]:
     """Deal reference rows out to the trainer ranks (contexts kept together) and put the results back in
-    request order; `every_row`: each rank scores all rows (ZeRO-3) and rank 0's result is returned.
+    request order; `every_rank` (ZeRO-3, whose forwards run in lockstep): every rank is called, those
+    with no rows too.
 
     `submit(rank, contexts, responses)` -> a result ref; `wait(refs)` -> the results."""
-    if every_row:
-        return wait([submit(r, contexts, responses) for r in ranks])[0]
-    shards = [(r, rows) for r, rows in zip(ranks, shard_rows(contexts, responses, len(ranks))) if rows]
+    shards = [(r, rows) for r, rows in zip(ranks, shard_rows(contexts, responses, len(ranks))) if rows or every_rank]
     parts = wait([submit(r, [contexts[i] for i in rows], [responses[i] for i in rows]) for r, rows in shards])
     sums, counts = [None] * len(contexts), [None] * len(contexts)
     for (_, rows), (s, c) in zip(shards, parts):

@@ -78,16 +78,17 @@ class Roles:
 
     def reference_scores(self, contexts, responses) -> tuple[list[float], list[float]]:
         """Summed log-probs and token counts per row, from every reference actor at once (or, with
-        reference.mode=adapter_off, from the trainer ranks with the adapter switched off)."""
-        if self.cfg.reference.mode == "adapter_off":
+        reference.mode=trainer / adapter_off, from the trainer ranks: their frozen start model, or the
+        policy with the adapter switched off)."""
+        if self.cfg.reference.mode != "actor":
             return self.trainer.reference_scores(contexts, responses)
         parts = self._reference_calls("score", contexts, responses)
         return self._in_order(len(contexts), [(rows, sums) for rows, (sums, _) in parts]), \
             self._in_order(len(contexts), [(rows, counts) for rows, (_, counts) in parts])
 
     def reference_token_scores(self, contexts, responses) -> list[list[float]]:
-        """Per-token log-probs per row (SePO), from every reference actor at once."""
-        if self.cfg.reference.mode == "adapter_off":
+        """Per-token log-probs per row (SePO), from every reference actor at once (or the trainer ranks)."""
+        if self.cfg.reference.mode != "actor":
             return self.trainer.reference_scores(contexts, responses, per_token=True)[0]
         return self._in_order(len(contexts), self._reference_calls("token_scores", contexts, responses))
 
@@ -200,7 +201,8 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
     marker = write_marker(Path(cfg.output_dir))  # every role reads it back first: shared storage
     threads = cfg.ray.torch_threads
     shared = colocated_group(cfg)
-    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker, shared=shared)
+    trainer = TrainerGroup(cfg, inputs.policy_path, schedule_steps(cfg, inputs.schedule), env=marker, shared=shared,
+                           reference_path=inputs.reference_path)
     pool = RolloutPool(inputs.policy_path, cfg, torch_threads=threads, env=marker, shared=shared)
     pool.resize(cfg.rollout.num_engines)
     rc = cfg.reference
@@ -212,7 +214,7 @@ def start_roles(cfg: RunConfig, inputs: Inputs) -> Roles:
         where = dict(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus)
     references = [spawn_actor(cfg, marker, ReferenceModel, inputs.reference_path, rc, cfg.model, resources=where,
                               torch_threads=threads)
-                  for _ in range(rc.num_actors if rc.mode == "actor" else 0)]  # adapter_off: the trainer ranks score
+                  for _ in range(rc.num_actors if rc.mode == "actor" else 0)]  # otherwise the trainer ranks score
     principle_actor = spawn_actor(cfg, marker, PrincipleGenerator, cfg.principles, cfg.seed, cfg.model,
                                   resources=cfg.principles.llm.actor_resources(cfg.principles.mode),
                                   torch_threads=threads)

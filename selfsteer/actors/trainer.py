@@ -58,13 +58,16 @@ class TrainerRank:
         self._master_store = open_store(host, self.world_size, self.cfg.ray.startup_timeout_s)
         return host, self._master_store.port
 
-    def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int | list[int]) -> dict:
+    def setup(self, master_addr: str, master_port: int, model_path: str, total_steps: int | list[int],
+              reference_path: Optional[str] = None) -> dict:
         import datetime
 
         import torch.distributed as dist
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from selfsteer.actors.scoring import pad_token_id, probe_kernels
+        from selfsteer.run.startup_checks import fallback
+        from selfsteer.training.zero3_load import load_for_training
 
         tc, mc = self.cfg.trainer, self.cfg.model
         backend = tc.dist_backend if tc.dist_backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
@@ -84,12 +87,10 @@ class TrainerRank:
         dtype = self.dtype = resolve_dtype(mc.dtype)
         attn, why = attention_choice(self.device, dtype)
         self.varlen = attn == "flash_attention_2"  # packed rows as position ids, no 4D mask
-        if tc.backend == "deepspeed":  # ZeRO-3: built partitioned, no rank ever holds the whole model
-            from selfsteer.training.deepspeed_backend import partitioned_loading
-
-            self._zero3_loading = partitioned_loading(tc, dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=mc.trust_remote_code,
-                                                     **({"attn_implementation": attn} if attn else {}))
+        # ZeRO-3: built partitioned, each rank reading only its slices; no rank ever holds the whole model
+        model, self._zero3_loading, sliced_load_why = load_for_training(
+            model_path, tc, dtype, trust_remote_code=mc.trust_remote_code,
+            **({"attn_implementation": attn} if attn else {}))
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.saved_use_cache = model.config.use_cache  # written back into saved checkpoints
@@ -116,8 +117,23 @@ class TrainerRank:
             split_head=tc.backend == "torch", packing_forward=self.backend.forward, attention_why=why,
             on_padded="training on padded rows")
         self.module.train()
+        self.lockstep = tc.backend == "deepspeed" and tc.zero_stage == 3  # reference forwards matched across ranks
+        self.ref_forward, reference = None, None
+        if self.cfg.reference.mode == "trainer":  # a frozen start model beside the policy (rank_scoring.load_frozen)
+            from selfsteer.training.rank_scoring import load_frozen
+
+            self.ref_forward, self._ref_loading, ref_why = load_frozen(
+                reference_path or model_path, tc, dtype, device=self.device, trust_remote_code=mc.trust_remote_code,
+                **({"attn_implementation": attn} if attn else {}))
+            sliced_load_why = sliced_load_why or ref_why
+            frozen = list(self.ref_forward.parameters())
+            reference = {"elements": sum(getattr(q, "ds_tensor", q).numel() for q in frozen),  # this rank's share
+                         "trainable": sum(q.requires_grad for q in frozen)}
+        if sliced_load_why:
+            fallbacks.update(fallback("zero3_sliced_load", f"trainer rank {self.rank}", sliced_load_why))
         return {"rank": self.rank, "device": self.device, "dist_backend": backend, "packed": self.packed,
-                "split_head": self.split_head, "attention": attn or "default", "fallbacks": fallbacks}
+                "split_head": self.split_head, "attention": attn or "default", "fallbacks": fallbacks,
+                "reference": reference}
 
     # --- training -------------------------------------------------------------------------
     def train(self, items: list[dict], keys: list[str], loss_kwargs: dict, loss: Optional[str] = None) -> dict:
@@ -193,15 +209,20 @@ class TrainerRank:
 
     def reference_scores(self, contexts: list[list[int]], responses: list[list[int]],
                          per_token: bool = False) -> tuple[list, list]:
-        """reference.mode=adapter_off: the frozen base's log-probs (adapter off), scored here instead of on
-        a reference actor holding a second copy (selfsteer.training.lora.base_scores). Under ZeRO-3 every
-        rank must call it with the same rows."""
+        """This rank's share of the reference rows (none is fine), scored by its frozen start model
+        (reference.mode=trainer) or by the policy with the adapter off (adapter_off). Under ZeRO-3
+        every rank must be called at once: the forwards run in lockstep (training.rank_scoring)."""
+        kw = dict(per_token=per_token, pad_id=self.pad_id, device=self.device, packed=self.packed,
+                  micro_batch_size=self.cfg.reference.micro_batch_size, mask_dtype=self.dtype,
+                  split_head=self.split_head, varlen=self.varlen, lockstep=self.lockstep)
+        if self.ref_forward is not None:
+            from selfsteer.training.rank_scoring import frozen_scores
+
+            return frozen_scores(self.ref_forward, contexts, responses, **kw)
         from selfsteer.training.lora import base_scores
 
         return base_scores(self.module, self.module if self.split_head else self.backend.forward, contexts,
-                           responses, per_token=per_token, pad_id=self.pad_id, device=self.device,
-                           micro_batch_size=self.cfg.reference.micro_batch_size, packed=self.packed,
-                           mask_dtype=self.dtype, split_head=self.split_head, varlen=self.varlen)
+                           responses, **kw)
 
     def open_sync_store(self, world_size: int, timeout_s: float) -> tuple[str, int]:
         """Rank 0 opens the sync group's store; the engines connect to the (host, port) returned."""

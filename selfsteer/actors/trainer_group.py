@@ -17,8 +17,10 @@ from selfsteer.utils.runtime import actor_env
 class TrainerGroup:
     """Driver-side handle: ranks packed into one placement group; calls fan out to every rank."""
 
-    def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None, shared=None):
-        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.plan.colocation)."""
+    def __init__(self, cfg, model_path: str, total_steps: int | list[int], *, env: Optional[dict] = None, shared=None,
+                 reference_path: Optional[str] = None):
+        """`shared`: (placement group, slots by label) of the colocated GPU layout (selfsteer.plan.colocation);
+        `reference_path`: the start model the ranks hold with reference.mode=trainer (default `model_path`)."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -48,7 +50,8 @@ class TrainerGroup:
             for i in range(tc.num_ranks)
         ]
         host, port = ray.get(self.ranks[0].open_master_store.remote(), timeout=cfg.ray.startup_timeout_s)
-        self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps) for r in self.ranks],
+        self.infos = self._all("setup", [r.setup.remote(host, port, model_path, total_steps, reference_path)
+                                         for r in self.ranks],
                                timeout_s=cfg.ray.startup_timeout_s)
         self.rank0 = self.ranks[0]
 
@@ -63,14 +66,15 @@ class TrainerGroup:
         self._all("save_hf", [r.save_hf.remote(path) for r in self.ranks])
 
     def reference_scores(self, contexts: list[list[int]], responses: list[list[int]], per_token: bool = False):
-        """reference.mode=adapter_off on the ranks (selfsteer.actors.reference.score_on_ranks)."""
+        """reference.mode=trainer or adapter_off: the rows dealt out to the ranks
+        (selfsteer.actors.reference.score_on_ranks)."""
         from selfsteer.actors.reference import score_on_ranks
 
         tc = self.cfg.trainer
-        every_row = tc.backend == "deepspeed" and tc.zero_stage == 3  # its forward gathers across ranks
+        lockstep = tc.backend == "deepspeed" and tc.zero_stage == 3  # its forwards gather across ranks
         return score_on_ranks(lambda rank, c, r: rank.reference_scores.remote(c, r, per_token),
                               lambda refs: self._all("reference_scores", refs), self.ranks, contexts, responses,
-                              every_row)
+                              lockstep)
 
     def _all(self, what: str, refs: list, timeout_s: Optional[float] = None) -> list:
         """Wait for every rank; the first dead or stalled rank fails the call, named."""

@@ -55,7 +55,8 @@ def _with(feature: str) -> str:
 
 
 def _check_lora(cfg) -> None:
-    """model.lora and reference.mode=adapter_off against the rest of the run: what cannot combine, and why."""
+    """model.lora and reference.mode (adapter_off, trainer) against the rest of the run: what cannot
+    combine, and why."""
     lora, ref = cfg.model.lora, cfg.reference
     if ref.mode == "adapter_off":
         if not lora.enabled:
@@ -70,6 +71,20 @@ def _check_lora(cfg) -> None:
         if cfg.async_rounds:
             raise ConfigError("reference.mode=adapter_off scores on the trainer ranks, which async_rounds=true keeps "
                               "busy training; use reference.mode=actor or async_rounds=false")
+    if ref.mode == "trainer":
+        if lora.enabled:
+            raise ConfigError("reference.mode=trainer holds a second copy of the start model on the trainer ranks; "
+                              "with model.lora that model is the policy's own frozen base: use "
+                              "reference.mode=adapter_off")
+        if ref.refresh_every:
+            raise ConfigError("reference.refresh_every moves the reference to the policy; with reference.mode=trainer "
+                              "the ranks hold the start model fixed. Use reference.mode=actor")
+        if cfg.async_rounds:
+            raise ConfigError("reference.mode=trainer scores on the trainer ranks, which async_rounds=true keeps "
+                              "busy training; use reference.mode=actor or async_rounds=false")
+        if cfg.algo == "sipo":
+            raise ConfigError("reference.mode=trainer with algo=sipo: SIPO scores its two policies' references on "
+                              "its own scorer actor; use reference.mode=actor")
     if not lora.enabled:
         return
     if cfg.algo == "sipo":

@@ -141,12 +141,14 @@ class ReferenceConfig:
     # Data-parallel reference: each call's rows are dealt out to this many actors (each with
     # num_cpus/num_gpus above), contexts kept together, results in request order.
     num_actors: int = 1
-    # actor: ReferenceModel actor(s) holding a copy of the start model. adapter_off (needs
-    # model.lora.enabled): the trainer ranks score with the adapter switched off; no second model.
+    # actor: ReferenceModel actor(s) holding a copy of the start model. trainer: every trainer rank
+    # holds the start model frozen (under ZeRO-3 a 1/N share, its forward gathering layer by layer)
+    # and scores its share of the rows; no reference GPU. adapter_off (needs model.lora.enabled): the
+    # trainer ranks score with the adapter switched off; no second model.
     mode: str = "actor"
 
     def __post_init__(self):
-        _check_choice("reference", "mode", self.mode, ("actor", "adapter_off"))
+        _check_choice("reference", "mode", self.mode, ("actor", "trainer", "adapter_off"))
         _check_choice("reference", "device", self.device, ("auto", "cpu", "cuda"))
         _check_positive("reference", "refresh_every", self.refresh_every, allow_zero=True)
         _check_positive("reference", "num_actors", self.num_actors)

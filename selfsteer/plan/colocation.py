@@ -1,7 +1,7 @@
 """The colocated layout's GPU bundles: every role shares the trainer's GPUs (no Ray import here).
 
 One placement group holds one bundle per GPU; on bundle i run trainer rank i and rollout engine i
-(while there are engines), and the reference on bundle 0. Each takes a fraction of the bundle's
+(while there are engines), and the reference actor on bundle 0 (none with reference.mode=trainer). Each takes a fraction of the bundle's
 GPU, so Ray gives all of them the same physical GPU (the fractions only let Ray schedule them
 together; memory is shared by phase: engines sleep while the trainer trains). `selfsteer.plan.planner`
 and `selfsteer.actors.roles` both use `colocated_slots`, so the plan shows what a run asks Ray for.
@@ -30,7 +30,8 @@ def colocated_slots(cfg) -> tuple[list[dict], list[Slot]]:
     check_colocated_gpu(cfg)
     slots = [Slot("trainer", f"trainer rank {i}", i, FRACTIONS["trainer"], tc.num_cpus) for i in range(tc.num_ranks)]
     slots += [Slot("rollout", f"rollout engine {i}", i, FRACTIONS["rollout"], rc.num_cpus) for i in range(rc.num_engines)]
-    slots.append(Slot("reference", "reference", 0, FRACTIONS["reference"], ref.num_cpus))
+    if ref.mode == "actor":  # otherwise the trainer ranks score the reference themselves
+        slots.append(Slot("reference", "reference", 0, FRACTIONS["reference"], ref.num_cpus))
     bundles = [{"GPU": 1.0, "CPU": 0.0} for _ in range(tc.num_ranks)]
     for s in slots:
         bundles[s.bundle]["CPU"] += s.cpus

@@ -148,8 +148,8 @@ def vllm_slot(cfg, shape: gm.ModelShape, p: int) -> float:
 
 
 def reference_forward(cfg, shape: gm.ModelShape, p: int, work, *, split_head: bool) -> dict[str, float]:
-    """reference.mode=adapter_off: one reference micro-batch's forward on a trainer rank, by part (its
-    weights are the rank's frozen base, already counted)."""
+    """reference.mode=adapter_off or trainer: one reference micro-batch's forward on a trainer rank, by
+    part (its weights are counted apart: the rank's frozen base, or the frozen copy's share)."""
     rows, prompt, new = cfg.reference.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.sampling.max_new_tokens
     packed = work.packed  # the trainer's packing (trainer.packing), which its reference scoring uses
     out = gm.forward_memory(shape, p, tokens=work.scoring_tokens(rows, prompt, new, packed), split_head=split_head,

@@ -210,13 +210,23 @@ def packed_mask_bytes(rows: int, width: int, p: int, packed: bool) -> float:
     return rows * width * width * p if packed else 0.0
 
 
-def host_trainer(shape: ModelShape, p: int, tc) -> float:
+def host_trainer(shape: ModelShape, p: int, tc, reference: bool = False) -> float:
     """Host RAM of one trainer rank at load: under ZeRO-3 its shard and the one module zero.Init is
     building (at most the largest tensor; training/zero3_load.py reads only the rank's slices from
-    the memory-mapped checkpoint, whose clean pages are not held), otherwise the whole model."""
+    the memory-mapped checkpoint, whose clean pages are not held), otherwise the whole model.
+    `reference` (reference.mode=trainer): the frozen start model loaded the same way beside it."""
+    copies = 2 if reference else 1
     if tc.backend == "deepspeed" and tc.zero_stage == 3:
-        return HOST_PROCESS + p * shape.params / tc.num_ranks + largest_tensor(shape, p)
-    return HOST_PROCESS + p * shape.params
+        return HOST_PROCESS + copies * p * shape.params / tc.num_ranks + largest_tensor(shape, p)
+    return HOST_PROCESS + copies * p * shape.params
+
+
+def reference_share(shape: ModelShape, p: int, tc) -> float:
+    """reference.mode=trainer: the frozen start model's bytes on one trainer rank (a 1/N share under
+    ZeRO-3, whose forward gathers within the rank's live-parameter budget; else a whole copy)."""
+    if tc.backend == "deepspeed" and tc.zero_stage == 3:
+        return p * shape.params / tc.num_ranks
+    return p * shape.params
 
 
 def host_engine(shape: ModelShape, p: int, tp: int, vllm: bool) -> float:

@@ -8,6 +8,8 @@ cluster's nodes before any actor starts. Memory formulas: selfsteer.plan.memory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -159,7 +161,9 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
                 b.memory, b.note = lm.trainer_memory(shape, cfg, p, reference=scoring, **kw)
             else:
                 b.memory = gm.trainer_memory(shape, tc, p, **kw)
-            b.host = gm.host_trainer(shape, p, tc)
+                if cfg.reference.mode == "trainer":
+                    b.note = _frozen_reference(b.memory, cfg, shape, p, w, split_head=kw["split_head"])
+            b.host = gm.host_trainer(shape, p, tc, reference=cfg.reference.mode == "trainer")
         elif b.role == "reference":
             rows = cfg.reference.micro_batch_size
             b.memory = gm.forward_memory(shape, p, tokens=w.scoring_tokens(rows, prompt, new, cfg.reference.packing),
@@ -321,6 +325,13 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
                                            cfg, shape, gpu_bytes, cfg.rollout.tensor_parallel_size, engine))
         lines.append(timing.round_line(cfg, seconds, gpu))
         problems += timing.timeout_problems(cfg, seconds)
+        if _could_score_on_ranks(cfg):
+            alt = dict(seconds, reference=timing.round_seconds(
+                cfg, shape, gpu, w, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines,
+                reference_gpus=tc.num_ranks, kv_sequences=0 if engine is None else _kv_sequences(
+                    cfg, shape, gpu_bytes, cfg.rollout.tensor_parallel_size, engine))["reference"])
+            lines.append(f"with reference.mode=trainer (the start model frozen on the trainer ranks, no reference "
+                         f"GPU): reference {alt['reference'] / 60:.1f} min, in all {sum(alt.values()) / 60:.0f} min")
     lines.append("")
     lines.append(f"GPUs requested: {used:g} of {nodes * gpus_per_node}; CPUs requested: {sum(b.cpus for b in bundles):g}")
     if problems:
@@ -332,12 +343,35 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
 
 
 def _reference_gpus(cfg) -> int:
-    """GPUs that score the reference: its actors, or with adapter_off the trainer ranks (all of them
-    score every row under ZeRO-3, whose forward gathers across ranks: one GPU's throughput)."""
-    tc = cfg.trainer
-    if cfg.reference.mode != "adapter_off":
-        return cfg.reference.num_actors
-    return 1 if tc.backend == "deepspeed" and tc.zero_stage == 3 else tc.num_ranks
+    """GPUs that score the reference: its actors, or (reference.mode=trainer / adapter_off) the
+    trainer ranks, each its share of the rows (under ZeRO-3 in lockstep: training.rank_scoring)."""
+    return cfg.reference.num_actors if cfg.reference.mode == "actor" else cfg.trainer.num_ranks
+
+
+def _could_score_on_ranks(cfg) -> bool:
+    """Whether this reference.mode=actor run would pass its checks with reference.mode=trainer."""
+    if cfg.reference.mode != "actor":
+        return False
+    from selfsteer.config.checks import check_run
+    from selfsteer.config.sections import ConfigError
+
+    try:
+        check_run(dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, mode="trainer")))
+    except (ConfigError, ValueError):
+        return False
+    return True
+
+
+def _frozen_reference(memory: dict, cfg, shape, p: int, work, *, split_head: bool) -> str:
+    """reference.mode=trainer on one trainer rank: the frozen copy's share stays resident; its scoring
+    forward runs in its own phase, so only what it needs beyond training's forward is added."""
+    memory["reference weights"] = gm.reference_share(shape, p, cfg.trainer)
+    scoring = sum(lm.reference_forward(cfg, shape, p, work, split_head=split_head).values())
+    training = sum(memory.get(k, 0.0) for k in ("activations", "logits", "attention mask"))
+    if scoring > training:
+        memory["reference scoring excess"] = scoring - training
+    return (f"(frozen start model {memory['reference weights'] / gm.GIB:.2f} GiB; its scoring forward "
+            f"{scoring / gm.GIB:.2f} GiB in its own phase, training's {training / gm.GIB:.2f})")
 
 
 def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:

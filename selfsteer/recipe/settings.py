@@ -93,7 +93,9 @@ class TrainerRunConfig(RunConfig):
 
 
 def trainer_config(cfg: RunConfig, algo: str) -> RunConfig:
-    """`cfg` for a trainer group training `algo`; the recipe loops epochs itself, one call per chunk."""
+    """`cfg` for a trainer group training `algo`; the recipe loops epochs itself, one call per chunk.
+    Its reference is always its own actor (recipe.training), so the ranks load no frozen copy."""
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    values.update(algo=algo, trainer=dataclasses.replace(cfg.trainer, epochs_per_round=1))
+    reference = cfg.reference if cfg.reference.mode != "trainer" else dataclasses.replace(cfg.reference, mode="actor")
+    values.update(algo=algo, trainer=dataclasses.replace(cfg.trainer, epochs_per_round=1), reference=reference)
     return TrainerRunConfig(**values)

@@ -162,29 +162,20 @@ def adapter_state(module, names: Optional[list[str]] = None) -> dict[str, torch.
     return {n: p.detach().to("cpu").clone() for n, p in module.named_parameters() if n in names}
 
 
-@torch.no_grad()
-def base_scores(peft_model, forward, contexts: list[list[int]], responses: list[list[int]], *, per_token: bool,
-                pad_id: int, device, micro_batch_size: int, packed: bool, mask_dtype, split_head: bool,
-                varlen: bool) -> tuple[list, list]:
+def base_scores(peft_model, forward, contexts: list[list[int]], responses: list[list[int]], **scoring) -> tuple[list, list]:
     """Reference log-probs from the policy's own base: `forward` (the peft model or the engine wrapping it)
-    with the adapter switched off, in eval mode like a reference actor. Returns (sums, counts) per row, or
-    with `per_token` (per-token log-probs per row, [])."""
-    from selfsteer.algorithms.logprobs import score_sequences, token_logprobs
+    with the adapter switched off, in eval mode like a reference actor; `scoring` as in
+    training.rank_scoring.frozen_scores (lockstep matching runs with the adapter still off, so every
+    rank gathers the same layers)."""
+    from selfsteer.training.rank_scoring import frozen_scores
 
     was_training = peft_model.training
     peft_model.eval()
     try:
         with peft_model.disable_adapter():
-            if per_token:
-                return token_logprobs(forward, contexts, responses, pad_id=pad_id, device=device,
-                                      micro_batch_size=micro_batch_size, split_head=split_head), []
-            sums, counts = score_sequences(forward, contexts, responses, pad_id=pad_id, device=device,
-                                           micro_batch_size=micro_batch_size, packed=packed, mask_dtype=mask_dtype,
-                                           split_head=split_head, varlen=varlen)
-            return sums.tolist(), counts.tolist()
+            return frozen_scores(forward, contexts, responses, **scoring)
     finally:
         peft_model.train(was_training)
-
 
 
 def write_adapter_dir(path: str | Path, tensors: dict[str, torch.Tensor], lora_cfg, model_type: str) -> Path:

@@ -31,7 +31,7 @@ def test_methods_that_run_with_lora(algo):
     (["model.lora.alpha=-1"], "model.lora.alpha=-1.0 must be > 0"),
     (["model.lora.dropout=1.0"], "model.lora.dropout=1.0 must be in [0, 1)"),
     (["model.lora.target_modules=[]"], "model.lora.target_modules=[] must name at least one module"),
-    (["reference.mode=frozen"], "reference.mode='frozen' is not one of ['actor', 'adapter_off']"),
+    (["reference.mode=frozen"], "reference.mode='frozen' is not one of ['actor', 'trainer', 'adapter_off']"),
     (["reference.mode=adapter_off"], "reference.mode=adapter_off scores with the LoRA adapter switched off, so it needs "
                                      "model.lora.enabled=true"),
     ([*LORA, "reference.mode=adapter_off", "model.reference=/models/other"], "model.reference='/models/other' needs "
@@ -41,6 +41,11 @@ def test_methods_that_run_with_lora(algo):
     ([*LORA, "reference.mode=adapter_off", "async_rounds=true"], "which async_rounds=true keeps busy training"),
     ([*LORA, "algo=sipo", "rollout.backend=hf_mod", "model.policy=task"], "LoRA policies are not supported there"),
     ([*LORA, "placement=colocated"], "with LoRA only the adapter travels; use placement=separate"),
+    ([*LORA, "reference.mode=trainer"], "that model is the policy's own frozen base: use reference.mode=adapter_off"),
+    (["reference.mode=trainer", "reference.refresh_every=1"], "the ranks hold the start model fixed"),
+    (["reference.mode=trainer", "async_rounds=true"], "which async_rounds=true keeps busy training"),
+    (["reference.mode=trainer", "algo=sipo", "rollout.backend=hf_mod", "model.policy=task"],
+     "SIPO scores its two policies' references on its own scorer actor"),
 ])
 def test_refusals_name_the_reason(refused, overrides, expected):
     assert expected in refused(None, overrides)

@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 GIB = 1024 ** 3
 PSI = 7_615_616_512  # Qwen2-7B (tests/test_plan.py derives it)
 CONFIG = REPO / "configs/qwen2_7b_instruct_colocated.yaml"
+# The same layout with the reference on a GPU share of its own (the shipped config holds it on the ranks).
+ACTOR = ["reference.mode=actor", "reference.num_gpus=0.2", "reference.num_cpus=2"]
 
 
 def test_bundles_put_a_trainer_rank_and_an_engine_on_every_gpu_and_the_reference_on_gpu0():
-    bundles, slots = colocated_slots(load_config(CONFIG))
+    bundles, slots = colocated_slots(load_config(CONFIG, ACTOR))
     # trainer 4 CPUs + engine 2 + reference 2 on bundle 0; trainer 4 + engine 2 elsewhere.
     assert bundles == [{"GPU": 1.0, "CPU": 8.0}] + [{"GPU": 1.0, "CPU": 6.0}] * 7
     where = {s.label: (s.bundle, s.gpus) for s in slots}
@@ -28,6 +30,8 @@ def test_bundles_put_a_trainer_rank_and_an_engine_on_every_gpu_and_the_reference
     assert where["reference"] == (0, 0.2)
     for g in range(8):  # the shares of one GPU never exceed it
         assert sum(s.gpus for s in slots if s.bundle == g) <= 1.0
+    bundles, slots = colocated_slots(load_config(CONFIG))  # reference.mode=trainer: no reference actor
+    assert bundles == [{"GPU": 1.0, "CPU": 6.0}] * 8 and not any(s.role == "reference" for s in slots)
 
 
 def test_colocated_gpu_layout_errors_name_the_key():
@@ -42,7 +46,7 @@ def test_colocated_gpu_layout_errors_name_the_key():
 
 
 def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, ACTOR)
     shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
     usable = 79.11 * GIB  # what torch reports for an "80 GB" H100, not 80 GiB
     mem = phase_memory(cfg, shape, usable)
@@ -76,6 +80,28 @@ def test_phase_memory_by_hand_for_qwen2_7b_on_8_h100s():
     assert states + 2 * PSI + vllm + ref_resident + 2 * PSI > usable
 
 
+def test_phase_memory_by_hand_with_the_reference_on_the_trainer_ranks():
+    """reference.mode=trainer (the shipped config): a 1/8 ZeRO-3 share of the frozen model on every GPU,
+    and every GPU scores its share of the rows, with the trainer's packing and no split head."""
+    cfg = load_config(CONFIG)
+    assert cfg.reference.mode == "trainer"
+    shape = gm.ModelShape.from_config(gm.BUILTIN["Qwen2-7B"], "qwen", "test")
+    usable = 79.11 * GIB
+    mem, actor = phase_memory(cfg, shape, usable), phase_memory(load_config(CONFIG, ACTOR), shape, usable)
+    share = 2 * PSI / 8
+    ctx = 0.5 * GIB
+    # A reference micro-batch of 8 packed rows (4 contexts x 1024 + 8 x 2048 tokens) through the DeepSpeed
+    # engine: one layer's activations, full bf16 logits + one fp32 chunk, the 4D mask.
+    tokens = 4 * 1024 + 8 * 2048
+    forward = 98_304 * 2 * tokens + tokens * 152_064 * 2 + 512 * 152_064 * 12 + 8 * 3072 * 3072 * 2
+    states = 16 * PSI / 8 + 2e9 + 1e9 + ctx
+    assert mem["reference"] == pytest.approx([states + 1 * GIB + share + forward] * 8)
+    for phase in ("sampling", "training", "sync", "save"):  # the share, on every GPU, where GPU 0 held 2Ψ + ctx
+        assert mem[phase] == pytest.approx([actor[phase][1] + share] * 8)
+    assert max(max(v) for v in mem.values()) < max(max(v) for v in actor.values()) - 12 * GIB
+    assert busy_gpus(cfg)["reference"] == 8
+
+
 def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys):
     args = ["--nodes", "1", "--gpus-per-node", "8", "--gpu", "h100-80gb", "--cpus-per-node", "64"]
     assert main(["plan", "configs/qwen2_7b_instruct.yaml", *args]) == 0
@@ -83,24 +109,29 @@ def test_plan_shows_both_layouts_and_the_colocated_one_fits_on_all_8_gpus(capsys
     separate, colocated = out.split("the same run with placement=colocated on all 8 GPUs")
     assert "GPUs requested: 8 of 8" in separate and "fits:" in separate
     assert "GPUs used: 8 of 8" in colocated and "fits: every GPU's estimate" in colocated
-    assert main(["plan", str(CONFIG), *args]) == 0
+    assert main(["plan", str(CONFIG), *ACTOR, *args]) == 0
     out = capsys.readouterr().out
     assert "save                8     72.73" in out and "GPUs used: 8 of 8" in out and "fits:" in out
     assert "of 79.11 usable" in out
     # On 40 GB GPUs it does not: the plan names the GPU and phase.
-    assert main(["plan", str(CONFIG), "--gpu", "a100-40gb"]) == 2
+    assert main(["plan", str(CONFIG), *ACTOR, "--gpu", "a100-40gb"]) == 2
     out = capsys.readouterr().out
     assert "DOES NOT FIT: GPU 0 while" in out
 
 
 def test_a_phase_over_its_call_timeout_fails_the_plan_naming_the_timeout(capsys):
     # On A100s (312 TFLOP/s) the reference's full-length scoring of 2048 prompts takes ~1 h on one GPU.
-    assert main(["plan", str(CONFIG), "ray.call_timeout_s=1800", "--gpu", "a100-80gb"]) == 2
+    assert main(["plan", str(CONFIG), *ACTOR, "ray.call_timeout_s=1800", "--gpu", "a100-80gb"]) == 2
     out = capsys.readouterr().out
     assert "DOES NOT FIT: reference phase: estimated" in out and "above ray.call_timeout_s=1800 s" in out
     assert "raise ray.call_timeout_s to at least" in out
     need = int(out.split("raise ray.call_timeout_s to at least ")[1].split()[0])
-    assert main(["plan", str(CONFIG), f"ray.call_timeout_s={need}", "--gpu", "a100-80gb"]) == 0
+    assert main(["plan", str(CONFIG), *ACTOR, f"ray.call_timeout_s={need}", "--gpu", "a100-80gb"]) == 0
+    # On the eight trainer ranks (the shipped config) the same scoring takes an eighth of that (training's
+    # 32 min is over 1800 s either way).
+    main(["plan", str(CONFIG), "ray.call_timeout_s=1800", "--gpu", "a100-80gb"])
+    out = capsys.readouterr().out
+    assert "reference 8.0 min" in out and "DOES NOT FIT: reference phase" not in out
 
 
 def test_decode_time_counts_kv_reads():
