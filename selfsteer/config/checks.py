@@ -65,26 +65,22 @@ def _check_lora(cfg) -> None:
         if cfg.model.reference is not None:
             raise ConfigError(f"reference.mode=adapter_off uses the policy's own base as the reference; "
                               f"model.reference={cfg.model.reference!r} needs reference.mode=actor")
-        if ref.refresh_every:
-            raise ConfigError("reference.refresh_every moves the reference to the policy; with reference.mode="
-                              "adapter_off the reference is the frozen base. Use reference.mode=actor")
-        if cfg.async_rounds:
-            raise ConfigError("reference.mode=adapter_off scores on the trainer ranks, which async_rounds=true keeps "
-                              "busy training; use reference.mode=actor or async_rounds=false")
     if ref.mode == "trainer":
         if lora.enabled:
             raise ConfigError("reference.mode=trainer holds a second copy of the start model on the trainer ranks; "
                               "with model.lora that model is the policy's own frozen base: use "
                               "reference.mode=adapter_off")
-        if ref.refresh_every:
-            raise ConfigError("reference.refresh_every moves the reference to the policy; with reference.mode=trainer "
-                              "the ranks hold the start model fixed. Use reference.mode=actor")
-        if cfg.async_rounds:
-            raise ConfigError("reference.mode=trainer scores on the trainer ranks, which async_rounds=true keeps "
-                              "busy training; use reference.mode=actor or async_rounds=false")
         if cfg.algo == "sipo":
             raise ConfigError("reference.mode=trainer with algo=sipo: SIPO scores its two policies' references on "
                               "its own scorer actor; use reference.mode=actor")
+    if ref.mode != "actor":  # the trainer ranks score the reference
+        if ref.refresh_every:
+            held = "the frozen base" if ref.mode == "adapter_off" else "the start model, held fixed by the ranks"
+            raise ConfigError(f"reference.refresh_every moves the reference to the policy; with reference.mode="
+                              f"{ref.mode} the reference is {held}. Use reference.mode=actor")
+        if cfg.async_rounds:
+            raise ConfigError(f"reference.mode={ref.mode} scores on the trainer ranks, which async_rounds=true keeps "
+                              "busy training; use reference.mode=actor or async_rounds=false")
     if not lora.enabled:
         return
     if cfg.algo == "sipo":

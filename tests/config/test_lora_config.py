@@ -42,7 +42,7 @@ def test_methods_that_run_with_lora(algo):
     ([*LORA, "algo=sipo", "rollout.backend=hf_mod", "model.policy=task"], "LoRA policies are not supported there"),
     ([*LORA, "placement=colocated"], "with LoRA only the adapter travels; use placement=separate"),
     ([*LORA, "reference.mode=trainer"], "that model is the policy's own frozen base: use reference.mode=adapter_off"),
-    (["reference.mode=trainer", "reference.refresh_every=1"], "the ranks hold the start model fixed"),
+    (["reference.mode=trainer", "reference.refresh_every=1"], "the start model, held fixed by the ranks"),
     (["reference.mode=trainer", "async_rounds=true"], "which async_rounds=true keeps busy training"),
     (["reference.mode=trainer", "algo=sipo", "rollout.backend=hf_mod", "model.policy=task"],
      "SIPO scores its two policies' references on its own scorer actor"),
