@@ -8,8 +8,6 @@ cluster's nodes before any actor starts. Memory formulas: selfsteer.plan.memory.
 
 from __future__ import annotations
 
-import dataclasses
-
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,6 +16,7 @@ from selfsteer.algorithms.registry import method
 from selfsteer.plan import lora as lm
 from selfsteer.plan import memory as gm
 from selfsteer.plan.notes import host_line, vllm_note, vllm_problem
+from selfsteer.plan.reference import could_score_on_ranks, frozen_reference, reference_gpus
 from selfsteer.plan.workload import Card, card as find_card, work as method_work
 
 EPS = 1e-9
@@ -162,7 +161,7 @@ def attach_memory(cfg, bundles: list[Bundle], shape: gm.ModelShape, gpu_bytes: f
             else:
                 b.memory = gm.trainer_memory(shape, tc, p, **kw)
                 if cfg.reference.mode == "trainer":
-                    b.note = _frozen_reference(b.memory, cfg, shape, p, w, split_head=kw["split_head"])
+                    b.note = frozen_reference(b.memory, cfg, shape, p, w, split_head=kw["split_head"])
             b.host = gm.host_trainer(shape, p, tc, reference=cfg.reference.mode == "trainer")
         elif b.role == "reference":
             rows = cfg.reference.micro_batch_size
@@ -321,11 +320,11 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
     if tc.num_gpus:
         engine = next((b for b in bundles if b.role == "rollout"), None)
         seconds = timing.round_seconds(cfg, shape, gpu, w, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines,
-                                       reference_gpus=_reference_gpus(cfg), kv_sequences=_kv_sequences(
+                                       reference_gpus=reference_gpus(cfg), kv_sequences=_kv_sequences(
                                            cfg, shape, gpu_bytes, cfg.rollout.tensor_parallel_size, engine))
         lines.append(timing.round_line(cfg, seconds, gpu))
         problems += timing.timeout_problems(cfg, seconds)
-        if _could_score_on_ranks(cfg):
+        if could_score_on_ranks(cfg):
             alt = dict(seconds, reference=timing.round_seconds(
                 cfg, shape, gpu, w, train_gpus=tc.num_ranks, engines=cfg.rollout.num_engines,
                 reference_gpus=tc.num_ranks, kv_sequences=0 if engine is None else _kv_sequences(
@@ -340,38 +339,6 @@ def make_plan(cfg, *, nodes: int, gpus_per_node: int, gpu: Card, cpus_per_node: 
         lines.append("fits: every role is placed, every GPU's estimate is within its memory, every phase within "
                      "its timeout")
     return "\n".join(lines), problems
-
-
-def _reference_gpus(cfg) -> int:
-    """GPUs that score the reference: its actors, or (reference.mode=trainer / adapter_off) the
-    trainer ranks, each its share of the rows (under ZeRO-3 in lockstep: training.rank_scoring)."""
-    return cfg.reference.num_actors if cfg.reference.mode == "actor" else cfg.trainer.num_ranks
-
-
-def _could_score_on_ranks(cfg) -> bool:
-    """Whether this reference.mode=actor run would pass its checks with reference.mode=trainer."""
-    if cfg.reference.mode != "actor":
-        return False
-    from selfsteer.config.checks import check_run
-    from selfsteer.config.sections import ConfigError
-
-    try:
-        check_run(dataclasses.replace(cfg, reference=dataclasses.replace(cfg.reference, mode="trainer")))
-    except (ConfigError, ValueError):
-        return False
-    return True
-
-
-def _frozen_reference(memory: dict, cfg, shape, p: int, work, *, split_head: bool) -> str:
-    """reference.mode=trainer on one trainer rank: the frozen copy's share stays resident; its scoring
-    forward runs in its own phase, so only what it needs beyond training's forward is added."""
-    memory["reference weights"] = gm.reference_share(shape, p, cfg.trainer)
-    scoring = sum(lm.reference_forward(cfg, shape, p, work, split_head=split_head).values())
-    training = sum(memory.get(k, 0.0) for k in ("activations", "logits", "attention mask"))
-    if scoring > training:
-        memory["reference scoring excess"] = scoring - training
-    return (f"(frozen start model {memory['reference weights'] / gm.GIB:.2f} GiB; its scoring forward "
-            f"{scoring / gm.GIB:.2f} GiB in its own phase, training's {training / gm.GIB:.2f})")
 
 
 def _kv_sequences(cfg, shape, gpu_bytes: float, tp: int, engine) -> float:

@@ -123,7 +123,7 @@ def test_reference_scoring_above_training_is_counted_once():
 
 def test_lora_round_time_trains_at_4_psi_and_scores_on_the_trainer_ranks():
     from selfsteer.plan import timing
-    from selfsteer.plan.planner import _reference_gpus
+    from selfsteer.plan.reference import reference_gpus as _reference_gpus
     from selfsteer.plan.workload import card, work
 
     lora = load_config(REPO / "configs/qwen2_7b_instruct_lora.yaml")
