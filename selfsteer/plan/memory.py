@@ -21,15 +21,16 @@ N = trainer ranks, T = tokens in one forward pass.
   size (T·V·2p), plus one chunk's float32 work (c·V·(2p + 8)); the torch backend and the reference
   apply the lm_head per chunk (split head), so only the final hidden states (T·h·p) and one chunk's
   logits exist. Packed rows add their 4D attention mask, rows·W²·p (none under flash-attention).
-- Weight sync: buckets hold at least the largest tensor (the embedding or lm_head, V·h·p), so a
-  bucket is max(bucket_mb, V·h·p); a collective sender keeps two, a receiver two. Colocated
+- Weight sync: buckets hold at least the largest tensor (the embedding or lm_head, V·h·p) and the
+  largest fused layer (gate/up, 2·I·h·p, or q/k/v), so a bucket is max(bucket_mb, V·h·p, 2·I·h·p);
+  a collective sender keeps two, a receiver two. Colocated
   (CUDA IPC) every trainer rank streams the buckets through a pool of two slots of the largest
   bucket (sync/cuda_ipc.IpcPool), reusing a slot once every engine has loaded it, and frees the
   pool after the sync (actors/trainer.release_local).
 - Host RAM: each process's own copy from its loading path (HOST_PROCESS for Python, torch, CUDA).
   A trainer rank under ZeRO-3 builds the model under zero.Init and reads only its slices (its shard
-  plus the module being built, at most the largest tensor); other stages and the reference load the whole model on the host first; every
-  vLLM tensor-parallel worker keeps a full host copy of the checkpoint (engines/vllm_worker.py).
+  plus the module being built, at most the largest tensor); other stages and the reference load the whole model on the host first; a
+  vLLM tensor-parallel worker streams the checkpoint to its GPU a tensor at a time and keeps no copy.
 - vLLM: it claims gpu_memory_utilization x the GPU; from that, weights (pΨ/TP per GPU) and a fixed
   allowance for its activation peak, CUDA graphs and non-torch memory (VLLM_RESERVE; vLLM measures the
   real figure at start) leave the KV cache. KV bytes per token = 2·L·kv_heads·head_dim·p (per GPU:
@@ -174,9 +175,15 @@ def largest_tensor(shape: ModelShape, p: int) -> float:
     return shape.vocab * shape.hidden * p
 
 
+def largest_fused(shape: ModelShape, p: int) -> float:
+    """The largest layer vLLM fuses (q/k/v or gate/up), which a sync bucket never splits."""
+    return max((shape.heads + 2 * shape.kv_heads) * shape.head_dim, 2 * shape.intermediate) * shape.hidden * p
+
+
 def bucket_bytes(shape: ModelShape, p: int, bucket_mb: float) -> float:
-    """The largest sync bucket: `bucket_mb`, or one tensor larger than that (sync.buckets.plan_buckets)."""
-    return max(bucket_mb * 2 ** 20, largest_tensor(shape, p))
+    """The largest sync bucket: `bucket_mb`, or one tensor or fused layer larger than that
+    (sync.buckets.plan_buckets)."""
+    return max(bucket_mb * 2 ** 20, largest_tensor(shape, p), largest_fused(shape, p))
 
 
 def trainer_memory(shape: ModelShape, tc, p: int, *, tokens: int, mask_bytes: float = 0.0, split_head: bool = False,
@@ -230,8 +237,9 @@ def reference_share(shape: ModelShape, p: int, tc) -> float:
 
 
 def host_engine(shape: ModelShape, p: int, tp: int, vllm: bool) -> float:
-    """Host RAM of one engine: every vLLM TP worker's full host copy; an HF engine loads on the host."""
-    return tp * (HOST_PROCESS + p * shape.params) if vllm else HOST_PROCESS + p * shape.params
+    """Host RAM of one engine: every vLLM TP worker streams the checkpoint to its GPU a tensor at a
+    time (and keeps no copy: engines/vllm_worker.py); an HF engine loads on the host."""
+    return tp * (HOST_PROCESS + largest_tensor(shape, p)) if vllm else HOST_PROCESS + p * shape.params
 
 
 def host_reference(shape: ModelShape, p: int) -> float:

@@ -36,29 +36,51 @@ class Bucket:
         return self.numel * _elem(self.torch_dtype)
 
 
+# HF modules that vLLM fuses into one layer (in every model selfsteer ships configs for). vLLM's
+# reload rebuilds a fused layer from all of its parts at once, so a bucket never splits one.
+FUSED_PARTS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+               "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+def fused_unit(name: str) -> str | None:
+    """The fused layer (and leaf) an HF parameter belongs to: `l.0.mlp.up_proj.weight` -> `l.0.mlp.gate_up_proj.weight`."""
+    *path, leaf = name.split(".")
+    if not path or path[-1] not in FUSED_PARTS:
+        return None
+    return ".".join([*path[:-1], FUSED_PARTS[path[-1]], leaf])
+
+
 def plan_buckets(named_shapes: Iterable[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[Bucket]:
-    """Group tensors, in order, into buckets of at most `bucket_bytes` (a larger tensor gets its own)."""
-    buckets: list[Bucket] = []
-    current: list[TensorSlot] = []
-    current_dtype, used = None, 0
-
-    def flush():
-        nonlocal current, used
-        if current:
-            buckets.append(Bucket(str(current_dtype).replace("torch.", ""), used, tuple(current)))
-        current, used = [], 0
-
+    """Group tensors, in order, into buckets of at most `bucket_bytes`; adjacent parts of one fused
+    layer (`fused_unit`) share a bucket, and a tensor or fused layer larger than that gets its own."""
+    units: list[list[tuple[str, tuple[int, ...], torch.dtype, int]]] = []
     for name, shape, dtype in named_shapes:
         numel = 1
         for d in shape:
             numel *= int(d)
-        size = numel * torch.empty((), dtype=dtype).element_size()
+        entry = (name, tuple(int(d) for d in shape), dtype, numel)
+        unit = fused_unit(name)
+        last = units[-1][-1] if units else None
+        if unit is not None and last is not None and fused_unit(last[0]) == unit and last[2] == dtype:
+            units[-1].append(entry)
+        else:
+            units.append([entry])
+
+    buckets: list[Bucket] = []
+    current: list[TensorSlot] = []
+    current_dtype, used = None, 0
+    for unit in units:
+        dtype = unit[0][2]
+        size = sum(e[3] for e in unit) * _elem(dtype)
         if current and (dtype != current_dtype or used * _elem(current_dtype) + size > bucket_bytes):
-            flush()
+            buckets.append(Bucket(str(current_dtype).replace("torch.", ""), used, tuple(current)))
+            current, used = [], 0
         current_dtype = dtype
-        current.append(TensorSlot(name, tuple(int(d) for d in shape), used, numel))
-        used += numel
-    flush()
+        for name, shape, _, numel in unit:
+            current.append(TensorSlot(name, shape, used, numel))
+            used += numel
+    if current:
+        buckets.append(Bucket(str(current_dtype).replace("torch.", ""), used, tuple(current)))
     return buckets
 
 

@@ -109,11 +109,14 @@ def test_bucketed_loads_that_split_fused_layers(engine, sharp_path, prompt_ids, 
     model = _hf_model(sharp_path)
     redraw(model, 2)
     params = {n: p.detach() for n, p in model.named_parameters()}
-    # 12 KB buckets put q_proj and k_proj/v_proj (fused into qkv_proj in vLLM) in different loads.
-    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 12 * 1024)
+    # The trainer's plan keeps q/k/v (fused into qkv_proj in vLLM) together; buckets of one tensor
+    # each put q_proj and k_proj/v_proj in different loads, which the worker completes from what
+    # the model computes with (read back through its kernels: it keeps no copy).
+    layout = [(n, tuple(p.shape), p.dtype) for n, p in params.items()]
+    buckets = [b for n, shape, dtype in layout for b in plan_buckets([(n, shape, dtype)], 12 * 1024)]
     split = [b for b in buckets if any(s.name.endswith("q_proj.weight") for s in b.slots)
              and not any(s.name.endswith("k_proj.weight") for s in b.slots)]
-    assert split, "the bucket plan split no fused layer: the test would prove nothing"
+    assert split, "no load split a fused layer: the test would prove nothing"
     for bucket in buckets:
         engine.load_weights(unpack_bucket(bucket, pack_bucket(bucket, params, "cpu")))
     assert _greedy(engine, prompt_ids) == _greedy_hf(model, prompt_ids)
@@ -134,6 +137,53 @@ def test_loading_one_part_keeps_the_rest(engine, sharp_path, prompt_ids, restore
     after = _greedy(engine, prompt_ids)
     assert after != before
     assert after == _greedy_hf(model, prompt_ids)
+
+
+def _worker(w):
+    return getattr(w, "worker", w)  # collective_rpc hands a callable vLLM's wrapper around the worker
+
+
+def test_workers_hold_no_copy_of_the_weights(engine):
+    def held(w):
+        return sum(t.numel() for k, v in vars(_worker(w)).items() if k.startswith("_selfsteer") and isinstance(v, dict)
+                   for t in v.values() if isinstance(t, torch.Tensor))
+    assert engine.llm.collective_rpc(held) == [0]
+
+
+def test_verification_reads_what_the_kernels_compute_with(engine, sharp_path, prompt_ids, restore):
+    """A verified load compares what the model computes with (linear and output layers read back
+    through vLLM's own kernels: on CPU their repacked copies) with what the worker was sent."""
+    from selfsteer.engines.vllm_readback import check_loaded
+
+    embed, q = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
+    sent = {n: t * 1.5 for n, t in _checkpoint(sharp_path).items() if n in (embed, q)}
+    sent["model.layers.0.self_attn.k_proj.weight"] = _checkpoint(sharp_path)["model.layers.0.self_attn.k_proj.weight"]
+    engine.load_weights(sent.items(), verify=True)  # the reload path, the tied head repacked: passes
+
+    def checks(w):
+        w = _worker(w)
+        model = w.model_runner.get_model()
+        errors = []
+        # The worker was sent q_proj x 1.5; a worker told it was sent twice that must see the difference
+        # in what the fused qkv kernel computes with.
+        try:
+            check_loaded(model, w._selfsteer_place, {q: sent[q] * 2}, 0, 1, "worker")
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        # The model's own load_weights after start (the path a sync must not take) writes the embedding
+        # in place but leaves the tied output layer's packed copy as it was: the embedding checks out,
+        # the output layer does not.
+        model.load_weights(iter({embed: sent[embed] * 2}.items()))
+        check_loaded(model, w._selfsteer_place, {embed: sent[embed] * 2}, 0, 1, "worker")
+        try:
+            check_loaded(model, w._selfsteer_head, {embed: sent[embed] * 2}, 0, 1, "worker")
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        return errors
+
+    (errors,) = engine.llm.collective_rpc(checks)
+    assert len(errors) == 2, errors
+    assert f"computes with a {q!r} that differs" in errors[0] and f"a {embed!r} that differs" in errors[1]
 
 
 def test_load_weights_rejects_unknown_names(engine):

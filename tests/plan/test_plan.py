@@ -118,6 +118,11 @@ def test_sync_buckets_hold_the_largest_tensor():
     assert gm.largest_tensor(QWEN, 2) == 152_064 * 3584 * 2
     assert gm.bucket_bytes(QWEN, 2, 256) == 152_064 * 3584 * 2
     assert gm.bucket_bytes(QWEN, 2, 2048) == 2048 * 2 ** 20
+    # A bucket never splits a fused layer: gate/up is 2 x 18,944 x 3,584 x 2 B (259 MiB), q/k/v
+    # (28 + 2 x 4 heads) x 128 x 3,584 x 2 B; gate/up is larger, and smaller than the embedding.
+    assert gm.largest_fused(QWEN, 2) == 2 * 18_944 * 3584 * 2 > 36 * 128 * 3584 * 2
+    untied_small_vocab = gm.ModelShape(**{**QWEN.__dict__, "vocab": 1000})
+    assert gm.bucket_bytes(untied_small_vocab, 2, 256) == 2 * 18_944 * 3584 * 2
 
 
 def test_host_ram_from_the_loading_path():
@@ -127,7 +132,8 @@ def test_host_ram_from_the_loading_path():
     assert gm.host_trainer(QWEN, 2, cfg.trainer) == 2 * GIB + 2 * PSI / 8 + 152_064 * 3584 * 2
     ddp = load_config(REPO / "configs/qwen2_7b_instruct_colocated.yaml", ["trainer.zero_stage=2"]).trainer
     assert gm.host_trainer(QWEN, 2, ddp) == 2 * GIB + 2 * PSI
-    assert gm.host_engine(QWEN, 2, 4, vllm=True) == 4 * (2 * GIB + 2 * PSI)  # each TP worker's host copy
+    # Each TP worker streams the checkpoint to its GPU a tensor at a time and keeps no copy.
+    assert gm.host_engine(QWEN, 2, 4, vllm=True) == 4 * (2 * GIB + 152_064 * 3584 * 2)
 
 
 def test_vllm_budget_for_qwen2_7b():
@@ -289,8 +295,8 @@ def test_70b_config_plans_as_the_docs_say(capsys):
     rank = (16 * psi / 32 + 2e9 + 1e9 + 80 * 8192 * 2 * tokens + (6 * 8192 + 2 * 1024 + 4 * 28672) * 2 * tokens
             + tokens * 128_256 * 4 + 512 * 128_256 * 12 + 3 * 3072 * 3072 * 2 + 0.5 * GIB + 2 * psi / 32)
     assert "trainer ranks 1-31" in separate and f"{rank / GIB:.2f}" in separate
-    # An engine node: 8 TP workers, each with a full host copy of the checkpoint (2Ψ) and its process.
-    assert f"node4 {8 * (2 * psi + 2 * GIB) / GIB:.0f}" in separate
+    # An engine node: 8 TP workers, each its process and one tensor in flight (the 2 GB embedding).
+    assert f"node4 {8 * (128_256 * 8192 * 2 + 2 * GIB) / GIB:.0f}" in separate
     assert main(["plan", "configs/llama3_70b_8node.yaml", "reference.mode=actor", "reference.num_gpus=1", "--nodes",
                  "8", "--gpu", "h100-80gb", "--host-memory-gib", "2048"]) == 2
     actor = capsys.readouterr().out.split("the same run with placement=colocated")[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsteer.sync.buckets import Bucket, FlatBuffers, TensorSlot, fingerprint, pack_bucket, plan_buckets, unpack_bucket
+from selfsteer.sync.buckets import (Bucket, FlatBuffers, TensorSlot, fingerprint, fused_unit, pack_bucket, plan_buckets,
+                                    unpack_bucket)
 
 F32 = torch.float32
 
@@ -74,6 +75,29 @@ def test_plan_buckets_invariants(bucket_bytes):
         if prev.torch_dtype == nxt.torch_dtype:
             elem = torch.empty((), dtype=prev.torch_dtype).element_size()
             assert (prev.numel + nxt.slots[0].numel) * elem > bucket_bytes
+
+
+def test_fused_parts_share_a_bucket():
+    # vLLM loads q/k/v (and gate/up) as one layer: a bucket boundary never falls between them.
+    # 40 B = ten float32: the attention unit q 4 + k 2 + v 2 = 8 elements (32 B).
+    a = "model.layers.0.self_attn."
+    layout = [("norm", (3,), F32),                     # 12 B; + the q/k/v unit's 32 B = 44 > 40: new bucket
+              (a + "q_proj.weight", (4,), F32), (a + "k_proj.weight", (2,), F32), (a + "v_proj.weight", (2,), F32),
+              (a + "o_proj.weight", (4,), F32),        # 32 + 16 > 40: new bucket
+              ("model.layers.0.mlp.gate_proj.weight", (6,), F32),
+              ("model.layers.0.mlp.up_proj.weight", (6,), F32),  # gate + up = 48 B > 40: one oversized bucket
+              ("model.layers.0.mlp.down_proj.weight", (1,), F32)]
+    buckets = plan_buckets(layout, 40)
+    assert [_names(b) for b in buckets] == [["norm"], [n for n, _, _ in layout[1:4]], [layout[4][0]],
+                                            [layout[5][0], layout[6][0]], [layout[7][0]]]
+    # Without the rule the first bucket would have taken norm + q (28 B) and split q from k and v.
+    assert [s.offset for s in buckets[1].slots] == [0, 4, 6] and buckets[3].numel == 12
+    assert fused_unit(a + "k_proj.bias") == a + "qkv_proj.bias"
+    assert fused_unit("model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.gate_up_proj.weight"
+    assert fused_unit(a + "o_proj.weight") is None and fused_unit("q_proj") is None
+    # Parts of different layers (or dtypes) are different units.
+    other = [(a + "v_proj.weight", (4,), F32), ("model.layers.1.self_attn.q_proj.weight", (4,), F32)]
+    assert [_names(b) for b in plan_buckets(other, 16)] == [[other[0][0]], [other[1][0]]]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -173,21 +197,23 @@ def test_toy_model_bucket_count_is_hand_computed(toy_layout):
     numel = {n: s for n, s, _ in toy_layout}
     assert len(toy_layout) == 1 + 2 * 9 + 1
     assert sum(torch.Size(s).numel() for s in numel.values()) == 568 * 64 + 2 * (36864 + 128) + 64
-    # A bucket of 8192 float32 (one MLP matrix, 32 KiB), in named_parameters order q,k,v,o,gate,up,down,ln1,ln2:
+    # A bucket of 8192 float32 (one MLP matrix, 32 KiB), in named_parameters order q,k,v,o,gate,up,down,ln1,ln2;
+    # q/k/v (8192) and gate/up (16384) are one unit each (vLLM fuses them):
     #   [embed: 36352 > 8192, alone]
-    #   layer 0: [q 4096 + k 2048 + v 2048 = 8192] [o] [gate] [up] [down]          -> 5
-    #   [l0.ln1 + l0.ln2 + l1.q + l1.k = 6272] [l1.v + l1.o = 6144] [gate] [up] [down] -> 5
-    #   [l1.ln1 + l1.ln2 + norm]                                                     -> 1
+    #   layer 0: [q + k + v = 8192] [o] [gate + up = 16384, alone] [down]             -> 4
+    #   [l0.ln1 + l0.ln2 = 128] (+ l1's q/k/v would be 8320) [l1 q+k+v] [o] [gate+up] [down] -> 5
+    #   [l1.ln1 + l1.ln2 + norm]                                                      -> 1
     buckets = plan_buckets(toy_layout, 8192 * 4)
-    assert len(buckets) == 12
-    assert [len(b.slots) for b in buckets] == [1, 3, 1, 1, 1, 1, 4, 2, 1, 1, 1, 3]
+    assert len(buckets) == 11
+    assert [len(b.slots) for b in buckets] == [1, 3, 1, 2, 1, 2, 3, 1, 2, 1, 3]
     assert _names(buckets[-1]) == ["model.layers.1.input_layernorm.weight",
                                    "model.layers.1.post_attention_layernorm.weight", "model.norm.weight"]
-    # Everything in one bucket when it fits; one bucket per tensor when nothing pairs up.
+    # Everything in one bucket when it fits.
     total_bytes = 4 * sum(torch.Size(s).numel() for s in numel.values())
     assert len(plan_buckets(toy_layout, total_bytes)) == 1
     assert len(plan_buckets(toy_layout, total_bytes - 1)) == 2
-    assert len(plan_buckets(toy_layout, 4)) == len(toy_layout)
+    # One bucket per tensor or fused layer when nothing pairs up: 20 tensors, 2 x (q/k/v and gate/up) 6 fewer.
+    assert len(plan_buckets(toy_layout, 4)) == len(toy_layout) - 2 * (2 + 1)
     # tiny_cpu.yaml's 0.25 MiB = 65536 float32:
     #   [embed 36352 + l0 q,k,v,o,gate,up 28672 = 65024] (+ l0.down would be 73216)
     #   [l0.down 8192 + l0 norms 128 + layer 1 (36864 + 128) + final norm 64 = 45376]
