@@ -163,6 +163,12 @@ class RolloutEngine:
         if self.asleep:  # weights only: the KV cache waits until the trainer freed its buckets (finish_wake)
             self.backend.wake_up(tags=["weights"])
             self.asleep, self.kv_asleep = False, True
+        if getattr(self.backend, "receives_local", False):  # vLLM: its worker maps the pool itself
+            fingerprints = self.backend.receive_local(method, handle, buckets, verify, version, timeout_s,
+                                                      None if method == "shm" else ray_device_index())
+            self.weights_version = version
+            release_device_cache()
+            return fingerprints
         on = "cpu" if method == "shm" else "cuda"
         targets = getattr(self.backend, "bucket_flats", lambda _: None)(buckets)
         if targets is not None and any(t.device.type != on for t in targets):

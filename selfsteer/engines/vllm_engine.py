@@ -240,12 +240,34 @@ class VLLMBackend:
 
     def receive_weights(self, buckets: list, verify: bool) -> list[str]:
         """Every worker receives each bucket by broadcast and loads it; returns bucket fingerprints."""
-        plain = [(b.dtype, b.numel, [(s.name, list(s.shape), s.offset, s.numel) for s in b.slots]) for b in buckets]
-        results = self._rpc("selfsteer_receive_weights", plain, verify)
+        results = self._rpc("selfsteer_receive_weights", _plain(buckets), verify)
         self.llm.reset_prefix_cache()
         if any(r != results[0] for r in results):
             raise RuntimeError("vLLM tensor-parallel workers received different weights")
         return results[0]
+
+    @property
+    def receives_local(self) -> bool:
+        """Whether the worker maps the colocated pool itself (`receive_local`): one worker, full weights."""
+        return self.lora is None and self.tensor_parallel_size == 1
+
+    def receive_local(self, method: str, handle: dict, buckets: list, verify: bool, version: int, timeout_s: float,
+                      device_index) -> list[str]:
+        """Colocated sync: the worker opens the trainer rank's pool (shared memory or CUDA IPC handles) and
+        loads each bucket from it, as OpenRLHF's and verl's worker extensions do: the weights never pass
+        through this process or, on GPU, the host. Returns the loaded buckets' fingerprints when `verify`."""
+        import pickle
+
+        arg = handle if self._same_process else pickle.dumps(handle)  # an IPC handle holds a rebuild function
+        results = self._rpc("selfsteer_receive_local", method, arg, _plain(buckets), verify, version, timeout_s,
+                            device_index)
+        self.llm.reset_prefix_cache()
+        return results[0]
+
+
+def _plain(buckets: list) -> list:
+    """Buckets as plain lists, which vLLM's RPC carries to a worker in another process."""
+    return [(b.dtype, b.numel, [(s.name, list(s.shape), s.offset, s.numel) for s in b.slots]) for b in buckets]
 
 
 def _vllm_lora_rank(rank: int) -> int:

@@ -17,6 +17,7 @@ Verification reads back the same way, on the worker's device, and compares with 
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -115,7 +116,7 @@ class WorkerExtension:
         return rank + self.rank
 
     def selfsteer_receive_weights(self, buckets: list, verify: bool) -> list[str]:
-        from selfsteer.sync.buckets import Bucket, FlatBuffers, TensorSlot, unpack_bucket
+        from selfsteer.sync.buckets import FlatBuffers, unpack_bucket
         from selfsteer.sync.collective import receive_buckets
 
         if self._selfsteer_sync is None:
@@ -123,11 +124,43 @@ class WorkerExtension:
         self._selfsteer_sync.rendezvous()
         device = self.device if self._selfsteer_sync.backend == "nccl" else "cpu"
         self._selfsteer_buffers = self._selfsteer_buffers or FlatBuffers()
-        plan = [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))
-                for dtype, numel, slots in buckets]
+        plan = _plan(buckets)
         return receive_buckets(self._selfsteer_sync, plan, self._selfsteer_buffers, device,
                                lambda b, flat: self.selfsteer_load_weights(list(unpack_bucket(b, flat)), verify),
                                verify)
+
+
+    def selfsteer_receive_local(self, method: str, handle, buckets: list, verify: bool, version: int,
+                                timeout_s: float, device_index) -> list[str]:
+        """Colocated layout: load every bucket straight from the trainer rank's pool on this node or GPU
+        (`shm` or `cuda_ipc`), mapped here in the worker: no copy through the engine's process or host."""
+        from selfsteer.sync.buckets import fingerprint, unpack_bucket
+
+        handle = pickle.loads(handle) if isinstance(handle, bytes) else handle
+        plan = _plan(buckets)
+        fingerprints: list[str] = []
+
+        def load(bucket, view):
+            self.selfsteer_load_weights(list(unpack_bucket(bucket, view)), verify)
+            if verify:
+                fingerprints.append(fingerprint(view))
+        if method == "shm":
+            from selfsteer.sync.shm import receive_shm
+
+            receive_shm(handle, plan, load, None, version=version, timeout_s=timeout_s)
+        else:
+            from selfsteer.sync.cuda_ipc import receive_ipc
+
+            receive_ipc(handle, plan, load, None, version=version, timeout_s=timeout_s, device_index=device_index)
+        return fingerprints
+
+
+def _plan(buckets: list):
+    """Buckets from their plain form (what crosses vLLM's RPC): (dtype, numel, [(name, shape, offset, numel)])."""
+    from selfsteer.sync.buckets import Bucket, TensorSlot
+
+    return [Bucket(dtype, numel, tuple(TensorSlot(n, tuple(shape), off, k) for n, shape, off, k in slots))
+            for dtype, numel, slots in buckets]
 
 
 class _NotLoaded(logging.Handler):

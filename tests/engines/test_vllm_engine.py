@@ -239,6 +239,37 @@ def test_workers_receive_buckets_over_gloo(engine, sharp_path, prompt_ids, resto
     assert _greedy(engine, prompt_ids) == _greedy_hf(model, prompt_ids)
 
 
+def test_worker_maps_the_colocated_pool_itself(engine, sharp_path, prompt_ids, restore, tmp_path, monkeypatch):
+    """The colocated sync's CPU twin: the vLLM worker opens trainer rank 0's shared-memory pool (the
+    CUDA IPC pool runs the same protocol) and loads each bucket from it, verified, while the trainer
+    writes the next; nothing passes through the engine's own process."""
+    from selfsteer.sync import shm
+    from selfsteer.sync.buckets import fingerprint, plan_buckets
+
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)
+    model = _hf_model(sharp_path)
+    redraw(model, 5)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buckets = plan_buckets([(n, tuple(p.shape), p.dtype) for n, p in params.items()], 64 * 1024)
+    writer = shm.ShmWriter(buckets)
+    assert len(buckets) > shm.POOL_SLOTS  # the pool cycles
+    sent = []
+
+    def write():
+        writer.begin(1, timeout_s=60)
+        sent.extend(fingerprint(writer.write(i, params)) for i in range(len(buckets)))
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert engine.receives_local
+    got = engine.receive_local("shm", writer.handle(), buckets, True, 1, 60, None)
+    thread.join()
+    writer.close()
+    assert got == sent and len(got) == len(buckets)
+    assert _greedy(engine, prompt_ids) == _greedy_hf(model, prompt_ids)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_head_size_without_cpu_kernels_fails_before_start(tmp_path):
     from selfsteer.engines.vllm_engine import VLLMBackend
     from selfsteer.toy import build_toy_model
@@ -259,7 +290,7 @@ def test_auto_backend_picks_vllm():
 @pytest.mark.slow
 def test_engine_core_in_its_own_process(sharp_path, tmp_path):
     """With vLLM's engine core in a separate process (its default, and how GPU engines run), the
-    weights cross a process boundary: loads, named_parameters and the worker-side receive."""
+    weights cross a process boundary: loads, named_parameters and the worker-side receives."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, threading, torch
@@ -294,6 +325,12 @@ def test_engine_core_in_its_own_process(sharp_path, tmp_path):
             hf = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=0)
             out = engine.generate([ids], [Sampling(temperature=0.0, max_new_tokens=8)])[0]
             assert out.token_ids == hf[0, len(ids):].tolist(), (out.token_ids, hf)
+            from selfsteer.sync import shm
+            writer = shm.ShmWriter(buckets)  # the colocated pool, mapped by the worker in the engine core
+            t = threading.Thread(target=lambda: [writer.begin(1, timeout_s=120)] + [writer.write(i, params) for i in range(len(buckets))])
+            t.start(); fps = engine.receive_local("shm", writer.handle(), buckets, True, 1, 120, None); t.join()
+            writer.close()
+            assert fps == [fingerprint(f) for f in flats]
             with torch.no_grad():
                 model.model.norm.weight.mul_(3)
             engine.load_weights([("model.norm.weight", model.model.norm.weight.detach().clone())])
