@@ -30,6 +30,11 @@ class Placement:
     parts: tuple[str, ...]  # HF names of all parts, in the fused order
 
 
+def per_parameter(places) -> list[Placement]:
+    """One placement per vLLM parameter (the parts of a fused layer share one)."""
+    return list({(p.module, p.leaf): p for p in places}.values())
+
+
 def shard(full: torch.Tensor, local: int, tp_rank: int, tp_size: int, dim: int = 0) -> torch.Tensor:
     """The `local`-long slice of `full` along `dim` that rank `tp_rank` of `tp_size` holds.
 
@@ -131,12 +136,7 @@ def expected_parts(model, place: Placement, full: dict[str, torch.Tensor], tp_ra
 def check_loaded(model, placements: dict[str, Placement], named: dict[str, torch.Tensor], tp_rank: int,
                  tp_size: int, owner: str) -> None:
     """Raise unless, for every tensor in `named`, the model computes with exactly this rank's slice."""
-    seen = set()
-    for name in named:
-        place = placements[name]
-        if (place.module, place.leaf) in seen:
-            continue
-        seen.add((place.module, place.leaf))
+    for place in per_parameter(placements[n] for n in named):
         got = dict(zip(place.parts, loaded_parts(model, place)))
         for part, expect in expected_parts(model, place, named, tp_rank, tp_size).items():
             have = got[part]

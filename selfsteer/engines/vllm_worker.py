@@ -53,16 +53,16 @@ class WorkerExtension:
         self._selfsteer_not_loaded = capture_not_loaded()
 
     def selfsteer_load_weights(self, named, verify: bool = False) -> None:
-        from selfsteer.engines.vllm_readback import check_loaded, loaded_parts
+        from selfsteer.engines.vllm_readback import check_loaded, loaded_parts, per_parameter
 
         named = from_bytes(named) if isinstance(named, bytes) else dict(named)
         unknown = [n for n in named if n not in self._selfsteer_place]
         if unknown:
             raise KeyError(f"engine model has no parameter {unknown[0]!r}")
         model = self.model_runner.get_model()
-        places = {self._selfsteer_place[n] for n in named}
+        places = per_parameter(self._selfsteer_place[n] for n in named)
         complete = dict(named)
-        for place in {(p.module, p.leaf): p for p in places}.values():
+        for place in places:
             missing = [n for n in place.parts if n not in named]
             if not missing:
                 continue
@@ -94,7 +94,7 @@ class WorkerExtension:
 
     def selfsteer_named_weights(self, same_process: bool):
         """The HF-named weights the model computes with (one rank holds them whole: no tensor parallelism)."""
-        from selfsteer.engines.vllm_readback import loaded_parts
+        from selfsteer.engines.vllm_readback import loaded_parts, per_parameter
 
         if self._selfsteer_tp[1] > 1:
             raise NotImplementedError("reading back HF-named weights from a tensor-parallel vLLM engine: each worker "
@@ -102,7 +102,7 @@ class WorkerExtension:
         if self.rank != 0:
             return None
         model, out = self.model_runner.get_model(), {}
-        for place in {(p.module, p.leaf): p for p in self._selfsteer_place.values()}.values():
+        for place in per_parameter(self._selfsteer_place.values()):
             out.update({n: t.to("cpu", copy=True) for n, t in zip(place.parts, loaded_parts(model, place))})
         return out if same_process else to_bytes(out)
 

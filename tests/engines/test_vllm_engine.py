@@ -155,9 +155,8 @@ def test_verification_reads_what_the_kernels_compute_with(engine, sharp_path, pr
     through vLLM's own kernels: on CPU their repacked copies) with what the worker was sent."""
     from selfsteer.engines.vllm_readback import check_loaded
 
-    embed, q = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
-    sent = {n: t * 1.5 for n, t in _checkpoint(sharp_path).items() if n in (embed, q)}
-    sent["model.layers.0.self_attn.k_proj.weight"] = _checkpoint(sharp_path)["model.layers.0.self_attn.k_proj.weight"]
+    embed, q, k = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    sent = {n: t * (1.0 if n == k else 1.5) for n, t in _checkpoint(sharp_path).items() if n in (embed, q, k)}
     engine.load_weights(sent.items(), verify=True)  # the reload path, the tied head repacked: passes
 
     def checks(w):
